@@ -1,0 +1,31 @@
+"""semifinetune: fine-tune DeepSeek-R1-Distill-Qwen-1.5B on semiconductor knowledge, and measure it.
+
+Importing the package is cheap: torch, transformers, trl and unsloth load inside the functions that need them.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it; resolved on first use so `import semifinetune` stays fast
+_EXPORTS = {
+    "RunConfig": "config",
+    "ConfigError": "config",
+    "make_config": "config",
+    "load_config": "config",
+    "save_config": "config",
+    "environment_report": "env",
+    "load_model": "models",
+    "add_lora": "lora",
+    "format_example": "formats",
+    "seed_everything": "seeding",
+    "memory_snapshot": "measure",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'semifinetune' has no attribute {name!r}")

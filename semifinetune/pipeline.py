@@ -1,0 +1,81 @@
+"""The pipeline's steps over one run directory; notebooks 01-06 and the CLI call these."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from . import runs
+from .config import ConfigError, RunConfig, load_config, make_config, save_config, write_json_atomic
+
+GUIDE_QUESTION = "What does NVIDIA Corporation primarily manufacture?"
+
+
+def setup(run_dir: str | os.PathLike, profile: str = "cpu", overrides: dict | None = None, overwrite: bool = False):
+    """Notebook 01: resolve the config, check the machine, write config.json and env.json. Returns (cfg, report)."""
+    from .env import environment_report
+    from .models import check_loadable
+
+    cfg = make_config(profile, overrides)
+    report = environment_report()
+    check_loadable(cfg, report)
+    _refuse_to_overwrite(run_dir, cfg, overwrite)
+    runs.ensure_run_dir(run_dir)
+    save_config(cfg, run_dir)
+    write_json_atomic(runs.run_path(run_dir, runs.ENV), report)
+    return cfg, report
+
+
+def _refuse_to_overwrite(run_dir, cfg: RunConfig, overwrite: bool) -> None:
+    """A run directory with results under another config is never overwritten silently."""
+    path = runs.run_path(run_dir, runs.CONFIG)
+    results = runs.existing_results(run_dir)
+    if overwrite or not results or not path.exists():
+        return
+    if json.loads(path.read_text(encoding="utf-8")) != cfg.to_dict():
+        raise ConfigError(
+            f"{run_dir} already holds results ({', '.join(results)}) from another config. "
+            "Choose a new run_dir, or pass overwrite=True (--overwrite) to replace them."
+        )
+
+
+def open_run(run_dir: str | os.PathLike) -> RunConfig:
+    """Notebooks 02-06: the run's config as notebook 01 wrote it."""
+    return load_config(run_dir)
+
+
+def load_baseline(run_dir: str | os.PathLike) -> dict:
+    """Notebook 02: load the model from the run's config, measure it, and record its answer before fine-tuning."""
+    from .generate import SamplingSettings, generate
+    from .measure import memory_snapshot, timed
+    from .models import layer_precision_report, load_model
+    from .seeding import seed_everything
+
+    cfg = open_run(run_dir)
+    seed_everything(cfg.seed)
+    before = memory_snapshot()
+    with timed() as load:
+        model, tokenizer = load_model(cfg)
+    after = memory_snapshot()
+    settings = SamplingSettings(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    (answer,) = generate(model, tokenizer, [GUIDE_QUESTION], settings, seed=cfg.seed)
+    result = {
+        "model_name": cfg.model_name,
+        "backend": model.semifinetune_backend,
+        "load_seconds": load["seconds"],
+        "memory_before": before,
+        "memory_after": after,
+        "layers": layer_precision_report(model),
+        "question": GUIDE_QUESTION,
+        "answer": answer.to_dict(),
+    }
+    write_json_atomic(runs.run_path(run_dir, runs.BASELINE), result)
+    return result
+
+
+def run_pipeline(run_dir: str | os.PathLike, profile: str, overrides: dict | None = None, overwrite: bool = False):
+    """The whole job, step by step, as notebooks 01-06 do it."""
+    setup(run_dir, profile, overrides, overwrite=overwrite)
+    load_baseline(run_dir)
+    return Path(run_dir)

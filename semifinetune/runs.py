@@ -1,0 +1,47 @@
+"""The run directory: where each step reads and writes. Notebooks talk through these files only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CONFIG = "config.json"
+ENV = "env.json"
+BASELINE = "baseline_answer.json"
+DATA = "data"
+ADAPTER = "adapter"
+CHECKPOINTS = "checkpoints"
+TRAIN_LOG = "train_log.json"
+LOSS_PLOT = "loss_curve.png"
+EVALUATION = "evaluation.csv"
+SWEEP = "sweep.csv"
+RECOMMENDED = "recommended_settings.json"
+
+
+def run_path(run_dir: str | os.PathLike, name: str) -> Path:
+    return Path(run_dir) / name
+
+
+def ensure_run_dir(run_dir: str | os.PathLike) -> Path:
+    path = Path(run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_data_path(path: str | os.PathLike) -> Path:
+    """A data path from the config: as given if it exists (absolute or from the cwd), else from the project root."""
+    given = Path(path)
+    if given.is_absolute() or given.exists():
+        return given
+    return PROJECT_ROOT / given
+
+
+RESULTS = (ADAPTER, CHECKPOINTS, TRAIN_LOG, SWEEP, EVALUATION)
+
+
+def existing_results(run_dir: str | os.PathLike) -> list[str]:
+    """Names of results already in run_dir (what a new run would overwrite)."""
+    return [name for name in RESULTS if (Path(run_dir) / name).exists()]
