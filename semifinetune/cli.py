@@ -29,6 +29,39 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_validate_data(args) -> int:
+    from .config import make_config
+    from .data import DataError, summary_line, validate_files
+    from .models import ModelLoadError
+
+    kinds = [args.kind] * len(args.files) if args.kind != "auto" else None
+    try:
+        summary = validate_files(args.files, make_config(args.profile), kinds)
+    except DataError as err:  # one `file:line: problem` line each, no traceback
+        print(err, file=sys.stderr)
+        return 1
+    except ModelLoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary_line(summary))
+    return 0
+
+
+def cmd_prepare_data(args) -> int:
+    from .data import DataError, prepare_data
+
+    try:
+        summary = prepare_data(args.run_dir)
+    except DataError as err:
+        print(err, file=sys.stderr)
+        return 1
+    for split in ("train", "eval"):
+        tokens = summary[split]["tokens"]
+        print(f"{split}: {summary[split]['examples']} examples, tokens min {tokens['min']} mean {tokens['mean']} "
+              f"p95 {tokens['p95']} max {tokens['max']} of max_seq_length {tokens['max_seq_length']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m semifinetune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -40,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace results already in --run-dir")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate-data", help="check data files: one `file:line: problem` line each, exit 1 on problems")
+    p.add_argument("files", nargs="+", metavar="FILE", help=".jsonl (or .json array) data files")
+    p.add_argument("--profile", default="cpu", help="whose tokenizer counts the tokens (default cpu: offline)")
+    p.add_argument("--kind", default="auto", choices=["auto", "train", "eval"], help="auto: eval if the name says eval or the first line has keywords")
+    p.set_defaults(func=cmd_validate_data)
+
+    p = sub.add_parser("prepare-data", help="validate, format and tokenize the run's data into RUN_DIR/data/")
+    p.add_argument("--run-dir", required=True, help="run directory written by setup (config.json)")
+    p.set_defaults(func=cmd_prepare_data)
     return parser
 
 

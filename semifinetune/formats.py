@@ -70,3 +70,62 @@ def tokenize_example(tokenizer, formatted: dict, completion_only: bool) -> dict:
 def labels_from_mask(input_ids: list[int], completion_mask: list[int]) -> list[int]:
     """Labels as the loss sees them: -100 where a token carries no loss."""
     return [tok if keep else -100 for tok, keep in zip(input_ids, completion_mask)]
+
+
+# --- what notebook 04 shows: both formats, the loss mask, the guide's end-token bug ---
+
+
+def both_formats(tokenizer, example: dict, cfg: RunConfig) -> str:
+    """One example rendered in the chat and the guide format, `|` marking where the loss part starts."""
+    import dataclasses
+
+    blocks = []
+    for name in ("chat", "guide"):
+        formatted = format_example(tokenizer, example, dataclasses.replace(cfg, format=name))
+        blocks.append(f"=== {name} ===\n{formatted['prompt']}|{formatted['completion']}")
+    return "\n\n".join(blocks)
+
+
+def loss_table(tokenizer, tokenized: dict):
+    """One row per token: position, id, token text, and whether it carries loss (a pandas DataFrame)."""
+    import pandas as pd
+
+    ids, mask = tokenized["input_ids"], tokenized["completion_mask"]
+    return pd.DataFrame({
+        "id": ids,
+        "token": [tokenizer.decode([token]) for token in ids],
+        "loss": [bool(keep) for keep in mask],
+    })
+
+
+def loss_text(tokenizer, tokenized: dict, mark: str = "░") -> str:
+    """The labels decoded: tokens that carry loss as text, each masked (-100) token as `mark`."""
+    labels = labels_from_mask(tokenized["input_ids"], tokenized["completion_mask"])
+    pieces, run = [], []
+    for label in labels + [-100]:  # a sentinel flushes the last run
+        if label == -100:
+            if run:
+                pieces.append(tokenizer.decode(run))
+                run = []
+            pieces.append(mark)
+        else:
+            run.append(label)
+    return "".join(pieces[:-1])
+
+
+def guide_end_token_demo(tokenizer):
+    """How the guide's `<|end_of_text|>` tokenizes here (several ordinary pieces) next to the real eos (one id)."""
+    import pandas as pd
+
+    rows = []
+    for name, text in (("guide's end string", GUIDE_END_TOKEN), ("tokenizer.eos_token", tokenizer.eos_token)):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        rows.append({
+            "what": name,
+            "text": text,
+            "ids": ids,
+            "pieces": [tokenizer.decode([i]) for i in ids],
+            "n_tokens": len(ids),
+            "is_eos": ids == [tokenizer.eos_token_id],
+        })
+    return pd.DataFrame(rows).set_index("what")

@@ -54,6 +54,20 @@ def load_model(cfg: RunConfig, report: dict | None = None):
     return model, tokenizer
 
 
+def load_tokenizer(cfg: RunConfig):
+    """The profile's tokenizer alone, no weights, no GPU: what data validation counts tokens with."""
+    from transformers import AutoTokenizer
+
+    if cfg.model_name == TINY_MODEL:
+        path = tiny_model_dir()
+    elif cfg.model_name == EMBEDDED_MODEL:
+        path = embedded_model_dir()
+    else:
+        path = cfg.model_name
+        check_hub_reachable(path)
+    return ensure_distinct_pad(AutoTokenizer.from_pretrained(str(path), trust_remote_code=False))
+
+
 def check_loadable(cfg: RunConfig, report: dict) -> None:
     """Settings this machine cannot honour fail here, before any weights are read."""
     if cfg.load_in_4bit and not report["cuda_available"]:

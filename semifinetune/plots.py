@@ -1,0 +1,49 @@
+"""Figures the notebooks show; each function saves its PNG into the run directory and returns the figure."""
+
+from __future__ import annotations
+
+import os
+
+
+def token_length_histogram(run_dir: str | os.PathLike):
+    """Token lengths of the prepared train and eval sets against max_seq_length; saved as run_dir/data/token_lengths.png."""
+    import matplotlib.pyplot as plt
+
+    from . import runs
+    from .data import HISTOGRAM_FILE, read_prepared
+    from .pipeline import open_run
+
+    cfg = open_run(run_dir)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for split in ("train", "eval"):
+        lengths = [len(row["input_ids"]) for row in read_prepared(run_dir, split)]
+        ax.hist(lengths, bins=30, alpha=0.6, label=f"{split} ({len(lengths)} examples)")
+    ax.axvline(cfg.max_seq_length, color="red", linestyle="--", label=f"max_seq_length {cfg.max_seq_length}")
+    ax.set_xlabel(f"tokens per example ({cfg.format} format)")
+    ax.set_ylabel("examples")
+    ax.set_title("Token lengths after formatting")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(runs.run_path(run_dir, runs.DATA) / HISTOGRAM_FILE, dpi=100)
+    plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
+    return fig
+
+
+def plot_losses(log: dict, path: str | os.PathLike | None = None):
+    """Train loss per logging step and held-out loss per eval step (train_log.json's lists); saved to path if given."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    train, held_out = log.get("train_loss", []), log.get("eval_loss", [])
+    ax.plot([e["step"] for e in train], [e["loss"] for e in train], marker=".", label="train loss")
+    ax.plot([e["step"] for e in held_out], [e["loss"] for e in held_out], marker="o", label="held-out loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy per loss token")
+    ax.set_title("Training and held-out loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
+    return fig
