@@ -62,6 +62,15 @@ def cmd_prepare_data(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .pipeline import open_run
+    from .train import stats_table, train
+
+    stats = train(open_run(args.run_dir), args.run_dir, resume=args.resume)
+    print(stats_table(stats).to_string())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m semifinetune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -83,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare-data", help="validate, format and tokenize the run's data into RUN_DIR/data/")
     p.add_argument("--run-dir", required=True, help="run directory written by setup (config.json)")
     p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("train", help="notebook 05: LoRA training on RUN_DIR/data/, adapter into RUN_DIR/adapter")
+    p.add_argument("--run-dir", required=True, help="run directory prepared by setup and prepare-data")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in RUN_DIR/checkpoints")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -1,0 +1,315 @@
+"""Notebook 05: LoRA fine-tuning with TRL's current API (SFTConfig + SFTTrainer), loss history, stats, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from . import runs
+from .config import ConfigError, RunConfig, write_json_atomic
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def train(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False, callbacks: list | None = None) -> dict:
+    """Load the model, attach LoRA, train on the run's data, save the adapter; returns the run's stats."""
+    from .env import environment_report
+    from .lora import add_lora
+    from .models import load_model
+    from .seeding import seed_everything
+
+    seed_everything(cfg.seed)
+    report = environment_report()
+    model, tokenizer = load_model(cfg, report)
+    model = add_lora(model, cfg)
+    return fit(model, tokenizer, cfg, run_dir, resume=resume, callbacks=callbacks, report=report)
+
+
+def fit(
+    model,
+    tokenizer,
+    cfg: RunConfig,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    callbacks: list | None = None,
+    report: dict | None = None,
+) -> dict:
+    """Train a LoRA model in place: checkpoints, held-out loss, adapter in run_dir/adapter, log in train_log.json."""
+    from .env import environment_report
+    from .measure import memory_snapshot, reset_peak_memory
+
+    report = report or environment_report()
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        raise ConfigError(
+            f"resume=True but {checkpoints_dir(run_dir)} holds no checkpoint-N folder. "
+            "Train without resume (resume=False, or drop --resume)."
+        )
+    if checkpoint is not None and checkpoint_step(checkpoint) >= cfg.max_steps:
+        raise ConfigError(
+            f"{checkpoint} is already at max_steps {cfg.max_steps}: nothing to resume (the trainer would run one step "
+            "past it). Train without resume to start again, or raise max_steps in config.json to train longer."
+        )
+    if not resume:
+        shutil.rmtree(checkpoints_dir(run_dir), ignore_errors=True)  # a fresh run never resumes a stale one
+    stats_callback = _StatsCallback()
+    trainer = build_trainer(model, tokenizer, cfg, run_dir, report, [stats_callback, *(callbacks or [])], resume)
+    reset_peak_memory()
+    before = memory_snapshot()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    after = memory_snapshot()
+    model.config.use_cache = True  # training turns the KV cache off; generation is ~18x slower without it
+    adapter_dir = save_adapter(trainer.model, tokenizer, run_dir)
+    stats = run_stats(cfg, report, trainer, output.metrics, stats_callback, before, after)
+    stats.update(adapter_dir=str(adapter_dir), resumed_from=str(checkpoint) if checkpoint else None)
+    log = {**loss_history(trainer.state.log_history), "stats": stats}
+    write_json_atomic(runs.run_path(run_dir, runs.TRAIN_LOG), log)
+    plot_loss_curve(run_dir)
+    return stats
+
+
+def build_trainer(model, tokenizer, cfg: RunConfig, run_dir, report: dict, callbacks: list | None = None, resume: bool = False):
+    """SFTTrainer over the run's tokenized train/eval sets, LoRA weights kept in fp32."""
+    train_set, eval_set = training_datasets(run_dir)
+    trainer = trainer_class(report)(
+        model=model,
+        args=sft_config(cfg, run_dir, report, resume),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    keep_adapter_fp32(trainer.model)
+    return trainer
+
+
+def trainer_class(report: dict):
+    """TRL's SFTTrainer; on a machine without its GPU loss kernel, the same trainer with the model's own loss.
+
+    TRL 1.15 computes the SFT loss with a fused LM-head kernel written in Triton (trl/kernels/chunked_logprob.py),
+    which runs on CUDA/XPU only: on CPU `compute_loss` fails ('NoneType' object has no attribute 'apply' without
+    Triton). TRL's advice is to subclass SFTTrainer and override compute_loss; the model's own forward gives the same
+    per-token cross-entropy (summed over loss tokens, divided by num_items_in_batch across accumulation steps).
+    """
+    from transformers import Trainer
+    from trl import SFTTrainer
+    from trl.trainer import utils as trl_utils
+
+    if report["cuda_available"] and getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None:
+        return SFTTrainer
+
+    class PlainLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = {**inputs, "use_cache": False}
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return PlainLossSFTTrainer
+
+
+def sft_config(cfg: RunConfig, run_dir, report: dict, resume: bool = False):
+    """SFTConfig from the run's config and this machine: precision, schedule, checkpoints, held-out loss."""
+    from trl import SFTConfig
+
+    return SFTConfig(**sft_arguments(cfg, run_dir, report, resume))
+
+
+def sft_arguments(cfg: RunConfig, run_dir, report: dict, resume: bool = False) -> dict:
+    """SFTConfig's arguments (SFTConfig itself refuses fp16/bf16 on a machine without a GPU, so tests read these)."""
+    from .env import choose_precision
+
+    precision = choose_precision(report)
+    return dict(
+        output_dir=str(checkpoints_dir(run_dir)),
+        # SFTConfig turns bf16 on unless told otherwise, which fails on a T4 and on CPU: always say both.
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        max_length=cfg.max_seq_length,
+        # The datasets are tokenized with a completion_mask that already encodes cfg.loss_on (all ones when the
+        # whole text carries loss), so TRL always applies it.
+        completion_only_loss=True,
+        gradient_checkpointing=cfg.gradient_checkpointing,  # SFTConfig defaults it on; it costs ~60% time on CPU
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        # no gradients or optimizer state in eval, so 8 rows fit wherever one training row does
+        per_device_eval_batch_size=max(8, cfg.per_device_train_batch_size),
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay,
+        optim=cfg.optim,
+        seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        eval_on_start=not resume,  # held-out loss before training: the curve's start (a resumed run has it)
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,  # the latest checkpoint to resume from, and the one before it
+        include_num_input_tokens_seen="non_padding",  # tokens/s over real tokens, not padding
+        dataloader_pin_memory=bool(report["cuda_available"]),
+        report_to="none",
+    )
+
+
+def keep_adapter_fp32(model) -> int:
+    """Cast trainable (LoRA) weights back to fp32; returns how many were not.
+
+    TRL 1.15's SFTTrainer.__init__ casts every trainable parameter of a 4-bit or 8-bit base to bf16 (its
+    `if _is_quantized_model:` block, citing the QLoRA paper). bf16 does not exist on a T4, and at lr 5e-5 bf16
+    adapters learned visibly slower in our GPU runs. The optimizer is built later, in train(), so it sees fp32.
+    """
+    import torch
+
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
+# --- data ---
+
+
+def training_datasets(run_dir):
+    """The run's tokenized (input_ids, completion_mask) train and held-out eval sets, as notebook 04 wrote them."""
+    from .data import load_prepared
+
+    return load_prepared(run_dir, "train"), load_prepared(run_dir, "eval")
+
+
+# --- checkpoints and the adapter ---
+
+
+def checkpoints_dir(run_dir) -> Path:
+    return runs.run_path(run_dir, runs.CHECKPOINTS)
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The checkpoint-N folder with the highest N in run_dir/checkpoints, or None."""
+    folder = checkpoints_dir(run_dir)
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return max(found)[1] if found else None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step a checkpoint was saved at (its trainer_state.json, else its folder name)."""
+    state = Path(checkpoint) / "trainer_state.json"
+    if state.exists():
+        return int(json.loads(state.read_text(encoding="utf-8"))["global_step"])
+    return int(CHECKPOINT_RE.match(Path(checkpoint).name).group(1))
+
+
+def save_adapter(model, tokenizer, run_dir) -> Path:
+    """Adapter weights, adapter config and tokenizer into run_dir/adapter, through adapter.partial and a rename."""
+    target = runs.run_path(run_dir, runs.ADAPTER)
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+# --- history and stats ---
+
+
+def loss_history(log_history: list[dict]) -> dict:
+    """Train loss per logging step and held-out loss per eval step, from the trainer's log history."""
+    train = [
+        {"step": e["step"], "loss": e["loss"], "learning_rate": e.get("learning_rate"), "grad_norm": e.get("grad_norm")}
+        for e in log_history
+        if "loss" in e
+    ]
+    held_out = [{"step": e["step"], "loss": e["eval_loss"]} for e in log_history if "eval_loss" in e]
+    return {"train_loss": train, "eval_loss": held_out}
+
+
+def _StatsCallback():
+    """A TrainerCallback that remembers where this session started (step, tokens seen)."""
+    from transformers import TrainerCallback
+
+    class StatsCallback(TrainerCallback):
+        start_step = 0
+        start_tokens = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start_step = state.global_step
+            self.start_tokens = state.num_input_tokens_seen
+
+    return StatsCallback()
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 3)
+
+
+def run_stats(cfg: RunConfig, report: dict, trainer, metrics: dict, session, before: dict, after: dict) -> dict:
+    """Device, precision, runtime, samples/s, tokens/s and peak memory of this training session."""
+    from .env import choose_precision
+
+    state = trainer.state
+    runtime = metrics["train_runtime"]
+    steps = state.global_step - session.start_step
+    samples = steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * trainer.args.world_size
+    tokens = state.num_input_tokens_seen - session.start_tokens
+    history = loss_history(state.log_history)
+    stats = {
+        "device": report["gpu_name"] if report["cuda_available"] else f"CPU ({report['cpu_count']} cores)",
+        "backend": getattr(trainer.model, "semifinetune_backend", "transformers"),
+        "precision": choose_precision(report),
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "global_step": state.global_step,
+        "session_steps": steps,
+        "train_runtime_s": round(runtime, 2),
+        "samples_per_s": round(samples / runtime, 3),
+        "tokens_per_s": round(tokens / runtime, 1),
+        "tokens_seen": int(state.num_input_tokens_seen),
+        "final_train_loss": history["train_loss"][-1]["loss"] if history["train_loss"] else None,
+        "first_eval_loss": history["eval_loss"][0]["loss"] if history["eval_loss"] else None,
+        "final_eval_loss": history["eval_loss"][-1]["loss"] if history["eval_loss"] else None,
+        "peak_process_rss_gib": peak_rss_gib(),
+    }
+    if "gpu_peak_reserved_gib" in after:
+        stats.update(
+            gpu_peak_reserved_gib=after["gpu_peak_reserved_gib"],
+            gpu_peak_allocated_gib=after["gpu_peak_allocated_gib"],
+            # what training added on top of the loaded model (Unsloth's notebooks report the same)
+            gpu_training_reserved_gib=round(after["gpu_peak_reserved_gib"] - before["gpu_reserved_gib"], 3),
+            gpu_total_gib=report["gpu_memory_gib"],
+        )
+    return stats
+
+
+def read_train_log(run_dir) -> dict:
+    """run_dir/train_log.json as train() wrote it."""
+    path = runs.run_path(run_dir, runs.TRAIN_LOG)
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist. Run notebook 05_train (or `python -m semifinetune train`) first.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def stats_table(stats: dict):
+    """The stats as a two-column table, one row per figure."""
+    import pandas as pd
+
+    return pd.DataFrame({"value": [str(v) for v in stats.values()]}, index=pd.Index(list(stats), name="stat"))
+
+
+def plot_loss_curve(run_dir):
+    """Train and held-out loss from run_dir/train_log.json, saved as run_dir/loss_curve.png; returns the figure."""
+    from .plots import plot_losses
+
+    return plot_losses(read_train_log(run_dir), runs.run_path(run_dir, runs.LOSS_PLOT))

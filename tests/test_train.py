@@ -1,0 +1,232 @@
+"""Training on the tiny profile: TRL's current API, loss history, stats, adapter round trip, resume, golden losses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from semifinetune import runs
+from semifinetune.config import ConfigError, make_config
+
+# Losses of the tiny profile's 6-step run (seed 42): train loss at steps 1-6, held-out loss at steps 0, 3, 6
+# (random weights: ~ln(2048 tokens) = 7.62; the held-out loss falls). They change when data/*.jsonl changes (the
+# tiny tokenizer is trained on it), or the tiny model, formats or training settings do. To regenerate, set both to
+# None, run `pytest tests/test_train.py -k golden` and copy the values printed in the failure messages.
+GOLDEN_TRAIN_LOSS = [7.6201, 7.6369, 7.652, 7.5951, 7.6101, 7.6242]
+GOLDEN_EVAL_LOSS = [7.6141, 7.5959, 7.5838]
+
+
+def _prepared_run(run_dir, profile: str = "tiny"):
+    from semifinetune.data import prepare_data
+    from semifinetune.pipeline import setup
+
+    cfg, report = setup(run_dir, profile)
+    prepare_data(run_dir)
+    return cfg, report
+
+
+def _lora_model(cfg, report):
+    from semifinetune.lora import add_lora
+    from semifinetune.models import load_model
+    from semifinetune.seeding import seed_everything
+
+    seed_everything(cfg.seed)
+    model, tokenizer = load_model(cfg, report)
+    return add_lora(model, cfg), tokenizer
+
+
+def _fresh_run(run_dir, callbacks=None, resume=False):
+    """(model, tokenizer, stats) of a tiny run trained in run_dir, the model kept in memory."""
+    from semifinetune.pipeline import open_run
+    from semifinetune.train import fit
+
+    if not runs.run_path(run_dir, runs.CONFIG).exists():
+        _prepared_run(run_dir)
+    from semifinetune.env import environment_report
+
+    cfg, report = open_run(run_dir), environment_report()
+    model, tokenizer = _lora_model(cfg, report)
+    stats = fit(model, tokenizer, cfg, run_dir, resume=resume, callbacks=callbacks, report=report)
+    return model, tokenizer, stats
+
+
+def _stop_at(step: int):
+    """A callback that ends training after `step` optimizer steps, the schedule still planned for max_steps."""
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                control.should_training_stop = True
+
+    return StopAt()
+
+
+def _lora_state(model) -> dict:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One uninterrupted 6-step tiny run: (run_dir, model, tokenizer, stats)."""
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    model, tokenizer, stats = _fresh_run(run_dir)
+    return run_dir, model, tokenizer, stats
+
+
+def test_log_holds_train_and_held_out_losses_and_stats(trained):
+    run_dir, _, _, stats = trained
+    log = json.loads(runs.run_path(run_dir, runs.TRAIN_LOG).read_text())
+    cfg = make_config("tiny")
+    assert [e["step"] for e in log["train_loss"]] == list(range(1, cfg.max_steps + 1))  # logging_steps 1
+    assert [e["step"] for e in log["eval_loss"]] == [0, 3, 6]  # before training, then every eval_steps
+    assert log["stats"] == stats
+    assert stats["global_step"] == cfg.max_steps and stats["session_steps"] == cfg.max_steps
+    assert stats["device"].startswith("CPU") and stats["precision"] == "fp32"
+    # 6 steps x batch 2 = 12 samples; tokens are the real (non-pad) ones, so at most 12 x the longest example
+    assert stats["samples_per_s"] == pytest.approx(12 / stats["train_runtime_s"], rel=0.01)
+    assert 12 * 20 < stats["tokens_seen"] < 12 * cfg.max_seq_length
+    assert stats["peak_process_rss_gib"] > 0.1
+    assert stats["first_eval_loss"] == log["eval_loss"][0]["loss"]
+    assert runs.run_path(run_dir, runs.LOSS_PLOT).stat().st_size > 5_000
+
+
+def test_golden_losses(trained):
+    run_dir = trained[0]
+    log = json.loads(runs.run_path(run_dir, runs.TRAIN_LOG).read_text())
+    train = [round(e["loss"], 4) for e in log["train_loss"]]
+    held_out = [round(e["loss"], 4) for e in log["eval_loss"]]
+    assert train == pytest.approx(GOLDEN_TRAIN_LOSS, abs=2e-3), f"train losses now {train}"
+    assert held_out == pytest.approx(GOLDEN_EVAL_LOSS, abs=2e-3), f"held-out losses now {held_out}"
+
+
+def test_model_ready_for_generation_and_adapter_fp32(trained):
+    import torch
+
+    _, model, _, _ = trained
+    assert model.config.use_cache is True  # generation ~18x slower without the KV cache
+    lora = [p for name, p in model.named_parameters() if "lora_" in name]
+    assert lora and all(p.dtype == torch.float32 and p.requires_grad for p in lora)
+
+
+def test_saved_adapter_on_fresh_base_gives_the_same_logits(trained):
+    import torch
+    from peft import PeftModel
+
+    from semifinetune.models import load_model
+
+    run_dir, model, tokenizer, _ = trained
+    adapter = runs.run_path(run_dir, runs.ADAPTER)
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json"} <= {p.name for p in adapter.iterdir()}
+    assert not adapter.with_name("adapter.partial").exists()
+    base, _ = load_model(make_config("tiny"))
+    reloaded = PeftModel.from_pretrained(base, adapter).eval()
+    batch = tokenizer(["What is TSMC?", "Which company makes EUV lithography machines?"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = model.eval()(**batch).logits
+        got = reloaded(**batch).logits
+        untouched = load_model(make_config("tiny"))[0](**batch).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(untouched, expected, atol=1e-5)  # the adapter changed something
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(trained, tmp_path):
+    """Stopped after step 3 of 6 (schedule still planned for 6), resumed by the CLI: same losses, same adapter."""
+    import torch
+    from safetensors.torch import load_file
+
+    from semifinetune.cli import main
+
+    run_dir = tmp_path / "run"
+    _fresh_run(run_dir, callbacks=[_stop_at(3)])  # save_steps 3: checkpoint-3 is the last one written
+    assert json.loads(runs.run_path(run_dir, runs.TRAIN_LOG).read_text())["stats"]["global_step"] == 3
+    assert main(["train", "--run-dir", str(run_dir), "--resume"]) == 0
+    resumed_log = json.loads(runs.run_path(run_dir, runs.TRAIN_LOG).read_text())
+    assert resumed_log["stats"]["resumed_from"].endswith("checkpoint-3")
+    assert resumed_log["stats"]["session_steps"] == 3 and resumed_log["stats"]["global_step"] == 6
+
+    full_dir = trained[0]
+    full_log = json.loads(runs.run_path(full_dir, runs.TRAIN_LOG).read_text())
+    for key in ("train_loss", "eval_loss"):
+        assert [e["step"] for e in resumed_log[key]] == [e["step"] for e in full_log[key]]
+        assert [e["loss"] for e in resumed_log[key]] == pytest.approx([e["loss"] for e in full_log[key]], abs=1e-5)
+    weights = "adapter_model.safetensors"
+    full = load_file(runs.run_path(full_dir, runs.ADAPTER) / weights)
+    resumed = load_file(runs.run_path(run_dir, runs.ADAPTER) / weights)
+    assert full.keys() == resumed.keys() and len(full) > 0
+    assert all(torch.allclose(resumed[name], full[name], atol=1e-6) for name in full)
+    assert main(["train", "--run-dir", str(run_dir), "--resume"]) == 2  # finished: nothing left to resume
+
+
+def test_resume_without_checkpoint_says_what_to_do(tmp_path):
+    from semifinetune.train import fit
+
+    with pytest.raises(ConfigError, match="no checkpoint-N folder"):
+        fit(None, None, make_config("tiny"), tmp_path, resume=True)
+
+
+def test_latest_checkpoint_is_numeric(tmp_path):
+    from semifinetune.train import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path) is None
+    for name in ("checkpoint-9", "checkpoint-10", "checkpoint-2", "runs"):
+        (tmp_path / runs.CHECKPOINTS / name).mkdir(parents=True)
+    assert latest_checkpoint(tmp_path).name == "checkpoint-10"
+
+
+def test_quantized_base_keeps_fp32_adapter(tmp_path, monkeypatch):
+    """TRL 1.15 casts a 4-bit base's LoRA weights to bf16 in SFTTrainer.__init__; build_trainer undoes it."""
+    import torch
+
+    from semifinetune import train as train_module
+    from semifinetune.env import environment_report
+
+    run_dir = tmp_path / "run"
+    cfg, report = _prepared_run(run_dir)
+    report = environment_report()
+
+    def lora_dtypes(keep_fp32: bool) -> set:
+        model, tokenizer = _lora_model(cfg, report)
+        model.get_base_model().is_loaded_in_4bit = True  # what TRL reads to decide it is a QLoRA run
+        if not keep_fp32:
+            monkeypatch.setattr(train_module, "keep_adapter_fp32", lambda model: 0)
+        trainer = train_module.build_trainer(model, tokenizer, cfg, run_dir, report)
+        return {p.dtype for name, p in trainer.model.named_parameters() if "lora_" in name}
+
+    assert lora_dtypes(keep_fp32=True) == {torch.float32}
+    assert lora_dtypes(keep_fp32=False) == {torch.bfloat16}  # TRL's cast, which the fix exists for
+
+
+@pytest.mark.parametrize(
+    "cuda, bf16, expected",
+    [(True, False, (True, False)), (True, True, (False, True)), (False, False, (False, False))],
+    ids=["t4-fp16", "ampere-bf16", "cpu-fp32"],
+)
+def test_precision_follows_the_machine(cuda, bf16, expected, tmp_path):
+    from semifinetune.train import sft_arguments
+
+    report = {"cuda_available": cuda, "bf16_supported": bf16}
+    args = sft_arguments(make_config("t4"), tmp_path, report)
+    assert (args["fp16"], args["bf16"]) == expected
+    assert args["max_length"] == 1024 and args["gradient_checkpointing"] is True and args["optim"] == "adamw_8bit"
+    assert args["output_dir"] == str(tmp_path / runs.CHECKPOINTS)
+    assert args["dataloader_pin_memory"] is cuda
+
+
+def test_cpu_sft_config_turns_off_trl_defaults(tmp_path):
+    from semifinetune.train import sft_config
+
+    args = sft_config(make_config("cpu"), tmp_path, {"cuda_available": False, "bf16_supported": False})
+    assert args.bf16 is False and args.fp16 is False  # SFTConfig would turn bf16 on
+    assert args.gradient_checkpointing is False  # SFTConfig defaults it on; ~60% slower steps on CPU
+    assert args.max_length == 256 and args.completion_only_loss is True
+    assert args.eval_strategy == "steps" and args.eval_steps == 10 and args.report_to == []
+
+
+def test_cli_train_without_setup_is_one_line(tmp_path, capsys):
+    from semifinetune.cli import main
+
+    assert main(["train", "--run-dir", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "notebook 01" in err and "Traceback" not in err
