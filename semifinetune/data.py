@@ -42,7 +42,7 @@ def _split_records(path: Path, label: str) -> tuple[list[Record], list[str]]:
     raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM (Windows editors) is harmless
     if not raw.strip():
         return [], [f"{label}:1: the file is empty; it needs one JSON object per line, e.g. {{\"input\": ..., \"output\": ...}}"]
-    if path.suffix == ".json" or raw.lstrip().startswith(b"["):
+    if raw.lstrip().startswith(b"["):  # a .json array; a .json file of JSON lines reads as JSONL
         return _split_array(raw, label)
     records, problems, lines = [], [], raw.split(b"\n")
     nonblank = [line.strip() for line in lines if line.strip()]

@@ -117,6 +117,10 @@ def test_json_array_is_accepted_and_items_are_named(tmp_path):
     assert len(read_examples(path, "train")) == 2
     path.write_text(json.dumps([GOOD, {"input": "q"}]))
     assert problems(path) == [f"{path}:item 2: missing field 'output'"]
+    path.write_text(json.dumps(GOOD) + "\n")  # JSON lines in a .json file
+    assert len(read_examples(path, "train")) == 1
+    path.write_bytes(b'[{"input": "caf\xe9", "output": "a"}]')
+    assert problems(path) == [f"{path}:1: invalid UTF-8 at byte 16 of the file; save the file as UTF-8"]
 
 
 def test_too_long_gives_token_count_and_limit(tmp_path, tiny_tokenizer):
