@@ -71,6 +71,30 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .evaluate import compare_base_tuned, evaluation_summary
+
+    result = compare_base_tuned(args.run_dir, batch_size=args.batch_size)
+    print(evaluation_summary(args.run_dir).to_string())
+    print(f"correct of {result['questions']} held-out questions: base {result['base_correct']}, "
+          f"tuned {result['tuned_correct']} (per answer: {result['file']})")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import recommend_settings, run_sweep, summarize_sweep, temperature_comparison, temperature_statement
+
+    table = run_sweep(args.run_dir, batch_size=args.batch_size)
+    summary = summarize_sweep(table)
+    print(summary.to_string(index=False))
+    print(f"recommended: {recommend_settings(summary)}")
+    try:
+        print(temperature_statement(temperature_comparison(table)))
+    except ConfigError as err:  # the grid lacks 0.3 or 0.6: the rest of the sweep still stands
+        print(f"0.3 vs 0.6: {err}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m semifinetune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -97,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="run directory prepared by setup and prepare-data")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in RUN_DIR/checkpoints")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="notebook 06: base vs tuned on the held-out questions, RUN_DIR/evaluation.csv")
+    p.add_argument("--run-dir", required=True, help="run directory with a trained adapter")
+    p.add_argument("--batch-size", type=int, default=16, help="questions per generate() batch (halved on GPU out-of-memory)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sweep", help="notebook 06: sampling grid, base vs tuned, RUN_DIR/sweep.csv, heatmaps, recommendation")
+    p.add_argument("--run-dir", required=True, help="run directory with a trained adapter")
+    p.add_argument("--batch-size", type=int, default=16, help="questions per generate() batch (halved on GPU out-of-memory)")
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -69,6 +69,8 @@ class RunConfig:
     repetition_penalty: float = 1.0
     sweep_temperatures: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.6, 0.7, 1.0])
     sweep_top_ps: list[float] = field(default_factory=lambda: [0.9, 0.95, 1.0])
+    sweep_repetition_penalties: list[float] = field(default_factory=lambda: [1.0])  # 1.0: off, as DeepSeek runs R1
+    sweep_max_new_tokens: list[int] = field(default_factory=list)  # empty: max_new_tokens only
     sweep_samples: int = 3  # samples per prompt and setting, seeds seed, seed+1, ...
     sweep_questions: int = 0  # 0: every held-out question
 
@@ -189,6 +191,8 @@ RANGES: dict[str, tuple] = {
     "repetition_penalty": (lambda v: v > 0, "a positive number (1.0 means off)"),
     "sweep_temperatures": (lambda v: len(v) > 0 and all(t >= 0 for t in v), "non-empty, each 0 or more"),
     "sweep_top_ps": (lambda v: len(v) > 0 and all(0 < p <= 1 for p in v), "non-empty, each in (0, 1]"),
+    "sweep_repetition_penalties": (lambda v: len(v) > 0 and all(r > 0 for r in v), "non-empty, each above 0 (1.0: off)"),
+    "sweep_max_new_tokens": (lambda v: all(n > 0 for n in v), "empty (max_new_tokens only) or positive integers"),
     "sweep_samples": (lambda v: v > 0, "a positive integer"),
     "sweep_questions": (lambda v: v >= 0, "0 (all) or more"),
     "format": (lambda v: v in ("chat", "guide"), "'chat' or 'guide'"),

@@ -47,3 +47,40 @@ def plot_losses(log: dict, path: str | os.PathLike | None = None):
         fig.savefig(path, dpi=100)
     plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
     return fig
+
+
+# --- the sampling sweep ---
+
+SWEEP_HEATMAP_METRICS = {"recall": "mean keyword recall", "eos_rate": "EOS-stop rate"}
+
+
+def plot_sweep_heatmaps(summary, path: str | os.PathLike | None = None):
+    """Recall and EOS-stop rate over temperature x top_p, one column per model (summarize_sweep's table); saved to path if given."""
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(summary["model"]))
+    fig, axes = plt.subplots(len(SWEEP_HEATMAP_METRICS), len(models), figsize=(3.6 * len(models) + 1, 6.4), squeeze=False, layout="constrained")
+    for row, (metric, label) in enumerate(SWEEP_HEATMAP_METRICS.items()):
+        for col, model in enumerate(models):
+            # Other grid axes (repetition penalty, max_new_tokens), if swept, are averaged over.
+            grid = summary[summary["model"] == model].pivot_table(index="temperature", columns="top_p", values=metric, aggfunc="mean")
+            ax = axes[row][col]
+            image = ax.imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+            for (i, j), value in _cells(grid.to_numpy()):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+            ax.set_xticks(range(len(grid.columns)), [f"{p:g}" for p in grid.columns])
+            ax.set_yticks(range(len(grid.index)), [f"{t:g}" for t in grid.index])
+            ax.set_xlabel("top_p")
+            ax.set_ylabel("temperature")
+            ax.set_title(f"{model}: {label}", fontsize=10)
+        fig.colorbar(image, ax=list(axes[row]), shrink=0.8)
+    if path is not None:
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
+    return fig
+
+
+def _cells(values):
+    import numpy as np
+
+    return [((i, j), values[i, j]) for i, j in np.ndindex(values.shape) if not np.isnan(values[i, j])]

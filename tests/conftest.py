@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -41,3 +43,29 @@ def tiny(tiny_cfg):
     from semifinetune.models import load_model
 
     return load_model(tiny_cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_cfg):
+    """A tiny-profile run directory with a LoRA adapter in adapter/ (B weights perturbed, so tuned != base), via peft directly."""
+    import torch
+
+    from semifinetune.lora import add_lora
+    from semifinetune.models import load_model
+    from semifinetune.pipeline import setup
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    eval_file = run_dir / "eval6.jsonl"  # the first 6 held-out questions: enough for every code path, seconds to run
+    lines = (Path(__file__).parent.parent / "data" / "semiconductor_eval.jsonl").read_text(encoding="utf-8").splitlines()
+    eval_file.write_text("\n".join(lines[:6]) + "\n", encoding="utf-8")
+    setup(run_dir, "tiny", {"eval_file": str(eval_file)})
+    model, tokenizer = load_model(tiny_cfg)
+    model = add_lora(model, tiny_cfg)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero (adapter = no-op); a trained adapter has moved it
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    model.save_pretrained(run_dir / "adapter")
+    tokenizer.save_pretrained(run_dir / "adapter")
+    return run_dir

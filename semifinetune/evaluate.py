@@ -1,0 +1,231 @@
+"""Per-answer metrics (keyword recall, EOS stop, repetition, length, think block) and base vs tuned on held-out questions.
+
+Every metric reads the ANSWER part for correctness (text after `</think>` for R1) and the whole output for
+repetition, since rambling inside the reasoning block costs as much as rambling in the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from contextlib import contextmanager, nullcontext
+
+from . import runs
+from .config import ConfigError, RunConfig
+
+NOT_APPLICABLE = "n/a"  # think metrics of a model without a reasoning block: not 0, which would read as "never closed"
+MODELS = ("base", "tuned")
+
+# Aggregated columns, what each is the mean of (see score_generations for the per-answer columns).
+SUMMARY_COLUMNS = [
+    "answers", "recall", "correct_rate", "eos_rate", "repeat_4gram", "distinct_2",
+    "answer_words", "new_tokens", "think_closed_rate", "tokens_per_s",
+]
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (runs of letters, digits and _): the unit of n-grams and of answer length."""
+    return re.findall(r"\w+", text.lower())
+
+
+def keyword_hits(answer: str, groups: list[list[str]]) -> int:
+    """How many keyword groups have at least one alternative in the answer (case-insensitive substring)."""
+    lowered = answer.lower()
+    return sum(any(alt.lower() in lowered for alt in group) for group in groups)
+
+
+def keyword_recall(answer: str, groups: list[list[str]]) -> float:
+    """Share of keyword groups the answer hits; 1.0 means correct."""
+    return keyword_hits(answer, groups) / len(groups) if groups else float("nan")
+
+
+def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def repeated_4gram_share(text: str) -> float:
+    """Share of word 4-grams that repeat an earlier one (0 = no loop; "a b c d a b c d" = 1/5). No 4-grams: 0."""
+    grams = ngrams(words(text), 4)
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def distinct_2(text: str) -> float:
+    """Distinct word bigrams / all word bigrams (1 = no bigram repeats). No bigrams: 1."""
+    grams = ngrams(words(text), 2)
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def answer_metrics(generation, groups: list[list[str]]) -> dict:
+    """The metrics of one Generation against its question's keyword groups."""
+    hits = keyword_hits(generation.answer, groups)
+    return {
+        "keyword_hits": hits,
+        "keyword_groups": len(groups),
+        "recall": hits / len(groups) if groups else float("nan"),
+        "correct": bool(groups) and hits == len(groups),  # every group hit
+        "eos_stop": generation.finish_reason == "eos",
+        "repeat_4gram": repeated_4gram_share(generation.text),
+        "distinct_2": distinct_2(generation.text),
+        "answer_words": len(words(generation.answer)),  # words of the answer part, not tokens
+    }
+
+
+def score_generations(generations: list, eval_rows: list[dict]):
+    """One DataFrame row per answer: question, answer parts, finish reason, tokens, time and every metric."""
+    import pandas as pd
+
+    records = []
+    for index, (row, gen) in enumerate(zip(eval_rows, generations)):
+        records.append(
+            {
+                "question_id": index,
+                "question": row["input"],
+                "topic": row.get("topic", ""),
+                "keywords": json.dumps(row["keywords"], ensure_ascii=False),
+                "answer": gen.answer,
+                "reasoning": gen.reasoning,
+                "text": gen.text,
+                "think_closed": gen.think_closed,
+                "finish_reason": gen.finish_reason,
+                "new_tokens": gen.new_tokens,
+                "seconds": gen.seconds,
+                **answer_metrics(gen, row["keywords"]),
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def think_closed_rate(values) -> float | str:
+    """Share of answers whose think block closed; "n/a" where no answer had a reasoning block."""
+    import pandas as pd
+
+    known = pd.Series(list(values), dtype=object).dropna()  # None (no block) and a CSV's empty cell both drop
+    if known.empty:
+        return NOT_APPLICABLE
+    return float(known.map(lambda v: v is True or str(v).lower() == "true").mean())
+
+
+def summarize(table, by: list[str]):
+    """Per group of `by`: answers, mean recall, correct/EOS/think-closed rates, repetition, lengths, tokens/s."""
+    import pandas as pd
+
+    rows = []
+    for key, group in table.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        seconds = group["seconds"].sum()
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "answers": len(group),
+                "recall": group["recall"].mean(),
+                "correct_rate": group["correct"].astype(float).mean(),
+                "eos_rate": group["eos_stop"].astype(float).mean(),
+                "repeat_4gram": group["repeat_4gram"].mean(),
+                "distinct_2": group["distinct_2"].mean(),
+                "answer_words": group["answer_words"].mean(),
+                "new_tokens": group["new_tokens"].mean(),  # generated tokens per answer, reasoning included
+                "think_closed_rate": think_closed_rate(group["think_closed"]),
+                # seconds are each row's share of its batch, so this is the batched throughput
+                "tokens_per_s": group["new_tokens"].sum() / seconds if seconds > 0 else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows, columns=[*by, *SUMMARY_COLUMNS])
+
+
+def evaluate_model(model, tokenizer, eval_rows: list[dict], settings, seed: int = 42, batch_size: int = 16, progress: bool = True):
+    """Generate an answer to every eval question and score it: one DataFrame row per question."""
+    from .generate import generate
+
+    generations = generate(model, tokenizer, [row["input"] for row in eval_rows], settings, seed, batch_size, progress)
+    return score_generations(generations, eval_rows)
+
+
+# --- base vs tuned ---
+
+
+def read_eval_rows(cfg: RunConfig, limit: int = 0) -> list[dict]:
+    """The held-out questions of cfg.eval_file (validated); the first `limit` if limit > 0."""
+    from .data import read_examples
+
+    rows = read_examples(runs.resolve_data_path(cfg.eval_file), "eval")
+    return rows[:limit] if limit > 0 else rows
+
+
+def settings_from_config(cfg: RunConfig):
+    from .generate import SamplingSettings
+
+    return SamplingSettings(
+        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty
+    )
+
+
+def load_base_and_tuned(cfg: RunConfig, run_dir: str | os.PathLike):
+    """The base model with the run's LoRA adapter attached (PeftModel) and its tokenizer; base = adapter disabled."""
+    from peft import PeftModel
+
+    from .models import load_model
+
+    adapter = runs.run_path(run_dir, runs.ADAPTER)
+    if not (adapter / "adapter_config.json").exists():
+        raise ConfigError(
+            f"{adapter}/adapter_config.json does not exist: there is no trained adapter in this run. "
+            f"Run notebook 05_train or `python -m semifinetune train --run-dir {run_dir}` first."
+        )
+    model, tokenizer = load_model(cfg)
+    backend = model.semifinetune_backend
+    # One copy of the base weights serves both models (the 1.5B model twice would double GPU memory).
+    tuned = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    tuned.semifinetune_backend = backend
+    return tuned, tokenizer
+
+
+@contextmanager
+def as_model(model, which: str):
+    """`with as_model(peft_model, "base"):` runs with the adapter disabled; "tuned" runs it as is."""
+    if which not in MODELS:
+        raise ConfigError(f"Unknown model {which!r}: use 'base' or 'tuned'")
+    with model.disable_adapter() if which == "base" else nullcontext():
+        yield model
+
+
+def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: int = 16, progress: bool = True) -> dict:
+    """Base and tuned on every held-out question at the run's sampling settings; writes run_dir/evaluation.csv."""
+    import pandas as pd
+
+    from .pipeline import open_run
+
+    cfg = open_run(run_dir)
+    settings = settings or settings_from_config(cfg)
+    eval_rows = read_eval_rows(cfg)
+    model, tokenizer = load_base_and_tuned(cfg, run_dir)
+    frames = []
+    for which in MODELS:
+        with as_model(model, which):
+            frame = evaluate_model(model, tokenizer, eval_rows, settings, cfg.seed, batch_size, progress)
+        frames.append(frame.assign(model=which))
+    table = pd.concat(frames, ignore_index=True)
+    table.to_csv(runs.run_path(run_dir, runs.EVALUATION), index=False)
+    counts = table.groupby("model")["correct"].sum()
+    return {
+        "questions": len(eval_rows),
+        "settings": vars(settings),
+        "base_correct": int(counts.get("base", 0)),
+        "tuned_correct": int(counts.get("tuned", 0)),
+        "file": str(runs.run_path(run_dir, runs.EVALUATION)),
+    }
+
+
+def read_evaluation(run_dir: str | os.PathLike):
+    """run_dir/evaluation.csv as compare_base_tuned wrote it."""
+    import pandas as pd
+
+    path = runs.run_path(run_dir, runs.EVALUATION)
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist. Run compare_base_tuned (notebook 06) or `python -m semifinetune evaluate --run-dir {run_dir}` first.")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def evaluation_summary(run_dir: str | os.PathLike):
+    """Base vs tuned, one row each: recall, correct/EOS/think-closed rates, repetition, lengths, tokens/s."""
+    return summarize(read_evaluation(run_dir), ["model"]).set_index("model")

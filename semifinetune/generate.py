@@ -1,0 +1,160 @@
+"""Batched generation through the chat template: left padding, EOS stop, finish reasons, token counts, timing."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .config import ConfigError
+
+
+class GenerationMemoryError(ConfigError):
+    """Even one answer at a time does not fit in GPU memory; the message names what to lower."""
+
+
+@dataclass
+class SamplingSettings:
+    temperature: float = 0.6  # 0 = greedy; DeepSeek recommends 0.6 for R1
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    repetition_penalty: float = 1.0  # 1.0 = off
+
+
+@dataclass
+class Generation:
+    prompt: str
+    text: str  # everything generated, up to (not including) the end-of-sequence token
+    reasoning: str | None  # None: the model has no reasoning block (not applicable)
+    answer: str
+    think_closed: bool | None  # None: not applicable
+    new_tokens: int  # generated tokens, the end-of-sequence token included, padding excluded
+    finish_reason: str  # "eos": the model stopped itself; "length": cut at max_new_tokens
+    seconds: float  # this row's share of its batch's wall time, so the rows' seconds add up to wall time
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def generate(
+    model, tokenizer, questions: list[str], settings: SamplingSettings, seed: int = 42, batch_size: int = 16, progress: bool = True
+) -> list[Generation]:
+    """Answers to `questions` through the chat template, batched with left padding, in the questions' order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .formats import chat_prompt
+
+    prompts = [chat_prompt(tokenizer, q) for q in questions]
+    # Longest first: rows of like length share a batch (less padding), and an OOM shows up on the first batch.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    results: list[Generation | None] = [None] * len(prompts)
+    start, size = 0, max(1, batch_size)
+    with _inference_mode(model, tokenizer), tqdm(total=len(prompts), desc="generate", disable=not progress) as bar:
+        while start < len(order):
+            rows = order[start : start + size]
+            try:
+                generated = _generate_batch(model, tokenizer, [prompts[i] for i in rows], settings, seed)
+            except torch.OutOfMemoryError:
+                size = _smaller_batch(size, settings)
+                continue
+            for i, row in zip(rows, generated):
+                results[i] = row
+            start += len(rows)
+            bar.update(len(rows))
+    return results
+
+
+@contextmanager
+def _inference_mode(model, tokenizer):
+    """eval(), left padding and torch.inference_mode for the call; the caller's state restored after."""
+    import torch
+
+    if getattr(model, "semifinetune_backend", "transformers") == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)  # Unsloth's fast decoding path (2x on a T4)
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"  # decoder-only: new tokens must follow each prompt directly
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        tokenizer.padding_side = side
+        if was_training:
+            model.train()
+
+
+def _smaller_batch(size: int, settings: SamplingSettings) -> int:
+    """Half the batch after a CUDA out-of-memory error; at batch 1 say what to lower."""
+    import torch
+
+    torch.cuda.empty_cache()
+    if size == 1:
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0.0
+        raise GenerationMemoryError(
+            f"Out of GPU memory generating a single answer ({total:.1f} GiB GPU, max_new_tokens="
+            f"{settings.max_new_tokens}). Lower max_new_tokens (e.g. --set max_new_tokens="
+            f"{max(16, settings.max_new_tokens // 2)}) or max_seq_length, or restart the runtime to free GPU memory."
+        ) from None
+    print(f"Out of GPU memory at batch size {size}: retrying with batch size {size // 2}.")
+    return size // 2
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """The ids that end an answer: the tokenizer's eos and the model's generation config eos (an int or a list)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return {i for i in ids if i is not None}
+
+
+def sampling_kwargs(settings: SamplingSettings) -> dict:
+    """model.generate() arguments for these settings; temperature 0 means greedy (no sampling arguments)."""
+    kwargs = {"max_new_tokens": settings.max_new_tokens, "use_cache": True}  # no KV cache: ~18x slower on CPU
+    if settings.temperature > 0:
+        # top_k=0: transformers would otherwise add top_k=50, which DeepSeek's recommendation does not have.
+        kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+    else:
+        kwargs["do_sample"] = False
+    if settings.repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = settings.repetition_penalty
+    return kwargs
+
+
+def _generate_batch(model, tokenizer, prompts: list[str], settings: SamplingSettings, seed: int) -> list[Generation]:
+    from .formats import opens_think_block
+    from .parsing import parse_output
+    from .seeding import seed_everything
+
+    # The chat template writes its own BOS: adding specials again would double it.
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    eos_ids = eos_token_ids(model, tokenizer)
+    seed_everything(seed)  # each batch from the same seed: a rerun with the same batch size gives the same text
+    started = time.perf_counter()
+    output = model.generate(
+        **encoded, **sampling_kwargs(settings), eos_token_id=sorted(eos_ids), pad_token_id=tokenizer.pad_token_id
+    )
+    seconds = (time.perf_counter() - started) / len(prompts)
+    rows = []
+    for prompt, ids in zip(prompts, output[:, encoded["input_ids"].shape[1] :].tolist()):
+        stop = next((k for k, tok in enumerate(ids) if tok in eos_ids), None)
+        kept = ids if stop is None else ids[:stop]
+        # Specials kept: R1's `</think>` is a special token in some tokenizers and the parser needs it.
+        text = tokenizer.decode(kept, skip_special_tokens=False)
+        parsed = parse_output(text, opens_think_block(prompt))
+        rows.append(
+            Generation(
+                prompt=prompt,
+                text=text,
+                reasoning=parsed.reasoning,
+                answer=parsed.answer,
+                think_closed=parsed.think_closed,
+                new_tokens=len(ids) if stop is None else stop + 1,
+                finish_reason="length" if stop is None else "eos",
+                seconds=round(seconds, 4),
+            )
+        )
+    return rows

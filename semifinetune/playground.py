@@ -1,0 +1,94 @@
+"""An ipywidgets playground: one prompt, sampling sliders, base and tuned answers side by side (interactive sessions only)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from . import runs
+
+# Parent processes that run notebooks headless: nothing would ever click the widgets there.
+HEADLESS_RUNNERS = ("papermill", "pytest", "nbval", "nbconvert", "nbclient")
+
+
+def interactive_session(interactive: bool = True) -> tuple[bool, str]:
+    """(True, "") where widgets can be used: asked for, inside a Jupyter kernel, not started by a headless runner."""
+    if not interactive:
+        return False, "interactive=False (papermill runs set it)"
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False, "IPython is not installed"
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return False, "not running in a Jupyter kernel"
+    runner = _headless_parent()
+    if runner:
+        return False, f"the kernel was started by {runner}, not by a notebook frontend"
+    return True, ""
+
+
+def _headless_parent() -> str:
+    """The headless runner that started this kernel (papermill, pytest/nbval, nbconvert), or ""."""
+    import psutil
+
+    try:
+        command = " ".join(psutil.Process(os.getppid()).cmdline()).lower()
+    except (psutil.Error, OSError):
+        return ""
+    return next((name for name in HEADLESS_RUNNERS if name in command), "")
+
+
+def describe(generation) -> str:
+    """One answer as the playground shows it: the answer, then reasoning (if any) and how generation ended."""
+    lines = [generation.answer or "(no answer: the think block never closed)"]
+    if generation.reasoning is not None:
+        lines += ["", "--- reasoning ---", generation.reasoning]
+    think = "n/a" if generation.think_closed is None else ("closed" if generation.think_closed else "not closed")
+    lines += ["", f"[{generation.finish_reason}, {generation.new_tokens} tokens, {generation.seconds:.1f} s, think block {think}]"]
+    return "\n".join(lines)
+
+
+def starting_settings(run_dir: str | os.PathLike, cfg) -> dict:
+    """The sweep's recommended temperature/top_p where it exists, else the run's own settings."""
+    path = runs.run_path(run_dir, runs.RECOMMENDED)
+    start = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens}
+    if path.exists():
+        recommended = json.loads(path.read_text(encoding="utf-8"))
+        start.update({key: recommended[key] for key in start if key in recommended})
+    return start
+
+
+def playground(run_dir: str | os.PathLike, interactive: bool = True):
+    """The widget in an interactive session; elsewhere one printed line and None."""
+    ok, why = interactive_session(interactive)
+    if not ok:
+        print(f"Playground skipped: {why}.")
+        return None
+    import ipywidgets as w
+
+    from .evaluate import MODELS, as_model, load_base_and_tuned
+    from .generate import SamplingSettings, generate
+    from .pipeline import GUIDE_QUESTION, open_run
+
+    cfg = open_run(run_dir)
+    model, tokenizer = load_base_and_tuned(cfg, run_dir)
+    start = starting_settings(run_dir, cfg)
+    prompt = w.Textarea(value=GUIDE_QUESTION, description="prompt", layout=w.Layout(width="95%", height="4em"))
+    temperature = w.FloatSlider(value=start["temperature"], min=0.0, max=1.5, step=0.05, description="temperature")
+    top_p = w.FloatSlider(value=start["top_p"], min=0.05, max=1.0, step=0.05, description="top_p")
+    max_new = w.IntSlider(value=start["max_new_tokens"], min=16, max=max(cfg.max_seq_length, 16), step=16, description="max_new_tokens")
+    button = w.Button(description="Generate", button_style="primary")
+    outputs = {which: w.Output(layout=w.Layout(width="48%", border="1px solid #ccc", padding="4px")) for which in MODELS}
+
+    def on_click(_):
+        settings = SamplingSettings(temperature.value, top_p.value, max_new.value, cfg.repetition_penalty)
+        for which in MODELS:
+            outputs[which].clear_output()
+            with as_model(model, which):
+                (gen,) = generate(model, tokenizer, [prompt.value], settings, seed=cfg.seed, progress=False)
+            with outputs[which]:
+                print(f"{which.upper()}\n\n{describe(gen)}")
+
+    button.on_click(on_click)
+    return w.VBox([prompt, w.HBox([temperature, top_p, max_new]), button, w.HBox(list(outputs.values()))])

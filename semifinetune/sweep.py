@@ -1,0 +1,204 @@
+"""The sampling sweep: a grid of settings x samples, base and tuned on the same questions, and what it says.
+
+Recommendation rule (recommend_settings): among the grid's settings, take the highest mean keyword recall of
+the tuned model; break ties by the higher EOS-stop rate, then the lower repeated-4-gram share, then the
+setting closest to DeepSeek's recommendation (temperature 0.6, top_p 0.95).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+from . import runs
+from .config import ConfigError, RunConfig, write_json_atomic
+
+SETTING_COLUMNS = ["temperature", "top_p", "repetition_penalty", "max_new_tokens"]
+DEEPSEEK = {"temperature": 0.6, "top_p": 0.95}  # DeepSeek-R1 README, "Usage Recommendations"
+SUMMARY_FILE = "sweep_summary.csv"
+HEATMAP_FILE = "sweep_heatmaps.png"
+RULE = (
+    "highest mean keyword recall of the tuned model; ties broken by higher EOS-stop rate, then lower "
+    "repeated-4-gram share, then closest to DeepSeek's temperature 0.6 / top_p 0.95"
+)
+COMPARED_METRICS = {"recall": "recall", "eos_stop": "EOS-stop rate", "repeat_4gram": "repeated 4-grams"}
+
+
+def sweep_settings(cfg: RunConfig) -> list:
+    """Every SamplingSettings of the grid: temperatures x top_ps x repetition penalties x max_new_tokens."""
+    from .generate import SamplingSettings
+
+    grid = itertools.product(
+        cfg.sweep_temperatures,
+        cfg.sweep_top_ps,
+        cfg.sweep_repetition_penalties,
+        cfg.sweep_max_new_tokens or [cfg.max_new_tokens],  # empty list: the run's max_new_tokens only
+    )
+    return [SamplingSettings(t, p, n, r) for t, p, r, n in grid]
+
+
+def run_sweep(run_dir: str | os.PathLike, batch_size: int = 16, progress: bool = True):
+    """Base and tuned over the grid, cfg.sweep_samples seeds each; writes sweep.csv, its summary, heatmaps, recommendation."""
+    import pandas as pd
+
+    from .evaluate import MODELS, as_model, evaluate_model, load_base_and_tuned, read_eval_rows
+    from .measure import timed
+    from .pipeline import open_run
+
+    cfg = open_run(run_dir)
+    eval_rows = read_eval_rows(cfg, cfg.sweep_questions)
+    model, tokenizer = load_base_and_tuned(cfg, run_dir)
+    frames = []
+    with timed() as clock:
+        for which, settings, sample in itertools.product(MODELS, sweep_settings(cfg), range(cfg.sweep_samples)):
+            # All questions of one setting and seed in one generate() call (batched inside it).
+            with as_model(model, which):
+                frame = evaluate_model(model, tokenizer, eval_rows, settings, cfg.seed + sample, batch_size, progress)
+            frames.append(frame.assign(model=which, **vars(settings), sample=sample, seed=cfg.seed + sample))
+    table = pd.concat(frames, ignore_index=True)
+    table.to_csv(runs.run_path(run_dir, runs.SWEEP), index=False)
+    summary = summarize_sweep(table)
+    summary.to_csv(runs.run_path(run_dir, SUMMARY_FILE), index=False)
+    write_recommendation(run_dir, recommend_settings(summary), clock["seconds"], len(table))
+    from .plots import plot_sweep_heatmaps
+
+    plot_sweep_heatmaps(summary, runs.run_path(run_dir, HEATMAP_FILE))
+    return table
+
+
+def read_sweep(run_dir: str | os.PathLike):
+    """run_dir/sweep.csv as run_sweep wrote it: one row per model x setting x sample x question."""
+    import pandas as pd
+
+    path = runs.run_path(run_dir, runs.SWEEP)
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist. Run notebook 06 or `python -m semifinetune sweep --run-dir {run_dir}` first.")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def summarize_sweep(table):
+    """One row per model x setting: the aggregated metrics over questions and samples."""
+    from .evaluate import summarize
+
+    return summarize(table, ["model", *SETTING_COLUMNS])
+
+
+def recommend_settings(summary, model: str = "tuned") -> dict:
+    """The setting the rule in this module's docstring picks for `model` from a summarize_sweep table."""
+    rows = summary[summary["model"] == model]
+    if rows.empty:
+        raise ConfigError(f"The sweep summary has no rows for model {model!r} (models: {sorted(set(summary['model']))}).")
+
+    def key(row) -> tuple:
+        distance = abs(row["temperature"] - DEEPSEEK["temperature"]) + abs(row["top_p"] - DEEPSEEK["top_p"])
+        # rounded: float means of the same counts must tie exactly
+        return (-round(row["recall"], 9), -round(row["eos_rate"], 9), round(row["repeat_4gram"], 9), round(distance, 9))
+
+    best = min((row for _, row in rows.iterrows()), key=key)
+    return {
+        "rule": RULE,
+        "model": model,
+        **{col: _plain(best[col]) for col in SETTING_COLUMNS},
+        **{col: _plain(best[col]) for col in ("recall", "eos_rate", "repeat_4gram", "answers")},
+    }
+
+
+def _plain(value):
+    """numpy scalars as plain Python numbers, for JSON."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def write_recommendation(run_dir: str | os.PathLike, recommendation: dict, seconds: float, rows: int) -> None:
+    write_json_atomic(
+        runs.run_path(run_dir, runs.RECOMMENDED), {**recommendation, "sweep_seconds": seconds, "sweep_answers": rows}
+    )
+
+
+def temperature_comparison(table, low: float = 0.3, high: float = 0.6, boot: int = 2000, seed: int = 0):
+    """Per model and metric: mean at `low` and `high`, the difference and its 95% bootstrap interval over questions.
+
+    Rows of all other settings (top_p, ...) and samples are pooled; the bootstrap resamples questions (paired:
+    each question's mean at `low` minus its mean at `high`), since samples of one question are not independent.
+    A difference is beyond the noise when its interval excludes 0.
+    """
+    import numpy as np
+    import pandas as pd
+
+    missing = [t for t in (low, high) if not np.isclose(table["temperature"], t).any()]
+    if missing:
+        raise ConfigError(
+            f"The sweep has no temperature {missing} (it has {sorted(set(table['temperature']))}). "
+            "Add it to sweep_temperatures in config.json and run the sweep again."
+        )
+    rng = np.random.default_rng(seed)
+    records = []
+    for model, rows in table.groupby("model", sort=False):
+        at = {t: rows[np.isclose(rows["temperature"], t)] for t in (low, high)}
+        for metric, label in COMPARED_METRICS.items():
+            per_question = pd.concat(
+                {t: at[t].groupby("question_id")[metric].apply(lambda s: s.astype(float).mean()) for t in (low, high)}, axis=1
+            ).dropna()
+            diffs = (per_question[low] - per_question[high]).to_numpy()
+            boots = rng.choice(diffs, size=(boot, len(diffs)), replace=True).mean(axis=1)
+            ci_low, ci_high = np.percentile(boots, [2.5, 97.5])
+            records.append(
+                {
+                    "model": model,
+                    "metric": label,
+                    f"T={low}": at[low][metric].astype(float).mean(),
+                    f"T={high}": at[high][metric].astype(float).mean(),
+                    "difference": diffs.mean(),
+                    "ci95_low": ci_low,
+                    "ci95_high": ci_high,
+                    "beyond_noise": bool(ci_low > 0 or ci_high < 0),
+                    "questions": len(diffs),
+                    "answers_each": len(at[low]),
+                }
+            )
+    return pd.DataFrame(records)
+
+
+def temperature_statement(comparison, low: float = 0.3, high: float = 0.6) -> str:
+    """What the sweep says about `low` vs `high`, one line per model, from a temperature_comparison table."""
+    lines = []
+    for model, rows in comparison.groupby("model", sort=False):
+        parts = []
+        for _, r in rows.iterrows():
+            verdict = "beyond the noise" if r["beyond_noise"] else "within the noise"
+            parts.append(
+                f"{r['metric']} {r[f'T={low}']:.3f} vs {r[f'T={high}']:.3f} "
+                f"(difference {r['difference']:+.3f}, 95% CI {r['ci95_low']:+.3f} to {r['ci95_high']:+.3f}: {verdict})"
+            )
+        recall = rows[rows["metric"] == COMPARED_METRICS["recall"]].iloc[0]
+        if not recall["beyond_noise"]:
+            conclusion = f"on recall, {low} and {high} cannot be told apart with this many questions and samples"
+        elif recall["difference"] > 0:
+            conclusion = f"{low} gives higher recall than {high}"
+        else:
+            conclusion = f"{high} gives higher recall than {low}"
+        lines.append(
+            f"{model} model, temperature {low} vs {high} ({int(recall['questions'])} questions, "
+            f"{int(recall['answers_each'])} answers at each temperature): " + "; ".join(parts) + f". So {conclusion}."
+        )
+    return "\n".join(lines)
+
+
+def side_by_side(table, recommendation: dict | None = None, questions: int = 5, width: int = 200):
+    """The first `questions` questions, base vs tuned answers at one setting (default: the recommended), sample 0."""
+    import numpy as np
+
+    rows = table[table["sample"] == table["sample"].min()]
+    if recommendation:
+        for col in SETTING_COLUMNS:
+            rows = rows[np.isclose(rows[col], recommendation[col])]
+    else:
+        first = rows.iloc[0]
+        for col in SETTING_COLUMNS:
+            rows = rows[np.isclose(rows[col], first[col])]
+    wide = rows.pivot_table(index=["question_id", "question", "keywords"], columns="model",
+                            values=["answer", "correct"], aggfunc="first")
+    wide.columns = [f"{model} {field}" for field, model in wide.columns]
+    wide = wide.reset_index().drop(columns="question_id").head(questions)
+    for col in [c for c in wide.columns if c.endswith(" answer")]:
+        wide[col] = wide[col].fillna("").astype(str).str.slice(0, width)
+    return wide.set_index("question")
