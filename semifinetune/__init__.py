@@ -27,6 +27,12 @@ _EXPORTS = {
     "format_example": "formats",
     "seed_everything": "seeding",
     "memory_snapshot": "measure",
+    "SamplingSettings": "generate",
+    "generate": "generate",
+    "evaluate_model": "evaluate",
+    "compare_base_tuned": "evaluate",
+    "run_sweep": "sweep",
+    "recommend_settings": "sweep",
 }
 
 __all__ = sorted(_EXPORTS)
