@@ -28,7 +28,6 @@ _EXPORTS = {
     "seed_everything": "seeding",
     "memory_snapshot": "measure",
     "SamplingSettings": "generate",
-    "generate": "generate",
     "evaluate_model": "evaluate",
     "compare_base_tuned": "evaluate",
     "run_sweep": "sweep",
