@@ -25,7 +25,12 @@ def cmd_env(args) -> int:
 def cmd_run(args) -> int:
     from .pipeline import run_pipeline
 
-    run_pipeline(args.run_dir, args.profile, parse_assignments(args.set), overwrite=args.overwrite)
+    result = run_pipeline(args.run_dir, args.profile, parse_assignments(args.set), overwrite=args.overwrite)
+    evaluation, stats, best = result["evaluation"], result["train"], result["recommended"]
+    print(f"trained {stats['global_step']} steps in {stats['train_runtime_s']:.0f} s; "
+          f"held-out correct: base {evaluation['base_correct']}, tuned {evaluation['tuned_correct']} "
+          f"of {evaluation['questions']}; recommended temperature {best['temperature']}, top_p {best['top_p']}; "
+          f"results in {args.run_dir}")
     return 0
 
 
@@ -95,6 +100,19 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_run, hub_token, push_to_hub
+
+    token = hub_token() if args.push_to_hub else None  # no token: fail before a long merge, not after
+    result = export_run(args.run_dir, args.format, overwrite=args.overwrite, quantization=args.quantization)
+    for note in result["notes"]:
+        print(note)
+    print(f"{args.format} export: {result['folder']} ({len(result['files'])} files, {sum(result['files'].values()):.1f} MB)")
+    if args.push_to_hub:
+        print(f"pushed to {push_to_hub(result['folder'], args.push_to_hub, token)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m semifinetune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -131,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="run directory with a trained adapter")
     p.add_argument("--batch-size", type=int, default=16, help="questions per generate() batch (halved on GPU out-of-memory)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("export", help="RUN_DIR/export/FORMAT: adapter + model card, merged 16-bit safetensors, or GGUF; Ollama Modelfile")
+    p.add_argument("--run-dir", required=True, help="run directory with a trained adapter")
+    p.add_argument("--format", required=True, choices=["adapter", "merged16", "gguf"], help="what to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export of this format")
+    p.add_argument("--quantization", default="q8_0", help="GGUF only: Unsloth's quantization_method (q8_0, q4_k_m, f16)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload the export to this Hugging Face model repo (token: HF_TOKEN or `hf auth login`)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

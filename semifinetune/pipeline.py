@@ -74,8 +74,27 @@ def load_baseline(run_dir: str | os.PathLike) -> dict:
     return result
 
 
-def run_pipeline(run_dir: str | os.PathLike, profile: str, overrides: dict | None = None, overwrite: bool = False):
-    """The whole job, step by step, as notebooks 01-06 do it."""
-    setup(run_dir, profile, overrides, overwrite=overwrite)
+def run_pipeline(run_dir: str | os.PathLike, profile: str, overrides: dict | None = None, overwrite: bool = False) -> dict:
+    """The whole job, step by step, as notebooks 01-06 do it; returns each step's summary."""
+    from .data import prepare_data
+    from .evaluate import compare_base_tuned
+    from .sweep import run_sweep
+    from .train import train
+
+    cfg, _ = setup(run_dir, profile, overrides, overwrite=overwrite)  # 01
+    _step("02 load + baseline")
     load_baseline(run_dir)
-    return Path(run_dir)
+    _step("04 format data")
+    data = prepare_data(run_dir)
+    _step("05 train")
+    stats = train(cfg, run_dir)
+    _step("06 evaluate base vs tuned")
+    evaluation = compare_base_tuned(run_dir)
+    _step("06 sampling sweep")
+    run_sweep(run_dir)
+    recommended = json.loads(runs.run_path(run_dir, runs.RECOMMENDED).read_text(encoding="utf-8"))
+    return {"data": data, "train": stats, "evaluation": evaluation, "recommended": recommended}
+
+
+def _step(name: str) -> None:
+    print(f"== {name}", flush=True)
