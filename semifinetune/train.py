@@ -121,7 +121,7 @@ def sft_arguments(cfg: RunConfig, run_dir, report: dict, resume: bool = False) -
     """SFTConfig's arguments (SFTConfig itself refuses fp16/bf16 on a machine without a GPU, so tests read these)."""
     from .env import choose_precision
 
-    precision = choose_precision(report)
+    precision = choose_precision(report, cfg.precision)
     return dict(
         output_dir=str(checkpoints_dir(run_dir)),
         # SFTConfig turns bf16 on unless told otherwise, which fails on a T4 and on CPU: always say both.
@@ -269,7 +269,7 @@ def run_stats(cfg: RunConfig, report: dict, trainer, metrics: dict, session, bef
     stats = {
         "device": report["gpu_name"] if report["cuda_available"] else f"CPU ({report['cpu_count']} cores)",
         "backend": getattr(trainer.model, "semifinetune_backend", "transformers"),
-        "precision": choose_precision(report),
+        "precision": choose_precision(report, cfg.precision),
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "global_step": state.global_step,
         "session_steps": steps,
@@ -306,6 +306,14 @@ def stats_table(stats: dict):
     import pandas as pd
 
     return pd.DataFrame({"value": [str(v) for v in stats.values()]}, index=pd.Index(list(stats), name="stat"))
+
+
+def adapter_files(run_dir) -> dict:
+    """What run_dir/adapter holds: file name -> size in KB."""
+    folder = runs.run_path(run_dir, runs.ADAPTER)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} does not exist. Run notebook 05_train (or `python -m semifinetune train`) first.")
+    return {p.name: round(p.stat().st_size / 1024, 1) for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def plot_loss_curve(run_dir):
