@@ -34,6 +34,7 @@ class RunConfig:
     max_seq_length: int = 1024
     load_in_4bit: bool = True
     backend: str = "auto"  # auto: Unsloth where it imports and a CUDA GPU is present, else transformers
+    precision: str = "auto"  # auto: bf16 where the GPU has it, fp16 on a T4, fp32 on CPU
 
     # --- data ---
     train_file: str = "data/semiconductor_train.jsonl"  # the guide's own 20: data/semiconductor_guide.jsonl
@@ -197,6 +198,7 @@ RANGES: dict[str, tuple] = {
     "sweep_questions": (lambda v: v >= 0, "0 (all) or more"),
     "format": (lambda v: v in ("chat", "guide"), "'chat' or 'guide'"),
     "loss_on": (lambda v: v in ("auto", "completion", "all"), "'auto', 'completion' or 'all'"),
+    "precision": (lambda v: v in ("auto", "bf16", "fp16", "fp32"), "'auto', 'bf16', 'fp16' or 'fp32'"),
     "backend": (lambda v: v in ("auto", "unsloth", "transformers"), "'auto', 'unsloth' or 'transformers'"),
 }
 

@@ -67,11 +67,19 @@ def choose_backend(report: dict, requested: str = "auto") -> str:
     return "unsloth" if report["cuda_available"] and report["unsloth_importable"] else "transformers"
 
 
-def choose_precision(report: dict) -> str:
-    """bf16 where the GPU supports it, fp16 on older GPUs such as the T4, fp32 on CPU."""
-    if not report["cuda_available"]:
-        return "fp32"
-    return "bf16" if report["bf16_supported"] else "fp16"
+def choose_precision(report: dict, requested: str = "auto") -> str:
+    """bf16 where the GPU supports it, fp16 on older GPUs such as the T4, fp32 on CPU; a request is checked."""
+    from .config import ConfigError
+
+    if requested == "auto":
+        if not report["cuda_available"]:
+            return "fp32"
+        return "bf16" if report["bf16_supported"] else "fp16"
+    if requested in ("fp16", "bf16") and not report["cuda_available"]:
+        raise ConfigError(f"precision={requested!r} needs a CUDA GPU; on a CPU use precision='fp32' (or 'auto').")
+    if requested == "bf16" and not report["bf16_supported"]:
+        raise ConfigError(f"precision='bf16' but {report['gpu_name']} has no bf16 (a T4 has not): use 'fp16' or 'auto'.")
+    return requested
 
 
 def report_rows(report: dict) -> list[tuple[str, str]]:

@@ -45,7 +45,7 @@ def load_model(cfg: RunConfig, report: dict | None = None):
         path = cfg.model_name
         check_hub_reachable(path)
     backend = choose_backend(report, cfg.backend)
-    precision = choose_precision(report)
+    precision = choose_precision(report, cfg.precision)
     if backend == "unsloth":
         model, tokenizer = _load_unsloth(cfg, path)
     else:
@@ -75,6 +75,9 @@ def check_loadable(cfg: RunConfig, report: dict) -> None:
             "load_in_4bit=True needs a CUDA GPU (bitsandbytes 4-bit); this machine has none. "
             "Use profile 'cpu' (the embedded model) or --set load_in_4bit=false."
         )
+    from .env import choose_precision
+
+    choose_precision(report, cfg.precision)  # fp16/bf16 where the machine has none fail here
     if cfg.backend == "unsloth" and not report["unsloth_importable"]:
         raise ConfigError("backend='unsloth' but Unsloth is not installed. pip install unsloth, or --set backend=auto.")
     if cfg.backend == "unsloth" and not report["cuda_available"]:
