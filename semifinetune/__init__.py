@@ -32,6 +32,8 @@ _EXPORTS = {
     "compare_base_tuned": "evaluate",
     "run_sweep": "sweep",
     "recommend_settings": "sweep",
+    "export_run": "export",
+    "push_to_hub": "export",
 }
 
 __all__ = sorted(_EXPORTS)

