@@ -38,13 +38,12 @@ def _lora_model(cfg, report):
 
 def _fresh_run(run_dir, callbacks=None, resume=False):
     """(model, tokenizer, stats) of a tiny run trained in run_dir, the model kept in memory."""
+    from semifinetune.env import environment_report
     from semifinetune.pipeline import open_run
     from semifinetune.train import fit
 
     if not runs.run_path(run_dir, runs.CONFIG).exists():
         _prepared_run(run_dir)
-    from semifinetune.env import environment_report
-
     cfg, report = open_run(run_dir), environment_report()
     model, tokenizer = _lora_model(cfg, report)
     stats = fit(model, tokenizer, cfg, run_dir, resume=resume, callbacks=callbacks, report=report)
@@ -180,11 +179,9 @@ def test_quantized_base_keeps_fp32_adapter(tmp_path, monkeypatch):
     import torch
 
     from semifinetune import train as train_module
-    from semifinetune.env import environment_report
 
     run_dir = tmp_path / "run"
     cfg, report = _prepared_run(run_dir)
-    report = environment_report()
 
     def lora_dtypes(keep_fp32: bool) -> set:
         model, tokenizer = _lora_model(cfg, report)
@@ -230,3 +227,25 @@ def test_cli_train_without_setup_is_one_line(tmp_path, capsys):
     assert main(["train", "--run-dir", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "notebook 01" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("fmt, answer_only", [("chat", True), ("guide", False)])
+def test_loss_on_the_answer_only_for_chat_on_everything_for_guide(fmt, answer_only, tmp_path):
+    """The labels the trainer builds: -100 exactly where the prepared completion_mask is 0 (the chat prompt)."""
+    from semifinetune.data import prepare_data, read_prepared
+    from semifinetune.env import environment_report
+    from semifinetune.pipeline import setup
+    from semifinetune.train import build_trainer
+
+    cfg, _ = setup(tmp_path, "tiny", {"format": fmt})
+    prepare_data(tmp_path)
+    report = environment_report()
+    model, tokenizer = _lora_model(cfg, report)
+    trainer = build_trainer(model, tokenizer, cfg, tmp_path, report)
+    prepared = read_prepared(tmp_path, "train")
+    for row, built in zip(prepared[:20], trainer.train_dataset):
+        assert built["input_ids"] == row["input_ids"]
+        assert built["labels"] == [t if keep else -100 for t, keep in zip(row["input_ids"], row["completion_mask"])]
+        masked = built["labels"].count(-100)
+        assert (masked > 0) is answer_only
+        assert built["labels"][-1] == tokenizer.eos_token_id  # the stop token is learned in both formats
