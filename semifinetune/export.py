@@ -391,15 +391,17 @@ def ollama_modelfile(tokenizer, sampling: dict, source: str) -> str:
 
 def model_card(cfg: RunConfig, run_dir, sampling: dict, kind: str, detail: str = "") -> str:
     """README.md for an export: base model, data and counts, recipe, training, held-out results, sampling, usage."""
-    base = hub_base_model(cfg)
+    # merged exports stand on the 16-bit original of a pre-quantized base (merge_config)
+    base = hub_base_model(cfg if kind == "adapter" else merge_config(cfg))
     front = ["---", "library_name: " + ("peft" if kind == "adapter" else "transformers"),
              "pipeline_tag: text-generation", "tags: [lora, semiconductors, semifinetune]"]
     if base:
-        front.append(f"base_model: {merge_config(cfg).model_name if kind != 'adapter' else base}")
+        front.append(f"base_model: {base}")
     front.append("---")
     what = {
         "adapter": "A LoRA adapter (PEFT)",
-        "merged16": f"The base model with the LoRA adapter merged into its weights, safetensors in {detail}",
+        "merged16": f"The base model ({base or cfg.model_name}) with the LoRA adapter merged into its weights, "
+                    f"safetensors in {detail}",
         "gguf": f"The merged model as GGUF ({detail}) with an Ollama Modelfile",
     }[kind]
     parts = [

@@ -221,3 +221,13 @@ def test_push_uploads_the_export_and_never_shows_the_token(run_dir, monkeypatch,
     assert "Upload of" in failed.err and "token ***" in failed.err
     assert secret not in out.out + out.err + failed.out + failed.err
     assert not any(secret.encode() in p.read_bytes() for p in run_dir.rglob("*") if p.is_file())
+
+
+def test_merging_uses_the_unquantized_base_under_its_hub_name():
+    from semifinetune.config import make_config
+    from semifinetune.export import hub_base_model, merge_config
+
+    t4 = merge_config(make_config("t4"))
+    assert (t4.model_name, t4.load_in_4bit, t4.backend) == ("unsloth/DeepSeek-R1-Distill-Qwen-1.5B", False, "transformers")
+    assert hub_base_model(make_config("cpu")) == "HuggingFaceTB/SmolLM2-135M-Instruct"  # not the local cache path
+    assert hub_base_model(make_config("tiny")) is None
