@@ -62,7 +62,7 @@ def main() -> None:
         "train_s": stats["train_runtime_s"],
         "tokens_per_s": stats["tokens_per_s"],
         "samples_per_s": stats["samples_per_s"],
-        "peak_memory": {k: v for k, v in stats.items() if k.startswith("peak")},
+        "peak_memory": {k: v for k, v in stats.items() if "peak" in k},
         "loss_step_10": losses.get(10),
         "loss_step_100": losses.get(100),
         "losses": losses,

@@ -271,6 +271,7 @@ def run_stats(cfg: RunConfig, report: dict, trainer, metrics: dict, session, bef
         "backend": getattr(trainer.model, "semifinetune_backend", "transformers"),
         "precision": choose_precision(report, cfg.precision),
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "adapter_dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in trainer.model.parameters() if p.requires_grad}),
         "global_step": state.global_step,
         "session_steps": steps,
         "train_runtime_s": round(runtime, 2),
