@@ -113,6 +113,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_notebooks(args) -> int:
+    from .notebooks import literal, parse_grid, run_grid, run_notebooks, write_golden
+
+    if args.golden:
+        write_golden(args.golden, args.run_dir, args.profile)
+        return 0
+    params = {key: literal(value) for key, value in args.param}
+    overrides = parse_assignments(args.set)
+    if args.grid:
+        key, values = parse_grid(args.grid)
+        table = run_grid(args.run_dir, args.profile, key, values, params, overrides)
+        print(table.drop(columns="run_dir").to_string(index=False))
+        print(f"table: {args.run_dir}/grid.csv")
+        return 0
+    timings = run_notebooks(args.run_dir, args.profile, params, overrides)
+    print(f"all {len(timings)} notebooks in {sum(t['seconds'] for t in timings):.1f} s; executed copies in {args.run_dir}/notebooks/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m semifinetune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -157,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", default="q8_0", help="GGUF only: Unsloth's quantization_method (q8_0, q4_k_m, f16)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the export to this Hugging Face model repo (token: HF_TOKEN or `hf auth login`)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("notebooks", help="notebooks 01-06 under papermill into RUN_DIR/notebooks/; --grid: one run per value")
+    _add_run_args(p)
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a notebook parameter (Python literal), to each notebook that declares it; a config key becomes an override")
+    p.add_argument("--grid", metavar="KEY=V1,V2", help="run the pipeline once per value into RUN_DIR/KEY=VALUE/, table in RUN_DIR/grid.csv")
+    p.add_argument("--golden", metavar="DIR", help="rewrite the nbval golden notebooks in DIR (tests/nbval) from a clean RUN_DIR")
+    p.set_defaults(func=cmd_notebooks)
     return parser
 
 

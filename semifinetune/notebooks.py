@@ -1,0 +1,296 @@
+"""Notebooks 01-06 headless under papermill: one run, a grid of runs, and the nbval golden notebooks.
+
+    python -m semifinetune notebooks --profile tiny --run-dir runs/nb            # 01..06 into runs/nb/notebooks/
+    python -m semifinetune notebooks --profile cpu --run-dir runs/lr --grid learning_rate=1e-4,1e-3
+    python -m semifinetune notebooks --profile tiny --run-dir runs/nbval --golden tests/nbval   # regenerate nbval
+
+Each notebook runs in a fresh kernel with the project root as its working directory; the run directory is
+passed as an absolute path, so the notebooks find each other's files wherever the command was started.
+A grid runs the whole pipeline once per value into RUN_DIR/KEY=VALUE/ and writes RUN_DIR/grid.csv.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import runs
+from .config import FIELD_TYPES, ConfigError, parse_value
+
+NOTEBOOK_DIR = runs.PROJECT_ROOT / "notebooks"
+NOTEBOOKS = ("01_setup", "02_load_4bit", "03_lora", "04_format", "05_train", "06_inference_sweep")
+EXECUTED = "notebooks"  # RUN_DIR/notebooks/: the executed copies
+GRID_TABLE = "grid.csv"
+KERNEL = "python3"
+
+
+class NotebookFailed(ConfigError):
+    """A notebook raised: the message names the notebook, the cell, the exception and the executed copy."""
+
+
+def notebook_paths(folder: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]:
+    """The six notebooks in order; a missing one is an error that names it."""
+    paths = [Path(folder) / f"{name}.ipynb" for name in NOTEBOOKS]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise ConfigError(f"{folder} lacks {', '.join(missing)}: the pipeline needs all of {', '.join(NOTEBOOKS)}.")
+    return paths
+
+
+def declared_parameters(path: str | os.PathLike) -> dict:
+    """The names and default sources in a notebook's `parameters` cell (papermill's own reading)."""
+    import papermill
+
+    return {name: info["default"] for name, info in papermill.inspect_notebook(str(path)).items()}
+
+
+def literal(text: str):
+    """A `-p` value as papermill's CLI reads it: a Python literal where it parses, else the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def route_parameters(paths: list[Path], run_dir: str, profile: str, params: dict | None = None, overrides: dict | None = None) -> dict:
+    """Parameters per notebook: run_dir for all, profile and overrides for 01, each -p pair where it is declared.
+
+    A -p key that no notebook declares but that is a config key (`-p max_steps 3`) becomes an override for 01.
+    """
+    params = dict(params or {})
+    overrides = dict(overrides or {})
+    declared = {path.stem: declared_parameters(path) for path in paths}
+    known = set().union(*declared.values())
+    for key in [k for k in params if k not in known]:
+        if key not in FIELD_TYPES:
+            raise ConfigError(
+                f"-p {key}: no notebook declares it and it is not a config key. "
+                f"Notebook parameters: {', '.join(sorted(known))}; config keys go through overrides or --set."
+            )
+        value = params.pop(key)
+        overrides[key] = parse_value(key, str(value)) if isinstance(value, str) else value
+    routed = {}
+    for path in paths:
+        names = declared[path.stem]
+        chosen = {k: v for k, v in params.items() if k in names}
+        chosen["run_dir"] = run_dir
+        if "profile" in names:
+            chosen["profile"] = profile
+        if "interactive" in names:  # headless: no widgets waiting for a user
+            chosen.setdefault("interactive", False)
+        if "overrides" in names:
+            chosen["overrides"] = {**chosen.get("overrides", {}), **overrides}
+        routed[path.stem] = chosen
+    return routed
+
+
+def execute(src: Path, dst: Path, parameters: dict, cwd: str | os.PathLike, progress: bool = True) -> float:
+    """Run one notebook in a fresh kernel into dst; returns seconds. A failing cell raises NotebookFailed."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        with project_importable():
+            papermill.execute_notebook(
+                str(src), str(dst), parameters=parameters, kernel_name=KERNEL, cwd=str(cwd), progress_bar=progress
+            )
+    except PapermillExecutionError as err:
+        first = next((line for line in err.source.splitlines() if line.strip()), "")
+        raise NotebookFailed(
+            f"{src.name} failed at cell {err.cell_index} (In [{err.exec_count}]: `{first.strip()}`): {err.ename}: {err.evalue.strip()}. "
+            f"The executed copy with the full traceback is {dst}; what earlier notebooks wrote is kept."
+        ) from None
+    except RuntimeError as err:  # nbclient: DeadKernelError, CellTimeoutError (both RuntimeErrors)
+        raise NotebookFailed(f"{src.name} stopped: {type(err).__name__}: {err}. Partial copy: {dst}.") from None
+    return time.perf_counter() - start
+
+
+@contextmanager
+def project_importable():
+    """Kernels inherit PYTHONPATH: with the project root on it, `import semifinetune` works from any cwd, installed or not."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(runs.PROJECT_ROOT), *([old] if old else [])])
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def run_notebooks(
+    run_dir: str | os.PathLike,
+    profile: str = "cpu",
+    params: dict | None = None,
+    overrides: dict | None = None,
+    folder: str | os.PathLike = NOTEBOOK_DIR,
+    progress: bool = True,
+    log=print,
+) -> list[dict]:
+    """Notebooks 01-06 in order into RUN_DIR/notebooks/, each in a fresh kernel from the project root; returns timings."""
+    run_dir = Path(run_dir).resolve()  # absolute: the kernels start in the project root, not here
+    paths = notebook_paths(folder)
+    routed = route_parameters(paths, str(run_dir), profile, params, overrides)
+    timings = []
+    for path in paths:
+        log(f"[{path.stem}] running (parameters: {routed[path.stem]})")
+        seconds = execute(path, run_dir / EXECUTED / path.name, routed[path.stem], runs.PROJECT_ROOT, progress)
+        log(f"[{path.stem}] done in {seconds:.1f} s -> {run_dir / EXECUTED / path.name}")
+        timings.append({"notebook": path.stem, "seconds": round(seconds, 1)})
+    return timings
+
+
+# --- grid ---
+
+
+def parse_grid(text: str) -> tuple[str, list]:
+    """`learning_rate=1e-4,1e-3` into the key and its values, typed as the config field is."""
+    key, sep, values = text.partition("=")
+    key = key.strip()
+    if not sep or not values.strip():
+        raise ConfigError(f"--grid takes key=v1,v2,..., got {text!r} (e.g. --grid learning_rate=1e-4,1e-3)")
+    if typing_is_list(key):
+        raise ConfigError(f"--grid {key}: list-valued keys are not supported in a grid; run them one at a time with --set.")
+    return key, [parse_value(key, part.strip()) for part in values.split(",") if part.strip()]
+
+
+def typing_is_list(key: str) -> bool:
+    import typing
+
+    if key not in FIELD_TYPES:
+        parse_value(key, "")  # raises the unknown-key error with the valid keys
+    return typing.get_origin(FIELD_TYPES[key]) is list
+
+
+def grid_run_dir(run_dir: str | os.PathLike, key: str, value) -> Path:
+    """RUN_DIR/KEY=VALUE: one sub-directory per grid value."""
+    return Path(run_dir) / f"{key}={value}"
+
+
+def run_summary(run_dir: str | os.PathLike) -> dict:
+    """Final train and held-out loss (train_log.json) and tuned/base recall (evaluation.csv) of one run; NaN where missing."""
+    nan = float("nan")
+    summary = {"final_train_loss": nan, "final_eval_loss": nan, "tuned_recall": nan, "base_recall": nan, "tuned_correct": nan}
+    log_path = runs.run_path(run_dir, runs.TRAIN_LOG)
+    if log_path.exists():
+        stats = json.loads(log_path.read_text(encoding="utf-8"))["stats"]
+        for key in ("final_train_loss", "final_eval_loss"):
+            summary[key] = nan if stats.get(key) is None else stats[key]
+    if runs.run_path(run_dir, runs.EVALUATION).exists():
+        from .evaluate import read_evaluation
+
+        table = read_evaluation(run_dir)
+        by_model = table.groupby("model")
+        recall = by_model["recall"].mean()
+        summary["tuned_recall"] = float(recall.get("tuned", nan))
+        summary["base_recall"] = float(recall.get("base", nan))
+        summary["tuned_correct"] = int(by_model["correct"].sum().get("tuned", 0))
+    return summary
+
+
+def run_grid(
+    run_dir: str | os.PathLike,
+    profile: str,
+    key: str,
+    values: list,
+    params: dict | None = None,
+    overrides: dict | None = None,
+    progress: bool = True,
+    log=print,
+):
+    """The pipeline once per value of one config key, into RUN_DIR/KEY=VALUE/; the comparison as RUN_DIR/grid.csv."""
+    import pandas as pd
+
+    rows = []
+    for value in values:
+        child = grid_run_dir(run_dir, key, value)
+        log(f"== {key}={value} -> {child}")
+        timings = run_notebooks(child, profile, params, {**(overrides or {}), key: value}, progress=progress, log=log)
+        rows.append({key: value, "run_dir": str(child), **run_summary(child), "run_seconds": round(sum(t["seconds"] for t in timings), 1)})
+    table = pd.DataFrame(rows)
+    runs.ensure_run_dir(run_dir)
+    table.to_csv(Path(run_dir) / GRID_TABLE, index=False)
+    return table
+
+
+# --- nbval golden notebooks ---
+
+# Cells whose output nbval cannot check even sanitized: (notebook, last line of the cell). Both show tokens_per_s
+# as a table column (a timing), which no regex can single out among the other columns; their recall and EOS
+# figures are checked through 06's `result`, `recommended` and side-by-side cells.
+IGNORE_OUTPUT = {
+    ("06_inference_sweep", "evaluation_summary(run_dir)"),
+    ("06_inference_sweep", "summary"),
+}
+# Golden notebooks and their nbval re-runs hold no progress bars (a cold cache shows more of them than a warm one)
+# and no library warnings on stderr (they come and go with versions and file-system timing).
+QUIET = {
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' own bars (loading weights, writing shards)
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # TRL's dataset preparation
+    "TRANSFORMERS_VERBOSITY": "error",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+def write_golden(golden_dir: str | os.PathLike, run_dir: str | os.PathLike, profile: str = "tiny", progress: bool = True, log=print) -> list[Path]:
+    """Execute 01-06 as nbval will re-run them (cwd = golden_dir, run_dir relative to it, 01 overwrites) and keep the outputs."""
+    import shutil
+
+    golden_dir = Path(golden_dir).resolve()
+    golden_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir).resolve()
+    shutil.rmtree(run_dir, ignore_errors=True)  # the golden run starts clean, as the nbval run will
+    relative = os.path.relpath(run_dir, golden_dir)  # nbval starts each kernel in the notebook's folder
+    paths = notebook_paths()
+    routed = route_parameters(paths, relative, profile)
+    routed[NOTEBOOKS[0]]["overwrite"] = True  # every nbval run re-runs 01 over the previous run's results
+    written = []
+    saved = {key: os.environ.get(key) for key in QUIET}
+    os.environ.update(QUIET)  # the kernels inherit it
+    try:
+        for path in paths:
+            dst = golden_dir / path.name
+            seconds = execute(path, dst, routed[path.stem], golden_dir, progress)
+            strip_run_metadata(dst)
+            tag_ignored_outputs(dst)
+            log(f"[{path.stem}] golden in {seconds:.1f} s -> {dst}")
+            written.append(dst)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    return written
+
+
+def strip_run_metadata(path: Path) -> None:
+    """Drop what changes on every execution without being an output: papermill timings, widget state, cell ids' timing."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.pop("papermill", None)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    nbformat.write(nb, path)
+
+
+def tag_ignored_outputs(path: Path) -> None:
+    """Tag the IGNORE_OUTPUT cells of a golden notebook `nbval-ignore-output` (they still run; a raise still fails)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        lines = cell.source.strip().splitlines()
+        if cell.cell_type == "code" and lines and (path.stem, lines[-1].strip()) in IGNORE_OUTPUT:
+            tags = cell.metadata.setdefault("tags", [])
+            if "nbval-ignore-output" not in tags:
+                tags.append("nbval-ignore-output")
+    nbformat.write(nb, path)
