@@ -15,9 +15,14 @@ import sys
 from pathlib import Path
 
 ROOT = str(Path(__file__).resolve().parents[2])
-sys.path.insert(0, ROOT)
-os.environ["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
 
-from semifinetune.notebooks import QUIET  # noqa: E402
 
-os.environ.update(QUIET)
+def pytest_configure(config):
+    """Only an nbval session changes the environment; the unit tests under tests/ keep theirs."""
+    if not (config.option.nbval or config.option.nbval_lax):
+        return
+    sys.path.insert(0, ROOT)
+    from semifinetune.notebooks import QUIET
+
+    os.environ["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ.update(QUIET)
