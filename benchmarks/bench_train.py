@@ -67,13 +67,14 @@ def main() -> None:
         "loss_step_100": losses.get(100),
         "losses": losses,
         "backend": stats["backend"],
+        "adapter_dtypes": stats["adapter_dtypes"],
         "precision": stats["precision"],
         "process_s": round(time.perf_counter() - start, 1),
     }
     out = Path(args.out)
     records = json.loads(out.read_text()) if out.exists() else []
     out.write_text(json.dumps(records + [record], indent=1))
-    print(json.dumps({k: record[k] for k in ("name", "train_s", "tokens_per_s", "peak_memory", "loss_step_10", "loss_step_100")}))
+    print(json.dumps({k: record[k] for k in ("name", "train_s", "tokens_per_s", "peak_memory", "loss_step_10", "loss_step_100", "precision", "adapter_dtypes")}))
 
 
 if __name__ == "__main__":
