@@ -130,8 +130,8 @@ def _load_transformers(cfg: RunConfig, path, precision: str, cuda: bool):
 
     dtype = torch_dtype(precision)
     kwargs = dict(dtype=dtype, trust_remote_code=False, use_safetensors=True)
-    if cuda:
-        kwargs["device_map"] = {"": 0}
+    if cuda:  # one GPU per process; under accelerate launch / torchrun, this process's own GPU
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     if cfg.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
