@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from record import record  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -71,7 +73,9 @@ def main() -> None:
             "launch_to_exit_s": round(time.perf_counter() - start, 1),
         })
         print(json.dumps(records[-1]), flush=True)
-    Path(args.out).write_text(json.dumps(records, indent=1))
+    for entry in records:
+        record(args.out, entry, f"{entry['processes']} GPU(s), global batch {entry['global_batch']}: "
+               f"{entry['samples_per_s']} samples/s, {entry['tokens_per_s']} tokens/s")
 
 
 if __name__ == "__main__":

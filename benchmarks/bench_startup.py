@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from record import record  # noqa: E402
+
 
 def seconds_to_run(code: str, repeats: int = 5) -> float:
     """Median wall time of `python -c code` in fresh processes."""
@@ -64,7 +66,7 @@ def main() -> None:
     from semifinetune.notebooks import NOTEBOOKS, notebook_paths
 
     bare = seconds_to_run("pass")
-    record = {
+    entry = {
         "benchmark": "startup",
         "date": datetime.date.today().isoformat(),
         "machine": f"CPU, {os.cpu_count()} cores",
@@ -82,10 +84,11 @@ def main() -> None:
             declared = papermill.inspect_notebook(str(path))
             papermill.execute_notebook(str(path), str(executed), parameters={k: v for k, v in params.items() if k in declared},
                                        cwd=str(ROOT), progress_bar=False, kernel_name="python3")
-            record["notebooks"][name] = first_output_seconds(executed)
-            print(name, record["notebooks"][name], flush=True)
-    print(json.dumps(record, indent=1))
-    Path(args.out).write_text(json.dumps(record, indent=1))
+            entry["notebooks"][name] = first_output_seconds(executed)
+            print(name, entry["notebooks"][name], flush=True)
+    print(json.dumps(entry, indent=1))
+    firsts = ", ".join(f"{name[:2]} {v['first_output_s']} s" for name, v in entry["notebooks"].items())
+    record(args.out, entry, f"import semifinetune {max(entry['import_semifinetune_s'], 0):.2f} s; first output: {firsts}")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from record import record  # noqa: E402
 
 TEMPERATURES = (0.6, 0.3)
 NEW_TOKENS = 150
@@ -71,7 +72,7 @@ def main() -> None:
             tokens, seconds = tokens + t, seconds + s
         results[name] = {"tokens": int(tokens), "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
         print(name, results[name], flush=True)
-    record = {
+    entry = {
         "benchmark": "sweep",
         "date": datetime.date.today().isoformat(),
         "card": report["gpu_name"],
@@ -81,9 +82,9 @@ def main() -> None:
         **results,
         "speedup": round(results["semifinetune_generate"]["tokens_per_s"] / results["one_prompt_at_a_time"]["tokens_per_s"], 1),
     }
-    out = Path(args.out)
-    records = json.loads(out.read_text()) if out.exists() else []
-    out.write_text(json.dumps(records + [record], indent=1))
+    one, batched_ = entry["one_prompt_at_a_time"], entry["semifinetune_generate"]
+    record(args.out, entry, f"{entry['workload']}, {entry['backend']}: one prompt at a time {one['tokens_per_s']} "
+           f"tokens/s, generate() {batched_['tokens_per_s']} tokens/s ({entry['speedup']}x)")
 
 
 if __name__ == "__main__":

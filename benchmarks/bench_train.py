@@ -21,6 +21,7 @@ from pathlib import Path
 start = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from record import record  # noqa: E402
 from semifinetune.config import parse_assignments  # noqa: E402
 
 GUIDE_RUN = {
@@ -51,7 +52,7 @@ def main() -> None:
     stats = train(cfg, run_dir)
     log = read_train_log(run_dir)
     losses = {entry["step"]: round(entry["loss"], 4) for entry in log["train_loss"]}
-    record = {
+    record_ = {
         "benchmark": "train",
         "name": args.name,
         "date": datetime.date.today().isoformat(),
@@ -71,10 +72,11 @@ def main() -> None:
         "precision": stats["precision"],
         "process_s": round(time.perf_counter() - start, 1),
     }
-    out = Path(args.out)
-    records = json.loads(out.read_text()) if out.exists() else []
-    out.write_text(json.dumps(records + [record], indent=1))
-    print(json.dumps({k: record[k] for k in ("name", "train_s", "tokens_per_s", "peak_memory", "loss_step_10", "loss_step_100", "precision", "adapter_dtypes")}))
+    memory = record_["peak_memory"].get("gpu_peak_reserved_gib", record_["peak_memory"]["peak_process_rss_gib"])
+    record(args.out, record_, f"{args.name}: {record_['backend']} {record_['precision']}, {record_['train_s']:.1f} s, "
+           f"{record_['tokens_per_s']:.0f} tokens/s, peak {memory} GiB, loss@10 {record_['loss_step_10']}, "
+           f"loss@100 {record_['loss_step_100']}")
+    print(json.dumps({k: record_[k] for k in ("name", "train_s", "tokens_per_s", "peak_memory", "loss_step_10", "loss_step_100", "precision", "adapter_dtypes")}))
 
 
 if __name__ == "__main__":

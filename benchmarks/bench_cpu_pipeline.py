@@ -1,0 +1,71 @@
+"""The whole `cpu`-profile pipeline (embedded SmolLM2-135M) on this machine's CPU, timed step by step.
+
+    python benchmarks/bench_cpu_pipeline.py --out benchmarks/results/cpu_pipeline.json
+
+Runs `python -m semifinetune run --profile cpu` in a fresh process (the embedded model's cache already built),
+then reads the run's own files: training time, held-out correct base vs tuned, the sweep's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from record import record  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--run-dir", default="/tmp/bench-cpu-pipeline")
+    args = parser.parse_args()
+
+    from semifinetune.config import make_config
+    from semifinetune.models import embedded_model_dir
+
+    embedded_model_dir()  # the one-time GGUF conversion is not part of the pipeline's time
+    shutil.rmtree(args.run_dir, ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "semifinetune", "run", "--profile", "cpu", "--run-dir", args.run_dir],
+                   check=True, cwd=ROOT)
+    total = time.perf_counter() - start
+    run = Path(args.run_dir)
+    stats = json.loads((run / "train_log.json").read_text())["stats"]
+    sweep = json.loads((run / "recommended_settings.json").read_text())
+    import pandas as pd
+
+    evaluation = pd.read_csv(run / "evaluation.csv")
+    correct = evaluation.groupby("model")["correct"].sum()
+    entry = {
+        "benchmark": "cpu_pipeline",
+        "date": datetime.date.today().isoformat(),
+        "machine": f"CPU, {os.cpu_count()} cores",
+        "settings": make_config("cpu").to_dict(),
+        "total_s": round(total, 1),
+        "train_s": stats["train_runtime_s"],
+        "steps": stats["global_step"],
+        "held_out_questions": int(len(evaluation) / 2),
+        "base_correct": int(correct.get("base", 0)),
+        "tuned_correct": int(correct.get("tuned", 0)),
+        "sweep_s": sweep["sweep_seconds"],
+        "sweep_answers": sweep["sweep_answers"],
+        "recommended": {k: sweep[k] for k in ("temperature", "top_p")},
+    }
+    print(json.dumps(entry, indent=1))
+    record(args.out, entry, f"whole pipeline {entry['total_s']:.0f} s (train {entry['train_s']:.0f} s, sweep "
+           f"{entry['sweep_s']:.0f} s); held-out correct base {entry['base_correct']} vs tuned {entry['tuned_correct']} "
+           f"of {entry['held_out_questions']}")
+
+
+if __name__ == "__main__":
+    main()
