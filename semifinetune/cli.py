@@ -71,7 +71,7 @@ def cmd_train(args) -> int:
     from .pipeline import open_run
     from .train import stats_table, train
 
-    stats = train(open_run(args.run_dir), args.run_dir, resume=args.resume)
+    stats = train(open_run(args.run_dir), args.run_dir, resume=args.resume, overwrite=args.overwrite)
     print(stats_table(stats).to_string())
     return 0
 
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="notebook 05: LoRA training on RUN_DIR/data/, adapter into RUN_DIR/adapter")
     p.add_argument("--run-dir", required=True, help="run directory prepared by setup and prepare-data")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in RUN_DIR/checkpoints")
+    p.add_argument("--overwrite", action="store_true", help="train again from scratch over an adapter or checkpoints already in RUN_DIR")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="notebook 06: base vs tuned on the held-out questions, RUN_DIR/evaluation.csv")
@@ -188,9 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .models import ModelLoadError
+    from .safety import scrub
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:  # bad settings or data: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
+    except (ConfigError, ModelLoadError) as err:  # bad settings, data or model: one line each, no traceback
+        print(f"error: {scrub(str(err))}", file=sys.stderr)
         return 2

@@ -284,6 +284,11 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
-        json.dump(data, tmp, indent=2, ensure_ascii=False)
-        tmp.write("\n")
+        try:
+            json.dump(data, tmp, indent=2, ensure_ascii=False)
+            tmp.write("\n")
+        except BaseException:  # unserializable data or an interrupt: the old file stays, no stray .tmp
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
     os.replace(tmp.name, path)

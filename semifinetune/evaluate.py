@@ -165,6 +165,7 @@ def load_base_and_tuned(cfg: RunConfig, run_dir: str | os.PathLike):
     from peft import PeftModel
 
     from .models import load_model
+    from .safety import refuse_pickle_weights
 
     adapter = runs.run_path(run_dir, runs.ADAPTER)
     if not (adapter / "adapter_config.json").exists():
@@ -172,6 +173,7 @@ def load_base_and_tuned(cfg: RunConfig, run_dir: str | os.PathLike):
             f"{adapter}/adapter_config.json does not exist: there is no trained adapter in this run. "
             f"Run notebook 05_train or `python -m semifinetune train --run-dir {run_dir}` first."
         )
+    refuse_pickle_weights(adapter)  # before the base model loads
     model, tokenizer = load_model(cfg)
     backend = model.semifinetune_backend
     # One copy of the base weights serves both models (the 1.5B model twice would double GPU memory).
@@ -205,6 +207,8 @@ def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: in
             frame = evaluate_model(model, tokenizer, eval_rows, settings, cfg.seed, batch_size, progress)
         frames.append(frame.assign(model=which))
     table = pd.concat(frames, ignore_index=True)
+    # Rewritten on every call: evaluation.csv is this step's own output, derived from the adapter (re-running the
+    # step redoes it); the adapter and checkpoints it reads are what train() refuses to overwrite.
     table.to_csv(runs.run_path(run_dir, runs.EVALUATION), index=False)
     counts = table.groupby("model")["correct"].sum()
     return {

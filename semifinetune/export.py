@@ -91,13 +91,16 @@ def export_path(run_dir: str | os.PathLike, fmt: str) -> Path:
 
 
 def adapter_dir(run_dir: str | os.PathLike) -> Path:
-    """run_dir/adapter, checked to hold a trained adapter."""
+    """run_dir/adapter, checked to hold a trained adapter in safetensors (pickle weights are refused)."""
+    from .safety import refuse_pickle_weights
+
     folder = runs.run_path(run_dir, runs.ADAPTER)
     if not (folder / "adapter_config.json").exists():
         raise ExportError(
             f"{folder}/adapter_config.json does not exist: there is no trained adapter to export. "
             f"Run notebook 05_train or `python -m semifinetune train --run-dir {run_dir}` first."
         )
+    refuse_pickle_weights(folder)
     return folder
 
 
@@ -287,7 +290,7 @@ def write_gguf(cfg: RunConfig, run_dir, adapter: Path, staging: Path, sampling: 
 
     # Unsloth reads adapter_config.json, loads its base and attaches the adapter: a model with save_pretrained_gguf.
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=str(adapter), max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit
+        model_name=str(adapter), max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit, trust_remote_code=False
     )
     params = sum(p.numel() for p in model.parameters())
     needed = params * (2 + GGUF_BYTES.get(quantization, 2.0)) * SPACE_MARGIN

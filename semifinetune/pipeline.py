@@ -21,6 +21,8 @@ def setup(run_dir: str | os.PathLike, profile: str = "cpu", overrides: dict | No
     report = environment_report()
     check_loadable(cfg, report)
     _refuse_to_overwrite(run_dir, cfg, overwrite)
+    if overwrite:
+        clear_results(run_dir)  # a new run never mixes with the old one's adapter, checkpoints or tables
     runs.ensure_run_dir(run_dir)
     save_config(cfg, run_dir)
     write_json_atomic(runs.run_path(run_dir, runs.ENV), report)
@@ -38,6 +40,20 @@ def _refuse_to_overwrite(run_dir, cfg: RunConfig, overwrite: bool) -> None:
             f"{run_dir} already holds results ({', '.join(results)}) from another config. "
             "Choose a new run_dir, or pass overwrite=True (--overwrite) to replace them."
         )
+
+
+def clear_results(run_dir: str | os.PathLike) -> list[str]:
+    """Remove the results a new run replaces (adapter, checkpoints, logs, tables); their names."""
+    import shutil
+
+    removed = runs.existing_results(run_dir)
+    for name in removed:
+        path = runs.run_path(run_dir, name)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return removed
 
 
 def open_run(run_dir: str | os.PathLike) -> RunConfig:
@@ -79,13 +95,14 @@ def run_pipeline(run_dir: str | os.PathLike, profile: str, overrides: dict | Non
     from .data import prepare_data
     from .evaluate import compare_base_tuned
     from .sweep import run_sweep
-    from .train import train
+    from .train import refuse_to_overwrite, train
 
     cfg, _ = setup(run_dir, profile, overrides, overwrite=overwrite)  # 01
+    refuse_to_overwrite(run_dir, resume=False, overwrite=overwrite)  # same config, results kept: stop now, not at 05
+    _step("04 format data")  # before 02: bad data fails here, before any model loads
+    data = prepare_data(run_dir)
     _step("02 load + baseline")
     load_baseline(run_dir)
-    _step("04 format data")
-    data = prepare_data(run_dir)
     _step("05 train")
     stats = train(cfg, run_dir)
     _step("06 evaluate base vs tuned")

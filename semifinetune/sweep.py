@@ -56,6 +56,7 @@ def run_sweep(run_dir: str | os.PathLike, batch_size: int = 16, progress: bool =
                 frame = evaluate_model(model, tokenizer, eval_rows, settings, cfg.seed + sample, batch_size, progress)
             frames.append(frame.assign(model=which, **vars(settings), sample=sample, seed=cfg.seed + sample))
     table = pd.concat(frames, ignore_index=True)
+    # Rewritten on every call, like evaluation.csv: the sweep's own outputs, re-running the step redoes them.
     table.to_csv(runs.run_path(run_dir, runs.SWEEP), index=False)
     summary = summarize_sweep(table)
     summary.to_csv(runs.run_path(run_dir, SUMMARY_FILE), index=False)

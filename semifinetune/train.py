@@ -13,20 +13,34 @@ from . import runs
 from .config import ConfigError, RunConfig, write_json_atomic
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+SAVE_TOTAL_LIMIT = 2  # the latest checkpoint to resume from, and the one before it
+# A checkpoint is complete once the trainer wrote its state last (transformers writes trainer_state.json after the
+# weights, optimizer and scheduler); a folder without these files was cut off mid-write and is never resumed from.
+CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
+# Per saved folder beyond the weights: tokenizer files (R1's tokenizer.json is 7 MB), trainer state, RNG state.
+FOLDER_OVERHEAD_BYTES = 32 * 2**20
 
 
-def train(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False, callbacks: list | None = None) -> dict:
+class TrainingMemoryError(ConfigError):
+    """Training ran out of GPU memory; the message gives the memory figures and the settings to lower."""
+
+
+def train(
+    cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False, callbacks: list | None = None, overwrite: bool = False
+) -> dict:
     """Load the model, attach LoRA, train on the run's data, save the adapter; returns the run's stats."""
     from .env import environment_report
     from .lora import add_lora
     from .models import load_model
     from .seeding import seed_everything
 
+    refuse_to_overwrite(run_dir, resume, overwrite)  # before the model loads: a refusal costs nothing
+    training_datasets(run_dir)  # notebook 04's sets are there (else one line saying so), before the model loads
     seed_everything(cfg.seed)
     report = environment_report()
     model, tokenizer = load_model(cfg, report)
     model = add_lora(model, cfg)
-    return fit(model, tokenizer, cfg, run_dir, resume=resume, callbacks=callbacks, report=report)
+    return fit(model, tokenizer, cfg, run_dir, resume=resume, callbacks=callbacks, report=report, overwrite=overwrite)
 
 
 def fit(
@@ -37,12 +51,18 @@ def fit(
     resume: bool = False,
     callbacks: list | None = None,
     report: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train a LoRA model in place: checkpoints, held-out loss, adapter in run_dir/adapter, log in train_log.json."""
+    import torch
+
     from .env import environment_report
     from .measure import memory_snapshot, reset_peak_memory
 
+    refuse_to_overwrite(run_dir, resume, overwrite)
     report = report or environment_report()
+    if resume:
+        discard_incomplete_checkpoints(run_dir)  # cut off mid-write by a crash: resume from the one before
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         raise ConfigError(
@@ -56,11 +76,15 @@ def fit(
         )
     if not resume:
         shutil.rmtree(checkpoints_dir(run_dir), ignore_errors=True)  # a fresh run never resumes a stale one
+    check_training_disk_space(model, run_dir)
     stats_callback = _StatsCallback()
     trainer = build_trainer(model, tokenizer, cfg, run_dir, report, [stats_callback, *(callbacks or [])], resume)
     reset_peak_memory()
     before = memory_snapshot()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except torch.OutOfMemoryError:
+        raise TrainingMemoryError(out_of_memory_message(cfg, report, run_dir)) from None
     after = memory_snapshot()
     model.config.use_cache = True  # training turns the KV cache off; generation is ~18x slower without it
     adapter_dir = save_adapter(trainer.model, tokenizer, run_dir)
@@ -149,7 +173,7 @@ def sft_arguments(cfg: RunConfig, run_dir, report: dict, resume: bool = False) -
         eval_on_start=not resume,  # held-out loss before training: the curve's start (a resumed run has it)
         save_strategy="steps",
         save_steps=cfg.save_steps,
-        save_total_limit=2,  # the latest checkpoint to resume from, and the one before it
+        save_total_limit=SAVE_TOTAL_LIMIT,
         include_num_input_tokens_seen="non_padding",  # tokens/s over real tokens, not padding
         dataloader_pin_memory=bool(report["cuda_available"]),
         report_to="none",
@@ -190,13 +214,88 @@ def checkpoints_dir(run_dir) -> Path:
     return runs.run_path(run_dir, runs.CHECKPOINTS)
 
 
-def latest_checkpoint(run_dir) -> Path | None:
-    """The checkpoint-N folder with the highest N in run_dir/checkpoints, or None."""
+def checkpoint_folders(run_dir) -> list[Path]:
+    """Every checkpoint-N folder in run_dir/checkpoints, by N."""
     folder = checkpoints_dir(run_dir)
     if not folder.is_dir():
-        return None
+        return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found)]
+
+
+def checkpoint_complete(checkpoint: Path) -> bool:
+    """Every file resume needs is there, and trainer_state.json (written last) parses."""
+    if not all((checkpoint / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    try:
+        return isinstance(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"], int)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The complete checkpoint-N folder with the highest N in run_dir/checkpoints, or None."""
+    complete = [path for path in checkpoint_folders(run_dir) if checkpoint_complete(path)]
+    return complete[-1] if complete else None
+
+
+def discard_incomplete_checkpoints(run_dir) -> list[str]:
+    """Remove checkpoint folders a crash cut off mid-write (the trainer would write into them again); their names."""
+    removed = [path for path in checkpoint_folders(run_dir) if not checkpoint_complete(path)]
+    for path in removed:
+        print(f"{path} is incomplete (interrupted while saving): removed; resuming from the checkpoint before it.")
+        shutil.rmtree(path, ignore_errors=True)  # data-parallel ranks may both get here
+    return [path.name for path in removed]
+
+
+def refuse_to_overwrite(run_dir, resume: bool, overwrite: bool) -> None:
+    """A trained adapter or checkpoints in run_dir are never replaced silently: resume, or say overwrite."""
+    adapter = runs.run_path(run_dir, runs.ADAPTER)
+    found = [str(p) for p in (adapter, checkpoints_dir(run_dir)) if p.exists() and any(p.iterdir())]
+    if found and not resume and not overwrite:
+        raise ConfigError(
+            f"{' and '.join(found)} already hold(s) a training run. Resume it (resume=True, --resume), or train again "
+            "from scratch with overwrite=True (--overwrite, or notebook 05's overwrite parameter), or choose a new run_dir."
+        )
+
+
+def training_disk_bytes(trainable: int) -> int:
+    """Disk that training writes at most: SAVE_TOTAL_LIMIT + 1 checkpoints (the trainer saves the next before it
+    deletes the oldest), each fp32 LoRA weights (4 bytes) + Adam's two moments (8 bytes), and the final adapter."""
+    checkpoint = trainable * (4 + 8) + FOLDER_OVERHEAD_BYTES
+    return (SAVE_TOTAL_LIMIT + 1) * checkpoint + trainable * 4 + FOLDER_OVERHEAD_BYTES
+
+
+def check_training_disk_space(model, run_dir) -> None:
+    """Fail before the first step when checkpoints and the adapter would not fit on the run directory's disk."""
+    from .safety import check_disk_space
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    check_disk_space(
+        run_dir, training_disk_bytes(trainable),
+        f"training checkpoints and the adapter ({trainable:,} trainable parameters x 12 bytes x {SAVE_TOTAL_LIMIT + 1} checkpoints)",
+        "Free some space (old runs' checkpoints/ folders, exports) or choose a run_dir on another disk.",
+    )
+
+
+def out_of_memory_message(cfg: RunConfig, report: dict, run_dir) -> str:
+    """What ran out (GPU total, peak reserved) and which settings lower training memory."""
+    import torch
+
+    if report["cuda_available"]:
+        peak = torch.cuda.max_memory_reserved() / 2**30
+        torch.cuda.empty_cache()
+        figures = f"{report.get('gpu_name', 'GPU')}: {report.get('gpu_memory_gib', 0.0):.1f} GiB total, {peak:.1f} GiB peak reserved"
+    else:
+        figures = f"no CUDA GPU; {report.get('ram_gib', 0.0):.1f} GiB RAM"
+    resume = f" Checkpoints so far are in {checkpoints_dir(run_dir)}: resume=True (--resume) continues from them." if latest_checkpoint(run_dir) else ""
+    return (
+        f"Out of memory while training ({figures}; per_device_train_batch_size={cfg.per_device_train_batch_size}, "
+        f"max_seq_length={cfg.max_seq_length}, gradient_checkpointing={cfg.gradient_checkpointing}). Lower "
+        f"per_device_train_batch_size (e.g. --set per_device_train_batch_size={max(1, cfg.per_device_train_batch_size // 2)}, "
+        "raising gradient_accumulation_steps to keep the effective batch) or max_seq_length, or set "
+        "gradient_checkpointing=True; restart the runtime to free GPU memory first." + resume
+    )
 
 
 def checkpoint_step(checkpoint: Path) -> int:

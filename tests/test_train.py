@@ -166,11 +166,14 @@ def test_resume_without_checkpoint_says_what_to_do(tmp_path):
 
 
 def test_latest_checkpoint_is_numeric(tmp_path):
-    from semifinetune.train import latest_checkpoint
+    from semifinetune.train import CHECKPOINT_FILES, latest_checkpoint
 
     assert latest_checkpoint(tmp_path) is None
     for name in ("checkpoint-9", "checkpoint-10", "checkpoint-2", "runs"):
-        (tmp_path / runs.CHECKPOINTS / name).mkdir(parents=True)
+        folder = tmp_path / runs.CHECKPOINTS / name
+        folder.mkdir(parents=True)
+        for file in CHECKPOINT_FILES:  # complete: an incomplete one is skipped (tests/test_interruption.py)
+            (folder / file).write_text('{"global_step": 1}')
     assert latest_checkpoint(tmp_path).name == "checkpoint-10"
 
 

@@ -1,0 +1,73 @@
+"""Shared guards: free disk space before large writes, pickle weights refused, secrets kept out of messages."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from .config import ConfigError
+
+# Weight files that unpickle when loaded: torch.load of a crafted file runs arbitrary code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# Environment variables that hold credentials: their values are masked in any message shown or saved.
+SECRET_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "WANDB_API_KEY")
+HF_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
+
+
+class DiskSpaceError(ConfigError):
+    """Not enough free disk space for what is about to be written; the message gives both figures."""
+
+
+class UnsafeWeightsError(ConfigError):
+    """A weights folder holds pickle files (or no safetensors file); the message says how to convert it."""
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Free bytes on the disk that holds `folder` (or its nearest existing parent)."""
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    return shutil.disk_usage(existing).free
+
+
+def check_disk_space(folder: str | os.PathLike, needed_bytes: float, what: str, fix: str = "") -> None:
+    """Fail before writing when the disk holding `folder` has less free space than `needed_bytes`."""
+    free = free_bytes(folder)
+    if free < needed_bytes:
+        raise DiskSpaceError(
+            f"Not enough disk space for {what} in {folder}: it needs about {needed_bytes / 2**30:.2f} GiB "
+            f"and {free / 2**30:.2f} GiB is free. {fix or 'Free some space and try again.'}"
+        )
+
+
+def refuse_pickle_weights(folder: str | os.PathLike) -> None:
+    """An adapter folder is loaded only from adapter_model.safetensors; pickle weight files are refused."""
+    folder = Path(folder)
+    pickles = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise UnsafeWeightsError(
+            f"{folder} holds pickle weight files ({', '.join(pickles)}): loading them can run arbitrary code, so they "
+            f"are refused. Keep only {ADAPTER_WEIGHTS}: load the adapter where you trust it and save it again with "
+            "save_pretrained(..., safe_serialization=True), or retrain it here."
+        )
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise UnsafeWeightsError(
+            f"{folder} has no {ADAPTER_WEIGHTS}: an adapter is loaded only from safetensors weights. "
+            "Train it again (notebook 05 or `python -m semifinetune train`)."
+        )
+
+
+def secret_values() -> list[str]:
+    """The credential values set in this process's environment (long enough to be real)."""
+    return [value for name in SECRET_VARIABLES if len(value := os.environ.get(name, "")) >= 8]
+
+
+def scrub(text: str, secrets: list[str] | None = None) -> str:
+    """The text with credential values (environment tokens, `secrets`, anything shaped like hf_...) masked."""
+    for secret in [*secret_values(), *(secrets or [])]:
+        if secret:
+            text = text.replace(secret, "***")
+    return HF_TOKEN_PATTERN.sub("hf_***", text)
