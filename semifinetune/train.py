@@ -79,6 +79,13 @@ def fit(
     check_training_disk_space(model, run_dir)
     stats_callback = _StatsCallback()
     trainer = build_trainer(model, tokenizer, cfg, run_dir, report, [stats_callback, *(callbacks or [])], resume)
+    world = trainer.args.world_size
+    if trainer.is_world_process_zero():
+        print(
+            f"effective batch {cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} "
+            f"accumulation x {world} process(es) = {cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world}",
+            flush=True,
+        )
     reset_peak_memory()
     before = memory_snapshot()
     try:
@@ -87,12 +94,12 @@ def fit(
         raise TrainingMemoryError(out_of_memory_message(cfg, report, run_dir)) from None
     after = memory_snapshot()
     model.config.use_cache = True  # training turns the KV cache off; generation is ~18x slower without it
-    adapter_dir = save_adapter(trainer.model, tokenizer, run_dir)
     stats = run_stats(cfg, report, trainer, output.metrics, stats_callback, before, after)
-    stats.update(adapter_dir=str(adapter_dir), resumed_from=str(checkpoint) if checkpoint else None)
-    log = {**loss_history(trainer.state.log_history), "stats": stats}
-    write_json_atomic(runs.run_path(run_dir, runs.TRAIN_LOG), log)
-    plot_loss_curve(run_dir)
+    stats.update(adapter_dir=str(runs.run_path(run_dir, runs.ADAPTER)), resumed_from=str(checkpoint) if checkpoint else None)
+    if trainer.is_world_process_zero():  # data-parallel runs: one process writes the run's files
+        save_adapter(trainer.model, tokenizer, run_dir)
+        write_json_atomic(runs.run_path(run_dir, runs.TRAIN_LOG), {**loss_history(trainer.state.log_history), "stats": stats})
+        plot_loss_curve(run_dir)
     return stats
 
 
@@ -177,6 +184,9 @@ def sft_arguments(cfg: RunConfig, run_dir, report: dict, resume: bool = False) -
         include_num_input_tokens_seen="non_padding",  # tokens/s over real tokens, not padding
         dataloader_pin_memory=bool(report["cuda_available"]),
         report_to="none",
+        # Data-parallel (accelerate launch / torchrun): LoRA leaves most weights frozen; no search for unused ones.
+        ddp_find_unused_parameters=False,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
     )
 
 
