@@ -22,6 +22,15 @@ def cmd_env(args) -> int:
     return 0
 
 
+def cmd_setup(args) -> int:
+    from .pipeline import setup
+
+    cfg, report = setup(args.run_dir, args.profile, parse_assignments(args.set), overwrite=args.overwrite)
+    print(f"{args.run_dir}/config.json: profile {cfg.profile}, model {cfg.model_name}, backend {report['backend']}, "
+          f"precision {report['precision']}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from .pipeline import run_pipeline
 
@@ -138,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("env", help="print the environment report (GPU, memory, versions, backend, precision)")
     p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("setup", help="notebook 01: resolve the config, check the machine, write RUN_DIR/config.json")
+    _add_run_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --run-dir")
+    p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("run", help="the whole pipeline: setup, load, format, train, evaluate, sweep")
     _add_run_args(p)

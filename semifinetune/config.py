@@ -85,8 +85,10 @@ class RunConfig:
 
 # Each profile changes only what must differ from the guide's recipe on that machine.
 PROFILES: dict[str, dict] = {
-    # The guide's job on a CUDA GPU with hub access (Colab T4).
-    "t4": {},
+    # The guide's job on a CUDA GPU with hub access (Colab T4). 4 rows x 1 step is the recipe's effective batch 4 in
+    # one pass instead of four: the same loss curve (step-100 loss 10.8841 vs 10.8865) in 61 s instead of 198 s on
+    # an H200, at the same peak memory (3.3 GiB reserved; BENCHMARKS.md).
+    "t4": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1},
     # The embedded default: SmolLM2-135M on 2 CPU cores, offline. No bitsandbytes on CPU (no 4-bit, no
     # 8-bit Adam), and checkpointing only costs time at this size. The guide's lr 5e-5 on q/k/v/o moved a
     # 135M model too little in 60 steps (3 of 25 held-out answers); r16/alpha32 on every linear layer at

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 from . import runs
 from .config import ConfigError, RunConfig, load_config, make_config, save_config, write_json_atomic

@@ -26,8 +26,11 @@ def test_defaults_are_the_guides_recipe():
     assert (cfg.temperature, cfg.top_p) == (0.6, 0.95)  # DeepSeek's recommendation
 
 
-def test_t4_profile_is_the_recipe_unchanged():
-    assert make_config("t4") == RunConfig(profile="t4")
+def test_t4_profile_keeps_the_recipes_meaning():
+    t4, recipe = make_config("t4").to_dict(), RunConfig().to_dict()
+    changed = {k for k in recipe if t4[k] != recipe[k]}
+    assert changed == {"per_device_train_batch_size", "gradient_accumulation_steps"}  # one pass of 4, not 4 of 1
+    assert t4["per_device_train_batch_size"] * t4["gradient_accumulation_steps"] == 4  # the guide's effective batch
 
 
 def test_profiles_change_only_what_must_differ():

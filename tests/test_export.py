@@ -17,9 +17,12 @@ QUESTION = "What does a lithography scanner do?"
 
 @pytest.fixture
 def run_dir(tiny_run, tmp_path):
-    """A private copy of the tiny run (adapter with perturbed B weights, 6 held-out questions): exports write into it."""
+    """A private copy of the tiny run (adapter with perturbed B weights, 6 held-out questions): exports write into it.
+
+    Results other tests may have written into the shared run (evaluation, sweep) stay behind: each test here adds
+    the ones it needs."""
     target = tmp_path / "run"
-    shutil.copytree(tiny_run, target)
+    shutil.copytree(tiny_run, target, ignore=shutil.ignore_patterns("evaluation.csv", "sweep*", "recommended_settings.json"))
     return target
 
 

@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -363,7 +362,7 @@ def test_training_out_of_memory_names_memory_and_settings(cuda, tmp_path, monkey
         assert "Tesla T4: 14.7 GiB total, 14.2 GiB peak reserved" in message
     else:
         assert "no CUDA GPU; 12.7 GiB RAM" in message
-    assert "per_device_train_batch_size=1, max_seq_length=1024, gradient_checkpointing=True" in message
+    assert "per_device_train_batch_size=4, max_seq_length=1024, gradient_checkpointing=True" in message
     assert "Lower per_device_train_batch_size" in message and "or max_seq_length" in message
     assert isinstance(err.value, ConfigError)  # the CLI prints it as one line
 
