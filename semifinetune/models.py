@@ -38,16 +38,7 @@ def load_model(cfg: RunConfig, report: dict | None = None):
 
     report = report or environment_report()
     check_loadable(cfg, report)
-    if cfg.model_name == TINY_MODEL:
-        path = tiny_model_dir()
-    elif cfg.model_name == EMBEDDED_MODEL:
-        cached = cache_dir() / EMBEDDED_CACHE
-        if not (cached / "model.safetensors").exists():
-            return embedded_tokenizer()  # straight from the GGUF: no weights converted just to count tokens
-        path = cached
-    else:
-        path = cfg.model_name
-        check_hub_reachable(path)
+    path = model_path(cfg)
     backend = choose_backend(report, cfg.backend)
     precision = choose_precision(report, cfg.precision)
     if backend == "unsloth":
@@ -62,17 +53,19 @@ def load_tokenizer(cfg: RunConfig):
     """The profile's tokenizer alone, no weights, no GPU: what data validation counts tokens with."""
     from transformers import AutoTokenizer
 
+    if cfg.model_name == EMBEDDED_MODEL and not (cache_dir() / EMBEDDED_CACHE / "model.safetensors").exists():
+        return embedded_tokenizer()  # straight from the GGUF: no weights converted just to count tokens
+    return ensure_distinct_pad(AutoTokenizer.from_pretrained(str(model_path(cfg)), trust_remote_code=False))
+
+
+def model_path(cfg: RunConfig):
+    """Where cfg.model_name's files are: the tiny or embedded model's cache (built on first use), or the hub name."""
     if cfg.model_name == TINY_MODEL:
-        path = tiny_model_dir()
-    elif cfg.model_name == EMBEDDED_MODEL:
-        cached = cache_dir() / EMBEDDED_CACHE
-        if not (cached / "model.safetensors").exists():
-            return embedded_tokenizer()  # straight from the GGUF: no weights converted just to count tokens
-        path = cached
-    else:
-        path = cfg.model_name
-        check_hub_reachable(path)
-    return ensure_distinct_pad(AutoTokenizer.from_pretrained(str(path), trust_remote_code=False))
+        return tiny_model_dir()
+    if cfg.model_name == EMBEDDED_MODEL:
+        return embedded_model_dir()
+    check_hub_reachable(cfg.model_name)
+    return cfg.model_name
 
 
 def check_loadable(cfg: RunConfig, report: dict) -> None:
@@ -205,12 +198,12 @@ def embedded_model_dir() -> Path:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
-    _save_atomically(model, tokenizer, target)
+    save_atomically(model, tokenizer, target)
     return target
 
 
-def _save_atomically(model, tokenizer, target: Path) -> None:
-    """Save into a sibling folder, then rename: an interrupted conversion leaves no half cache."""
+def save_atomically(model, tokenizer, target: Path) -> None:
+    """Save model (or adapter) and tokenizer into a sibling folder, then rename: a crash leaves no half folder."""
     import shutil
 
     staging = target.with_name(target.name + ".partial")
@@ -240,7 +233,7 @@ def tiny_model_dir() -> Path:
         return target
     tokenizer = build_tiny_tokenizer(corpus)
     model = build_tiny_model(tokenizer)
-    _save_atomically(model, tokenizer, target)
+    save_atomically(model, tokenizer, target)
     return target
 
 

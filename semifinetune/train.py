@@ -318,13 +318,10 @@ def checkpoint_step(checkpoint: Path) -> int:
 
 def save_adapter(model, tokenizer, run_dir) -> Path:
     """Adapter weights, adapter config and tokenizer into run_dir/adapter, through adapter.partial and a rename."""
+    from .models import save_atomically
+
     target = runs.run_path(run_dir, runs.ADAPTER)
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    save_atomically(model, tokenizer, target)
     return target
 
 
