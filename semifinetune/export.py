@@ -126,16 +126,10 @@ def staged(target: Path):
 
 
 def check_disk_space(folder: Path, needed_bytes: float, what: str) -> None:
-    """Fail before writing when the disk holding `folder` has less free space than `needed_bytes`."""
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
-    if free < needed_bytes:
-        raise ExportError(
-            f"Not enough disk space for {what} in {folder}: it needs about {needed_bytes / 2**30:.2f} GiB "
-            f"and {free / 2**30:.2f} GiB is free. Free some space (old checkpoints/ folders, earlier exports) and export again."
-        )
+    """Fail before writing an export that the disk cannot hold."""
+    from .safety import check_disk_space as check
+
+    check(folder, needed_bytes, what, "Free some space (old checkpoints/ folders, earlier exports) and export again.")
 
 
 def folder_files(folder: Path) -> dict:

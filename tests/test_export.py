@@ -169,7 +169,9 @@ def test_export_fails_before_writing_when_the_disk_is_full(run_dir, monkeypatch)
     import semifinetune.export as export
 
     monkeypatch.setattr(export.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
-    with pytest.raises(ExportError, match="Not enough disk space for the adapter"):
+    from semifinetune.safety import DiskSpaceError
+
+    with pytest.raises(DiskSpaceError, match="Not enough disk space for the adapter"):
         export_run(run_dir, "adapter")
     assert list((run_dir / "export").iterdir()) == []  # neither the export nor a .partial folder
 
