@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import shutil
 
 LIBRARIES = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth"]
 
@@ -23,31 +24,39 @@ def _ram_gib() -> float:
     return round(psutil.virtual_memory().total / 2**30, 1)
 
 
+def nvidia_driver_present() -> bool:
+    """An NVIDIA driver is installed. Without one torch cannot see a GPU, so the report skips torch's 2 s import."""
+    return os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
+
+
 def environment_report() -> dict:
     """GPU name, memory, compute capability, bf16, CUDA, CPUs, RAM and library versions."""
-    import torch
-
     report = {
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "ram_gib": _ram_gib(),
-        "cuda_available": torch.cuda.is_available(),
-        "cuda_version": torch.version.cuda or "none",
+        "cuda_available": False,
+        "cuda_version": "none",
         "gpu_name": "none",
         "gpu_memory_gib": 0.0,
         "compute_capability": "none",
         "bf16_supported": False,
     }
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        report.update(
-            gpu_name=props.name,
-            gpu_count=torch.cuda.device_count(),
-            gpu_memory_gib=round(props.total_memory / 2**30, 1),
-            compute_capability=f"{props.major}.{props.minor}",
-            # bf16 needs Ampere (8.0) or newer; a T4 is 7.5
-            bf16_supported=bool(torch.cuda.is_bf16_supported()) and props.major >= 8,
-        )
+    if nvidia_driver_present():
+        import torch
+
+        report["cuda_version"] = torch.version.cuda or "none"
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            report.update(
+                cuda_available=True,
+                gpu_name=props.name,
+                gpu_count=torch.cuda.device_count(),
+                gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                compute_capability=f"{props.major}.{props.minor}",
+                # bf16 needs Ampere (8.0) or newer; a T4 is 7.5
+                bf16_supported=bool(torch.cuda.is_bf16_supported()) and props.major >= 8,
+            )
     report["versions"] = {name: _version(name) for name in LIBRARIES}
     report["unsloth_importable"] = unsloth_available()
     report["backend"] = choose_backend(report)

@@ -18,3 +18,12 @@ def test_backend_and_precision_rules():
     assert (choose_backend(h100), choose_precision(h100)) == ("transformers", "bf16")
     assert (choose_backend(cpu), choose_precision(cpu)) == ("transformers", "fp32")
     assert choose_backend(t4, "transformers") == "transformers"
+
+
+def test_report_without_a_gpu_driver_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from semifinetune.env import environment_report as r; r(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # notebook 01 shows its table without torch's import time
