@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,14 +285,6 @@ def load_config(run_dir: str | os.PathLike, overrides: dict | None = None) -> Ru
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:
     """Write JSON through a temporary file and rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
-        try:
-            json.dump(data, tmp, indent=2, ensure_ascii=False)
-            tmp.write("\n")
-        except BaseException:  # unserializable data or an interrupt: the old file stays, no stray .tmp
-            tmp.close()
-            os.unlink(tmp.name)
-            raise
-    os.replace(tmp.name, path)
+    from .atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -6,9 +6,9 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .config import ConfigError, RunConfig
 
 REQUIRED_FIELDS = {"train": ("input", "output"), "eval": ("input", "output", "keywords")}
@@ -289,11 +289,7 @@ def prepared_path(run_dir: str | os.PathLike, split: str) -> Path:
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     """One JSON object a line, through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
-        for row in rows:
-            tmp.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp.name, path)
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def prepare_data(run_dir: str | os.PathLike, tokenizer=None) -> dict:

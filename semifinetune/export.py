@@ -15,10 +15,10 @@ import dataclasses
 import json
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 from . import runs
+from .atomic import staged
 from .config import EMBEDDED_MODEL, TINY_MODEL, ConfigError, RunConfig
 
 FORMATS = ("adapter", "merged16", "gguf")
@@ -108,21 +108,6 @@ def refuse_existing(target: Path, overwrite: bool) -> None:
     """An earlier export is never replaced silently."""
     if target.exists() and not overwrite:
         raise ExportError(f"{target} already exists. Pass --overwrite (overwrite=True) to replace it, or move it away.")
-
-
-@contextmanager
-def staged(target: Path):
-    """Write into <target>.partial, then swap it in: a failed or interrupted export leaves the old one intact."""
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
 
 
 def check_disk_space(folder: Path, needed_bytes: float, what: str) -> None:

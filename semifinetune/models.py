@@ -204,14 +204,11 @@ def embedded_model_dir() -> Path:
 
 def save_atomically(model, tokenizer, target: Path) -> None:
     """Save model (or adapter) and tokenizer into a sibling folder, then rename: a crash leaves no half folder."""
-    import shutil
+    from .atomic import staged
 
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    with staged(target) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
 
 
 # --- the tiny test model: random Qwen2 with the R1-Distill tokenizer's specials and chat template ---

@@ -120,7 +120,7 @@ def test_adapter_save_interrupted_keeps_the_old_adapter(tmp_path):
 
     class Crashing:
         def save_pretrained(self, folder):
-            Path(folder).mkdir(parents=True)
+            Path(folder).mkdir(parents=True, exist_ok=True)  # as save_pretrained does
             (Path(folder) / "adapter_model.safetensors").write_bytes(b"half")
             raise KeyboardInterrupt
 
