@@ -165,15 +165,9 @@ def load_base_and_tuned(cfg: RunConfig, run_dir: str | os.PathLike):
     from peft import PeftModel
 
     from .models import load_model
-    from .safety import refuse_pickle_weights
+    from .safety import trained_adapter_dir
 
-    adapter = runs.run_path(run_dir, runs.ADAPTER)
-    if not (adapter / "adapter_config.json").exists():
-        raise ConfigError(
-            f"{adapter}/adapter_config.json does not exist: there is no trained adapter in this run. "
-            f"Run notebook 05_train or `python -m semifinetune train --run-dir {run_dir}` first."
-        )
-    refuse_pickle_weights(adapter)  # before the base model loads
+    adapter = trained_adapter_dir(run_dir)  # before the base model loads
     model, tokenizer = load_model(cfg)
     backend = model.semifinetune_backend
     # One copy of the base weights serves both models (the 1.5B model twice would double GPU memory).

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import runs
 from .atomic import staged
+from .safety import trained_adapter_dir
 from .config import EMBEDDED_MODEL, TINY_MODEL, ConfigError, RunConfig
 
 FORMATS = ("adapter", "merged16", "gguf")
@@ -70,7 +71,7 @@ def export_run(run_dir: str | os.PathLike, fmt: str, overwrite: bool = False, dt
     if fmt not in FORMATS:
         raise ExportError(f"Unknown export format {fmt!r}. Valid formats: {', '.join(FORMATS)}")
     cfg = open_run(run_dir)
-    adapter = adapter_dir(run_dir)
+    adapter = trained_adapter_dir(run_dir)
     if fmt == "gguf":
         check_gguf_available(run_dir)  # before anything is loaded or written
     target = export_path(run_dir, fmt)
@@ -88,20 +89,6 @@ def export_run(run_dir: str | os.PathLike, fmt: str, overwrite: bool = False, dt
 
 def export_path(run_dir: str | os.PathLike, fmt: str) -> Path:
     return runs.run_path(run_dir, EXPORT_DIR) / fmt
-
-
-def adapter_dir(run_dir: str | os.PathLike) -> Path:
-    """run_dir/adapter, checked to hold a trained adapter in safetensors (pickle weights are refused)."""
-    from .safety import refuse_pickle_weights
-
-    folder = runs.run_path(run_dir, runs.ADAPTER)
-    if not (folder / "adapter_config.json").exists():
-        raise ExportError(
-            f"{folder}/adapter_config.json does not exist: there is no trained adapter to export. "
-            f"Run notebook 05_train or `python -m semifinetune train --run-dir {run_dir}` first."
-        )
-    refuse_pickle_weights(folder)
-    return folder
 
 
 def refuse_existing(target: Path, overwrite: bool) -> None:

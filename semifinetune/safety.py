@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+from . import runs
 from .config import ConfigError
 
 # Weight files that unpickle when loaded: torch.load of a crafted file runs arbitrary code.
@@ -71,3 +72,15 @@ def scrub(text: str, secrets: list[str] | None = None) -> str:
         if secret:
             text = text.replace(secret, "***")
     return HF_TOKEN_PATTERN.sub("hf_***", text)
+
+
+def trained_adapter_dir(run_dir: str | os.PathLike) -> Path:
+    """run_dir/adapter, checked to hold a trained adapter in safetensors, before any model loads."""
+    folder = runs.run_path(run_dir, runs.ADAPTER)
+    if not (folder / "adapter_config.json").exists():
+        raise ConfigError(
+            f"{folder}/adapter_config.json does not exist: there is no trained adapter in this run. "
+            f"Run notebook 05_train or `python -m semifinetune train --run-dir {run_dir}` first."
+        )
+    refuse_pickle_weights(folder)
+    return folder
