@@ -176,12 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="notebook 06: base vs tuned on the held-out questions, RUN_DIR/evaluation.csv")
     p.add_argument("--run-dir", required=True, help="run directory with a trained adapter")
-    p.add_argument("--batch-size", type=int, default=16, help="questions per generate() batch (halved on GPU out-of-memory)")
+    p.add_argument("--batch-size", type=int, default=None, help="answers per generate() batch (default 64 on a GPU, 16 on CPU; halved on GPU out-of-memory)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sweep", help="notebook 06: sampling grid, base vs tuned, RUN_DIR/sweep.csv, heatmaps, recommendation")
     p.add_argument("--run-dir", required=True, help="run directory with a trained adapter")
-    p.add_argument("--batch-size", type=int, default=16, help="questions per generate() batch (halved on GPU out-of-memory)")
+    p.add_argument("--batch-size", type=int, default=None, help="answers per generate() batch (default 64 on a GPU, 16 on CPU; halved on GPU out-of-memory)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("export", help="RUN_DIR/export/FORMAT: adapter + model card, merged 16-bit safetensors, or GGUF; Ollama Modelfile")

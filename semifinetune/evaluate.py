@@ -133,11 +133,16 @@ def summarize(table, by: list[str]):
     return pd.DataFrame(rows, columns=[*by, *SUMMARY_COLUMNS])
 
 
-def evaluate_model(model, tokenizer, eval_rows: list[dict], settings, seed: int = 42, batch_size: int = 16, progress: bool = True):
-    """Generate an answer to every eval question and score it: one DataFrame row per question."""
+def evaluate_model(
+    model, tokenizer, eval_rows: list[dict], settings, seed: int = 42, batch_size: int | None = None, progress: bool = True,
+    cuda_graphs: bool = True,
+):
+    """Generate an answer to every eval question and score it: one DataFrame row per question (settings: one for
+    all, or one per row)."""
     from .generate import generate
 
-    generations = generate(model, tokenizer, [row["input"] for row in eval_rows], settings, seed, batch_size, progress)
+    questions = [row["input"] for row in eval_rows]
+    generations = generate(model, tokenizer, questions, settings, seed, batch_size, progress, cuda_graphs)
     return score_generations(generations, eval_rows)
 
 
@@ -185,7 +190,7 @@ def as_model(model, which: str):
         yield model
 
 
-def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: int = 16, progress: bool = True) -> dict:
+def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: int | None = None, progress: bool = True) -> dict:
     """Base and tuned on every held-out question at the run's sampling settings; writes run_dir/evaluation.csv."""
     import pandas as pd
 
@@ -198,7 +203,7 @@ def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: in
     frames = []
     for which in MODELS:
         with as_model(model, which):
-            frame = evaluate_model(model, tokenizer, eval_rows, settings, cfg.seed, batch_size, progress)
+            frame = evaluate_model(model, tokenizer, eval_rows, settings, cfg.seed, batch_size, progress, cfg.cuda_graphs)
         frames.append(frame.assign(model=which))
     table = pd.concat(frames, ignore_index=True)
     # Rewritten on every call: evaluation.csv is this step's own output, derived from the adapter (re-running the

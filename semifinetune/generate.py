@@ -38,32 +38,64 @@ class Generation:
 
 
 def generate(
-    model, tokenizer, questions: list[str], settings: SamplingSettings, seed: int = 42, batch_size: int = 16, progress: bool = True
+    model,
+    tokenizer,
+    questions: list[str],
+    settings: SamplingSettings | list[SamplingSettings],
+    seed: int = 42,
+    batch_size: int | None = None,
+    progress: bool = True,
+    cuda_graphs: bool = True,
 ) -> list[Generation]:
-    """Answers to `questions` through the chat template, batched with left padding, in the questions' order."""
+    """Answers to `questions` through the chat template, batched with left padding, in the questions' order.
+
+    `settings` is one SamplingSettings for every question, or one per question: rows whose temperature or top_p
+    differ share a batch (a whole sweep grid decodes together); rows differing in max_new_tokens or
+    repetition_penalty do not. With `cuda_graphs` on a CUDA GPU (transformers backend, no repetition penalty)
+    decoding runs over a static KV cache with the step replayed as a CUDA graph. `batch_size` None: see
+    default_batch_size.
+    """
     import torch
     from tqdm.auto import tqdm
 
     from .formats import chat_prompt
 
+    per_row = settings if isinstance(settings, list) else [settings] * len(questions)
+    if len(per_row) != len(questions):
+        raise ValueError(f"{len(per_row)} settings for {len(questions)} questions: give one, or one per question.")
     prompts = [chat_prompt(tokenizer, q) for q in questions]
-    # Longest first: rows of like length share a batch (less padding), and an OOM shows up on the first batch.
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    # Grouped by what one generate() call must share; longest first within a group: rows of like length share a
+    # batch (less padding), and an OOM shows up on the first batch.
+    order = sorted(range(len(prompts)), key=lambda i: (_batch_key(per_row[i]), -len(prompts[i])))
     results: list[Generation | None] = [None] * len(prompts)
-    start, size = 0, max(1, batch_size)
+    start, size = 0, max(1, batch_size or default_batch_size(model))
     with _inference_mode(model, tokenizer), tqdm(total=len(prompts), desc="generate", disable=not progress) as bar:
         while start < len(order):
-            rows = order[start : start + size]
+            key = _batch_key(per_row[order[start]])
+            rows = [i for i in order[start : start + size] if _batch_key(per_row[i]) == key]
             try:
-                generated = _generate_batch(model, tokenizer, [prompts[i] for i in rows], settings, seed)
+                generated = _generate_batch(
+                    model, tokenizer, [prompts[i] for i in rows], [per_row[i] for i in rows], seed, cuda_graphs
+                )
             except torch.OutOfMemoryError:
-                size = _smaller_batch(size, settings)
+                size = _smaller_batch(size, per_row[rows[0]])
                 continue
             for i, row in zip(rows, generated):
                 results[i] = row
             start += len(rows)
             bar.update(len(rows))
     return results
+
+
+def default_batch_size(model) -> int:
+    """Rows per batch: 64 on a GPU, where a decoding step costs about the same for 16 rows as for 64 (it reads
+    every weight once either way); 16 on CPU, where cost grows with the rows and finished rows still compute."""
+    return 64 if model.device.type == "cuda" else 16
+
+
+def _batch_key(settings: SamplingSettings) -> tuple:
+    """What every row of one batch shares: the answer length and the repetition penalty."""
+    return (settings.max_new_tokens, settings.repetition_penalty)
 
 
 @contextmanager
@@ -124,7 +156,20 @@ def sampling_kwargs(settings: SamplingSettings) -> dict:
     return kwargs
 
 
-def _generate_batch(model, tokenizer, prompts: list[str], settings: SamplingSettings, seed: int) -> list[Generation]:
+def uses_static_decode(model, settings: list[SamplingSettings], cuda_graphs: bool) -> bool:
+    """The static-cache CUDA-graph decoding applies: a CUDA model on the transformers backend, no repetition penalty."""
+    return (
+        cuda_graphs
+        and model.device.type == "cuda"
+        and getattr(model, "semifinetune_backend", "transformers") == "transformers"
+        and all(s.repetition_penalty == 1.0 for s in settings)
+    )
+
+
+def _generate_batch(
+    model, tokenizer, prompts: list[str], settings: list[SamplingSettings], seed: int, cuda_graphs: bool
+) -> list[Generation]:
+    from .decode import dequantized_weights, row_sampling_processor, static_decode
     from .formats import opens_think_block
     from .parsing import parse_output
     from .seeding import seed_everything
@@ -132,14 +177,25 @@ def _generate_batch(model, tokenizer, prompts: list[str], settings: SamplingSett
     # The chat template writes its own BOS: adding specials again would double it.
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     eos_ids = eos_token_ids(model, tokenizer)
-    seed_everything(seed)  # each batch from the same seed: a rerun with the same batch size gives the same text
+    temperatures, top_ps = [s.temperature for s in settings], [s.top_p for s in settings]
+    seed_everything(seed)  # each batch from the same seed: a rerun with the same batches gives the same text
     started = time.perf_counter()
-    output = model.generate(
-        **encoded, **sampling_kwargs(settings), eos_token_id=sorted(eos_ids), pad_token_id=tokenizer.pad_token_id
-    )
+    if uses_static_decode(model, settings, cuda_graphs):
+        with dequantized_weights(model):
+            new_ids = static_decode(
+                model, encoded["input_ids"], encoded["attention_mask"], temperatures, top_ps,
+                settings[0].max_new_tokens, eos_ids, tokenizer.pad_token_id,
+            ).tolist()
+    else:
+        kwargs = sampling_kwargs(settings[0])
+        if len(set(zip(temperatures, top_ps))) > 1:  # mixed settings: transformers' warpers off, ours per row
+            kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                          logits_processor=[row_sampling_processor(temperatures, top_ps)])
+        output = model.generate(**encoded, **kwargs, eos_token_id=sorted(eos_ids), pad_token_id=tokenizer.pad_token_id)
+        new_ids = output[:, encoded["input_ids"].shape[1] :].tolist()
     seconds = (time.perf_counter() - started) / len(prompts)
     rows = []
-    for prompt, ids in zip(prompts, output[:, encoded["input_ids"].shape[1] :].tolist()):
+    for prompt, ids in zip(prompts, new_ids):
         stop = next((k for k, tok in enumerate(ids) if tok in eos_ids), None)
         kept = ids if stop is None else ids[:stop]
         # Specials kept: R1's `</think>` is a special token in some tokenizers and the parser needs it.

@@ -37,8 +37,8 @@ def sweep_settings(cfg: RunConfig) -> list:
     return [SamplingSettings(t, p, n, r) for t, p, r, n in grid]
 
 
-def run_sweep(run_dir: str | os.PathLike, batch_size: int = 16, progress: bool = True):
-    """Base and tuned over the grid, cfg.sweep_samples seeds each; writes sweep.csv, its summary, heatmaps, recommendation."""
+def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progress: bool = True):
+    """Base and tuned over the grid, cfg.sweep_samples draws each; writes sweep.csv, its summary, heatmaps, recommendation."""
     import pandas as pd
 
     from .evaluate import MODELS, as_model, evaluate_model, load_base_and_tuned, read_eval_rows
@@ -48,13 +48,20 @@ def run_sweep(run_dir: str | os.PathLike, batch_size: int = 16, progress: bool =
     cfg = open_run(run_dir)
     eval_rows = read_eval_rows(cfg, cfg.sweep_questions)
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
+    # The whole grid as one list of rows (setting x draw x question), generated together: rows of every setting
+    # share each batch, which keeps a GPU busy (generate() batches only rows of equal max_new_tokens).
+    grid = [(settings, sample) for settings in sweep_settings(cfg) for sample in range(cfg.sweep_samples)]
+    rows = [row for _ in grid for row in eval_rows]
+    per_row = [settings for settings, _ in grid for _ in eval_rows]
+    labels = pd.DataFrame(
+        [{**vars(settings), "sample": sample, "question_id": i} for settings, sample in grid for i in range(len(eval_rows))]
+    )
     frames = []
     with timed() as clock:
-        for which, settings, sample in itertools.product(MODELS, sweep_settings(cfg), range(cfg.sweep_samples)):
-            # All questions of one setting and seed in one generate() call (batched inside it).
+        for which in MODELS:
             with as_model(model, which):
-                frame = evaluate_model(model, tokenizer, eval_rows, settings, cfg.seed + sample, batch_size, progress)
-            frames.append(frame.assign(model=which, **vars(settings), sample=sample, seed=cfg.seed + sample))
+                frame = evaluate_model(model, tokenizer, rows, per_row, cfg.seed, batch_size, progress, cfg.cuda_graphs)
+            frames.append(pd.concat([frame.drop(columns="question_id"), labels], axis=1).assign(model=which))
     table = pd.concat(frames, ignore_index=True)
     # Rewritten on every call, like evaluation.csv: the sweep's own outputs, re-running the step redoes them.
     table.to_csv(runs.run_path(run_dir, runs.SWEEP), index=False)

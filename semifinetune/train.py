@@ -106,7 +106,13 @@ def fit(
 def build_trainer(model, tokenizer, cfg: RunConfig, run_dir, report: dict, callbacks: list | None = None, resume: bool = False):
     """SFTTrainer over the run's tokenized train/eval sets, LoRA weights kept in fp32."""
     train_set, eval_set = training_datasets(run_dir)
-    trainer = trainer_class(report)(
+    cls = trainer_class(report)
+    if cfg.cuda_graphs and report["cuda_available"]:
+        from .graphed import graphed_trainer_class
+
+        longest = max(len(ids) for ids in train_set["input_ids"])
+        cls = graphed_trainer_class(cls, min(longest, cfg.max_seq_length), tokenizer.pad_token_id)
+    trainer = cls(
         model=model,
         args=sft_config(cfg, run_dir, report, resume),
         train_dataset=train_set,
@@ -381,6 +387,8 @@ def run_stats(cfg: RunConfig, report: dict, trainer, metrics: dict, session, bef
         "global_step": state.global_step,
         "session_steps": steps,
         "train_runtime_s": round(runtime, 2),
+        # the held-out loss passes, inside train_runtime_s
+        "eval_runtime_s": round(sum(e.get("eval_runtime", 0.0) for e in state.log_history), 2),
         "samples_per_s": round(samples / runtime, 3),
         "tokens_per_s": round(tokens / runtime, 1),
         "tokens_seen": int(state.num_input_tokens_seen),

@@ -29,7 +29,9 @@ def test_defaults_are_the_guides_recipe():
 def test_t4_profile_keeps_the_recipes_meaning():
     t4, recipe = make_config("t4").to_dict(), RunConfig().to_dict()
     changed = {k for k in recipe if t4[k] != recipe[k]}
-    assert changed == {"per_device_train_batch_size", "gradient_accumulation_steps"}  # one pass of 4, not 4 of 1
+    # one pass of 4, not 4 of 1; AdamW with its moments in fp32, fused
+    assert changed == {"per_device_train_batch_size", "gradient_accumulation_steps", "optim"}
+    assert t4["optim"] == "adamw_torch_fused" and (t4["learning_rate"], t4["weight_decay"]) == (5e-5, 0.01)
     assert t4["per_device_train_batch_size"] * t4["gradient_accumulation_steps"] == 4  # the guide's effective batch
 
 

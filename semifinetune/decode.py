@@ -1,0 +1,194 @@
+"""Sampling with a temperature and top_p per row, and a decoding loop over a static KV cache.
+
+Per-row settings let one batch hold a whole sweep grid (every temperature x top_p x sample), so the GPU decodes
+many rows per step instead of one setting's few. The warping is transformers' own, row by row:
+TemperatureLogitsWarper, then TopPLogitsWarper (keep the smallest set of tokens whose probability reaches top_p,
+at least one), then a multinomial draw; temperature 0 is greedy.
+
+`static_decode` is transformers' `generate()` for left-padded prompts (same positions, same masking, same
+sampling), written over a StaticCache so that every decoding step has the same shapes: on CUDA the step is
+recorded once as a CUDA graph and replayed, which removes the per-token launch overhead of a 4-bit model.
+`dequantized_weights` lets the 4-bit layers compute from a bf16 copy while decoding, where GPU memory allows.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+FINISHED_CHECK_EVERY = 16  # decoding steps between checks that every row has ended (each check waits for the GPU)
+
+
+def warp_scores(logits, temperature, top_p):
+    """Float32 scores of `logits` (B, V) after each row's temperature and top_p; -inf where a token is cut.
+
+    Rows with temperature 0 keep only their argmax (greedy), so a multinomial draw returns it.
+    """
+    import torch
+
+    scores = logits.float()
+    greedy = temperature <= 0
+    scores = scores / torch.where(greedy, 1.0, temperature).unsqueeze(1)
+    sorted_scores, sorted_ids = torch.sort(scores, descending=False, dim=-1)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cumulative <= (1 - top_p).unsqueeze(1)
+    remove_sorted[:, -1] = False  # the most likely token always stays
+    remove = remove_sorted.scatter(1, sorted_ids, remove_sorted)
+    argmax = torch.zeros_like(remove).scatter_(1, scores.argmax(dim=-1, keepdim=True), True)
+    remove = torch.where(greedy.unsqueeze(1), ~argmax, remove)
+    return scores.masked_fill(remove, float("-inf"))
+
+
+def sample_next(logits, temperature, top_p):
+    """One token per row, drawn from warp_scores."""
+    import torch
+
+    return torch.multinomial(warp_scores(logits, temperature, top_p).softmax(dim=-1), num_samples=1).squeeze(1)
+
+
+def row_sampling_processor(temperatures: list[float], top_ps: list[float]):
+    """A transformers LogitsProcessor applying warp_scores with these per-row settings inside `generate()`."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class RowSampling(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            t = torch.tensor(temperatures, device=scores.device, dtype=torch.float32)
+            p = torch.tensor(top_ps, device=scores.device, dtype=torch.float32)
+            return warp_scores(scores, t, p)
+
+    return RowSampling()
+
+
+def static_decode(model, input_ids, attention_mask, temperatures, top_ps, max_new_tokens: int, eos_ids, pad_id: int,
+                  cuda_graph: bool = True):
+    """New token ids (B, max_new_tokens) for left-padded prompts: the end-of-sequence token kept, padding after it."""
+    import torch
+    from transformers import StaticCache
+
+    device = input_ids.device
+    rows, prompt_len = input_ids.shape
+    total = prompt_len + max_new_tokens
+    temperature = torch.tensor(temperatures, device=device, dtype=torch.float32)
+    top_p = torch.tensor(top_ps, device=device, dtype=torch.float32)
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    dtype = model.get_input_embeddings().weight.dtype  # what attention computes in (not the fp32 adapters')
+    min_value = torch.finfo(dtype).min
+
+    cache = StaticCache(config=model.config, max_cache_len=total)
+    slots = torch.arange(total, device=device)
+    prompt_slots = torch.zeros((rows, total), dtype=torch.bool, device=device)
+    prompt_slots[:, :prompt_len] = attention_mask.bool()
+    real_tokens = attention_mask.long().sum(dim=1, keepdim=True)
+
+    # Prefill: causal over the real prompt tokens; a padding query sees everything (its output is never used, and a
+    # row with nothing to attend to would give NaN).
+    allowed = prompt_slots.unsqueeze(1) & (slots.view(1, 1, -1) <= torch.arange(prompt_len, device=device).view(1, -1, 1))
+    allowed |= ~allowed.any(dim=-1, keepdim=True)
+    positions = (attention_mask.long().cumsum(dim=-1) - 1).masked_fill(attention_mask == 0, 1)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=_additive(allowed.unsqueeze(1), dtype, min_value),
+        position_ids=positions,
+        cache_position=torch.arange(prompt_len, device=device),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1]
+
+    token = torch.zeros((rows, 1), dtype=torch.long, device=device)
+    cache_position = torch.zeros(1, dtype=torch.long, device=device)
+
+    def step():
+        """One token per row at slot cache_position: sees its real prompt tokens and every generated slot so far."""
+        seen = prompt_slots | ((slots >= prompt_len) & (slots <= cache_position)).unsqueeze(0)
+        return model(
+            input_ids=token,
+            attention_mask=_additive(seen[:, None, None, :], dtype, min_value),
+            position_ids=real_tokens + (cache_position - prompt_len),
+            cache_position=cache_position,
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[:, -1]
+
+    replay = None
+    new_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    for k in range(max_new_tokens):
+        chosen = sample_next(logits, temperature, top_p).masked_fill(finished, pad_id)
+        new_ids[:, k] = chosen
+        finished |= torch.isin(chosen, eos)
+        if k == max_new_tokens - 1 or (k % FINISHED_CHECK_EVERY == FINISHED_CHECK_EVERY - 1 and bool(finished.all())):
+            break
+        token.copy_(chosen.unsqueeze(1))
+        cache_position.fill_(prompt_len + k)
+        if cuda_graph and device.type == "cuda":
+            if replay is None:
+                replay, graph_logits = _record(step)
+            replay()
+            logits = graph_logits
+        else:
+            logits = step()
+    return new_ids
+
+
+def _additive(allowed, dtype, min_value):
+    """A boolean attention mask as the additive one attention adds to its scores (0 where allowed)."""
+    import torch
+
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, min_value)
+
+
+def _record(step):
+    """(replay, output): `step` recorded as a CUDA graph after one warm-up run; replay() rewrites output in place."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm-up: same inputs as the first replay, so the cache slot it writes is rewritten identically
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = step()
+    return graph.replay, output
+
+
+@contextmanager
+def dequantized_weights(model, keep_free_bytes: int = 2 * 2**30):
+    """Inside the block, every bitsandbytes 4-bit layer computes from a dequantized copy of its weight.
+
+    A 4-bit layer dequantizes its whole weight on every call before the matmul (for more than one input row), so
+    a decoding step reads ~2.8 GB for R1-1.5B's 196 layers and launches 392 extra kernels. The copy gives the
+    same numbers (the same dequantized weight, the same matmul) for 2.2 GB of GPU memory while sampling; skipped
+    when it would leave less than `keep_free_bytes` free.
+    """
+    import functools
+
+    import torch
+
+    layers = [m for m in model.modules() if type(m).__name__ == "Linear4bit" and hasattr(m.weight, "quant_state")]
+    needed = sum(m.weight.quant_state.shape.numel() * m.weight.quant_state.dtype.itemsize for m in layers)
+    if not layers or torch.cuda.mem_get_info()[0] - needed < keep_free_bytes:
+        yield False
+        return
+    from bitsandbytes.functional import dequantize_4bit
+
+    for layer in layers:
+        weight = dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        layer.forward = functools.partial(_dense_forward, layer, weight)  # shadows the class's forward
+    try:
+        yield True
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def _dense_forward(layer, weight, x):
+    """bitsandbytes Linear4bit.forward with the weight already dequantized."""
+    import torch
+
+    input_dtype = x.dtype
+    if layer.compute_dtype is not None:
+        x = x.to(layer.compute_dtype)
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
+    return torch.nn.functional.linear(x, weight.to(x.dtype), bias).to(input_dtype)
