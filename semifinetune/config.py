@@ -32,7 +32,7 @@ class RunConfig:
     # 512 tokens. Training memory follows the real example lengths (~250 tokens), not this cap.
     max_seq_length: int = 1024
     load_in_4bit: bool = True
-    backend: str = "auto"  # auto: Unsloth where it imports and a CUDA GPU is present, else transformers
+    backend: str = "auto"  # auto: transformers + bitsandbytes (CUDA-graphed, faster here); 'unsloth' on request
     precision: str = "auto"  # auto: bf16 where the GPU has it, fp16 on a T4, fp32 on CPU
 
     # --- data ---
@@ -88,11 +88,9 @@ class RunConfig:
 # Each profile changes only what must differ from the guide's recipe on that machine.
 PROFILES: dict[str, dict] = {
     # The guide's job on a CUDA GPU with hub access (Colab T4). 4 rows x 1 step is the recipe's effective batch 4 in
-    # one pass instead of four: the same loss curve (step-100 loss 10.8841 vs 10.8865) in 61 s instead of 198 s on
-    # an H200, at the same peak memory (3.3 GiB reserved; BENCHMARKS.md).
-    # adamw_torch_fused: the same AdamW (lr, betas, weight decay, schedule) with fp32 moments in one fused kernel;
-    # bitsandbytes' 8-bit AdamW synchronizes with the GPU once per parameter tensor (224 times a step here), which
-    # stalls a CUDA-graphed step, and saves 26 MB on 4.4M LoRA parameters.
+    # one pass instead of four, which the CUDA-graphed step (cuda_graphs) needs: on an H200 the guide's 100 steps
+    # take 11.4 s instead of 197 s, with the same loss curve (step-100 loss 10.8859 vs 10.8874) and 2.25 GiB peak
+    # reserved memory (BENCHMARKS.md).
     "t4": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "optim": "adamw_torch_fused"},
     # The embedded default: SmolLM2-135M on 2 CPU cores, offline. No bitsandbytes on CPU (no 4-bit, no
     # 8-bit Adam), and checkpointing only costs time at this size. The guide's lr 5e-5 on q/k/v/o moves a 135M

@@ -157,9 +157,9 @@ def _record(step):
 def dequantized_weights(model, keep_free_bytes: int = 2 * 2**30):
     """Inside the block, every bitsandbytes 4-bit layer computes from a dequantized copy of its weight.
 
-    A 4-bit layer dequantizes its whole weight on every call before the matmul (for more than one input row), so
-    a decoding step reads ~2.8 GB for R1-1.5B's 196 layers and launches 392 extra kernels. The copy gives the
-    same numbers (the same dequantized weight, the same matmul) for 2.2 GB of GPU memory while sampling; skipped
+    A 4-bit layer dequantizes its whole weight on every call before the matmul (for more than one input row): for
+    R1-1.5B's 196 layers a decoding step writes 2.6 GB and launches 392 kernels just for that. The copy gives the
+    same numbers (the same dequantized weight, the same matmul) for 2.6 GB of GPU memory while sampling; skipped
     when it would leave less than `keep_free_bytes` free.
     """
     import functools

@@ -209,7 +209,7 @@ def test_precision_follows_the_machine(cuda, bf16, expected, tmp_path):
     report = {"cuda_available": cuda, "bf16_supported": bf16}
     args = sft_arguments(make_config("t4"), tmp_path, report)
     assert (args["fp16"], args["bf16"]) == expected
-    assert args["max_length"] == 1024 and args["gradient_checkpointing"] is True and args["optim"] == "adamw_8bit"
+    assert args["max_length"] == 1024 and args["gradient_checkpointing"] is True and args["optim"] == "adamw_torch_fused"
     assert args["output_dir"] == str(tmp_path / runs.CHECKPOINTS)
     assert args["dataloader_pin_memory"] is cuda
 
