@@ -73,8 +73,8 @@ def choose_backend(report: dict, requested: str = "auto") -> str:
     """transformers + bitsandbytes unless Unsloth is asked for.
 
     At the recipe's sizes a training step is host-bound; the transformers backend's CUDA-graphed step trains the
-    guide's 100 steps in 12 s on an H200 where Unsloth's takes 156 s (BENCHMARKS.md). Unsloth stays available
-    (backend='unsloth'), and its GGUF export is used either way.
+    guide's 100 steps in 11.4 s on an H200 where Unsloth at the same batch takes 60 s (BENCHMARKS.md). Unsloth
+    stays available (backend='unsloth'), and its GGUF export is used either way.
     """
     return "transformers" if requested == "auto" else requested
 
