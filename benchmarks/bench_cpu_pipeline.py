@@ -28,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--run-dir", default="/tmp/bench-cpu-pipeline")
+    parser.add_argument("--set", action="append", default=[], help="key=value over the cpu profile")
     args = parser.parse_args()
 
     from semifinetune.config import make_config
@@ -36,7 +37,8 @@ def main() -> None:
     embedded_model_dir()  # the one-time GGUF conversion is not part of the pipeline's time
     shutil.rmtree(args.run_dir, ignore_errors=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "semifinetune", "run", "--profile", "cpu", "--run-dir", args.run_dir],
+    overrides = [item for assignment in args.set for item in ("--set", assignment)]
+    subprocess.run([sys.executable, "-m", "semifinetune", "run", "--profile", "cpu", "--run-dir", args.run_dir, *overrides],
                    check=True, cwd=ROOT)
     total = time.perf_counter() - start
     run = Path(args.run_dir)
@@ -50,7 +52,7 @@ def main() -> None:
         "benchmark": "cpu_pipeline",
         "date": datetime.date.today().isoformat(),
         "machine": f"CPU, {os.cpu_count()} cores",
-        "settings": make_config("cpu").to_dict(),
+        "settings": json.loads((run / "config.json").read_text()),
         "total_s": round(total, 1),
         "train_s": stats["train_runtime_s"],
         "steps": stats["global_step"],

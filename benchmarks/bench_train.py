@@ -1,7 +1,10 @@
 """Training benchmark: the guide's recipe on the R1-1.5B architecture, one variant per process.
 
-    python benchmarks/bench_train.py --model /tmp/r1-random --name guide --out results.json \
-        --set backend=transformers --set per_device_train_batch_size=1 --set gradient_accumulation_steps=4
+    python benchmarks/bench_train.py --model /tmp/r1-random --side-by-side --out results.json
+    python benchmarks/bench_train.py --model /tmp/r1-random --name NAME --out results.json [--set key=value ...]
+
+--side-by-side runs the guide's way (batch 1 x accumulation 4, 8-bit AdamW) and the `t4` profile's default way,
+each in a fresh process, and records the speed-up and the loss difference at step 100 between them.
 
 The data is the guide's 20 examples in the guide's format; 100 steps at effective batch 4 = 400 samples.
 Appends one JSON record to --out: wall time of trainer.train(), tokens/s, peak memory, losses at steps 10 and
@@ -29,16 +32,52 @@ GUIDE_RUN = {
     "format": "guide",
     "eval_steps": 100,  # held-out loss at the start and the end only: the benchmark times training
 }
+GUIDE_WAY = ["per_device_train_batch_size=1", "gradient_accumulation_steps=4", "optim=adamw_8bit"]
+
+
+def side_by_side(args) -> None:
+    """The guide's way, then the default way, each in its own process; one comparison row."""
+    import subprocess
+
+    runs = {"guide": GUIDE_WAY, "default": []}
+    for name, settings in runs.items():
+        sets = [item for assignment in [*settings, *args.set] for item in ("--set", assignment)]
+        subprocess.run([sys.executable, __file__, "--model", args.model, "--name", name, "--out", args.out,
+                        "--run-dir", args.run_dir, *sets], check=True)
+    guide, default = json.loads(Path(args.out).read_text())[-2:]
+    entry = {
+        "benchmark": "train_side_by_side",
+        "date": default["date"],
+        "card": default["card"],
+        "speedup": round(guide["train_s"] / default["train_s"], 1),
+        "speedup_without_eval": round(guide["train_s_without_eval"] / default["train_s_without_eval"], 1),
+        "final_loss_difference_pct": round(100 * (_final_loss(default) - _final_loss(guide)) / _final_loss(guide), 3),
+        "guide": {k: guide[k] for k in ("train_s", "train_s_without_eval", "peak_memory", "loss_step_100")},
+        "default": {k: default[k] for k in ("train_s", "train_s_without_eval", "peak_memory", "loss_step_100")},
+    }
+    print(json.dumps(entry))
+    record(args.out, entry, f"guide's way {guide['train_s']:.1f} s vs default {default['train_s']:.1f} s: {entry['speedup']}x "
+           f"({entry['speedup_without_eval']}x without the held-out loss); final loss {entry['final_loss_difference_pct']:+}%")
+
+
+def _final_loss(entry: dict) -> float:
+    """The train loss at the last logged step (step 100 in the recipe)."""
+    return entry["losses"][max(entry["losses"], key=int)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True, help="a local model folder (benchmarks/r1_arch.py builds one)")
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--name", help="this variant's name (one process, one record)")
+    parser.add_argument("--side-by-side", action="store_true", help="the guide's way and the default way, compared")
     parser.add_argument("--out", required=True)
     parser.add_argument("--run-dir", default="/tmp/bench-train")
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
+    if args.side_by_side:
+        return side_by_side(args)
+    if not args.name:
+        parser.error("give --name, or --side-by-side")
 
     from semifinetune.data import prepare_data
     from semifinetune.pipeline import setup

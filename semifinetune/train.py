@@ -173,6 +173,7 @@ def sft_arguments(cfg: RunConfig, run_dir, report: dict, resume: bool = False) -
         # no gradients or optimizer state in eval, so 8 rows fit wherever one training row does
         per_device_eval_batch_size=max(8, cfg.per_device_train_batch_size),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        train_sampling_strategy="group_by_length" if cfg.length_grouped else "random",
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_steps,

@@ -222,6 +222,7 @@ def test_cpu_sft_config_turns_off_trl_defaults(tmp_path):
     assert args.gradient_checkpointing is False  # SFTConfig defaults it on; ~60% slower steps on CPU
     assert args.max_length == 256 and args.completion_only_loss is True
     assert args.eval_strategy == "steps" and args.eval_steps == 20 and args.report_to == []
+    assert args.train_sampling_strategy == "group_by_length"  # the cpu profile's length-grouped batches
 
 
 def test_cli_train_without_setup_is_one_line(tmp_path, capsys):
