@@ -166,9 +166,10 @@ def dequantized_weights(model, keep_free_bytes: int = 2 * 2**30):
 
     import torch
 
-    layers = [m for m in model.modules() if type(m).__name__ == "Linear4bit" and hasattr(m.weight, "quant_state")]
+    layers = four_bit_layers(model)
     needed = sum(m.weight.quant_state.shape.numel() * m.weight.quant_state.dtype.itemsize for m in layers)
-    if not layers or torch.cuda.mem_get_info()[0] - needed < keep_free_bytes:
+    on_gpu = bool(layers) and layers[0].weight.device.type == "cuda"
+    if not layers or (on_gpu and torch.cuda.mem_get_info()[0] - needed < keep_free_bytes):
         yield False
         return
     from bitsandbytes.functional import dequantize_4bit
@@ -181,6 +182,16 @@ def dequantized_weights(model, keep_free_bytes: int = 2 * 2**30):
     finally:
         for layer in layers:
             del layer.forward
+
+
+def four_bit_layers(model) -> list:
+    """The model's quantized bitsandbytes Linear4bit layers (not peft's LoRA wrappers around them, which share the
+    class name and must keep their own forward)."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, Linear4bit) and getattr(m.weight, "quant_state", None) is not None]
 
 
 def _dense_forward(layer, weight, x):

@@ -79,3 +79,30 @@ def test_settings_list_must_match_questions(tiny):
     model, tokenizer = tiny
     with pytest.raises(ValueError, match="2 settings for 3 questions"):
         generate(model, tokenizer, QUESTIONS, [SamplingSettings()] * 2, progress=False)
+
+
+def test_dequantized_weights_give_the_same_outputs_and_keep_lora():
+    """A 4-bit layer inside peft's LoRA wrapper (whose class is also named Linear4bit) computes from the copy; the
+    wrapper keeps its forward, so the adapter still applies."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig
+    from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
+
+    from semifinetune.decode import dequantized_weights, four_bit_layers
+
+    torch.manual_seed(0)
+    base_layer = bnb.nn.Linear4bit(64, 32, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
+    lora = LoraLinear4bit(base_layer, "default", config=LoraConfig(r=4), r=4, lora_alpha=8)
+    torch.nn.init.normal_(lora.lora_B["default"].weight)  # a trained adapter: B no longer zero
+    model = torch.nn.Sequential(lora)
+    assert four_bit_layers(model) == [base_layer]
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        tuned, base = model(x), base_layer(x)
+        with dequantized_weights(model) as applied:
+            tuned_dense, base_dense = model(x), base_layer(x)
+        after = model(x)
+    assert applied
+    assert torch.allclose(tuned_dense, tuned, atol=1e-4) and torch.allclose(base_dense, base, atol=1e-4)
+    assert not torch.allclose(tuned, base, atol=1e-2)  # the adapter matters, so it was not bypassed
+    assert torch.equal(after, tuned)  # the 4-bit forward is back after the block
