@@ -31,7 +31,6 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="key=value over the cpu profile")
     args = parser.parse_args()
 
-    from semifinetune.config import make_config
     from semifinetune.models import embedded_model_dir
 
     embedded_model_dir()  # the one-time GGUF conversion is not part of the pipeline's time

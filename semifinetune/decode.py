@@ -51,10 +51,12 @@ def row_sampling_processor(temperatures: list[float], top_ps: list[float]):
     from transformers import LogitsProcessor
 
     class RowSampling(LogitsProcessor):
+        settings = None  # (temperature, top_p) tensors on the scores' device, made on the first token
+
         def __call__(self, input_ids, scores):
-            t = torch.tensor(temperatures, device=scores.device, dtype=torch.float32)
-            p = torch.tensor(top_ps, device=scores.device, dtype=torch.float32)
-            return warp_scores(scores, t, p)
+            if self.settings is None:
+                self.settings = [torch.tensor(v, device=scores.device, dtype=torch.float32) for v in (temperatures, top_ps)]
+            return warp_scores(scores, *self.settings)
 
     return RowSampling()
 
@@ -167,8 +169,10 @@ def dequantized_weights(model, keep_free_bytes: int = 2 * 2**30):
 
     import torch
 
+    from .lora import stored_param_count
+
     layers = four_bit_layers(model)
-    needed = sum(m.weight.quant_state.shape.numel() * m.weight.quant_state.dtype.itemsize for m in layers)
+    needed = sum(stored_param_count(m.weight) * m.weight.quant_state.dtype.itemsize for m in layers)
     on_gpu = bool(layers) and layers[0].weight.device.type == "cuda"
     if not layers or (on_gpu and torch.cuda.mem_get_info()[0] - needed < keep_free_bytes):
         yield False

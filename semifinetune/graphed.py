@@ -97,7 +97,7 @@ def graphed_trainer_class(base, static_length: int, pad_token_id: int):
         _warned: set = set()
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            reason = "recording failed earlier" if self._graph is False else why_not_graphed(self)
+            reason = "recording failed earlier" if self._graph is False else self._why_not_graphed()
             if reason is None and inputs["input_ids"].shape[1] > static_length:
                 reason = f"a batch of {inputs['input_ids'].shape[1]} tokens is longer than {static_length}"
             if reason is not None:
@@ -132,12 +132,18 @@ def graphed_trainer_class(base, static_length: int, pad_token_id: int):
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             """Held-out loss through the same chunked loss (no full logits, no TRL Triton kernel to compile)."""
-            if not prediction_loss_only or why_not_graphed(self) is not None:
+            if not prediction_loss_only or self._why_not_graphed() is not None:
                 return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
             inputs = self._prepare_inputs(inputs)
             with torch.no_grad(), self._autocast():
                 loss = static_step_loss(model, inputs["input_ids"], inputs["labels"])
             return loss.detach(), None, None
+
+        def _why_not_graphed(self) -> str | None:
+            """why_not_graphed, taken once: machine, backend and process count do not change during a run."""
+            if not hasattr(self, "_reason"):
+                self._reason = why_not_graphed(self)
+            return self._reason
 
         def _autocast(self):
             dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None

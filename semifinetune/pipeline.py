@@ -74,7 +74,7 @@ def load_baseline(run_dir: str | os.PathLike) -> dict:
         model, tokenizer = load_model(cfg)
     after = memory_snapshot()
     settings = SamplingSettings(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    (answer,) = generate(model, tokenizer, [GUIDE_QUESTION], settings, seed=cfg.seed)
+    (answer,) = generate(model, tokenizer, [GUIDE_QUESTION], settings, seed=cfg.seed, cuda_graphs=cfg.cuda_graphs)
     result = {
         "model_name": cfg.model_name,
         "backend": model.semifinetune_backend,

@@ -86,7 +86,7 @@ def playground(run_dir: str | os.PathLike, interactive: bool = True):
         for which in MODELS:
             outputs[which].clear_output()
             with as_model(model, which):
-                (gen,) = generate(model, tokenizer, [prompt.value], settings, seed=cfg.seed, progress=False)
+                (gen,) = generate(model, tokenizer, [prompt.value], settings, seed=cfg.seed, progress=False, cuda_graphs=cfg.cuda_graphs)
             with outputs[which]:
                 print(f"{which.upper()}\n\n{describe(gen)}")
 

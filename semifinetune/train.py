@@ -353,10 +353,12 @@ def _StatsCallback():
     class StatsCallback(TrainerCallback):
         start_step = 0
         start_tokens = 0
+        start_log = 0  # log_history entries before this session (a resumed run carries the earlier ones)
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.start_step = state.global_step
             self.start_tokens = state.num_input_tokens_seen
+            self.start_log = len(state.log_history)
 
     return StatsCallback()
 
@@ -388,8 +390,8 @@ def run_stats(cfg: RunConfig, report: dict, trainer, metrics: dict, session, bef
         "global_step": state.global_step,
         "session_steps": steps,
         "train_runtime_s": round(runtime, 2),
-        # the held-out loss passes, inside train_runtime_s
-        "eval_runtime_s": round(sum(e.get("eval_runtime", 0.0) for e in state.log_history), 2),
+        # this session's held-out loss passes, inside train_runtime_s
+        "eval_runtime_s": round(sum(e.get("eval_runtime", 0.0) for e in state.log_history[session.start_log :]), 2),
         "samples_per_s": round(samples / runtime, 3),
         "tokens_per_s": round(tokens / runtime, 1),
         "tokens_seen": int(state.num_input_tokens_seen),
