@@ -4,7 +4,8 @@
 
 Ways: one_prompt_at_a_time (the guide's), batched_per_temperature (one batched transformers generate() per
 temperature), grid (both temperatures' rows in one semifinetune.generate call, each row its own temperature,
-static KV cache and CUDA-graphed decoding step).
+static KV cache and CUDA-graphed decoding step, the 4-bit layers computing from a dequantized copy), grid_4bit
+(the same without the copy).
 
 Both ways sample with the same settings (temperature, top_p 0.95, no top-k cut) and no early stop: random weights
 rarely emit EOS, so every answer runs the full 150 tokens and tokens/s compare like for like.
@@ -61,7 +62,25 @@ def grid(model, tokenizer, questions, settings_list) -> tuple[int, float]:
     return sum(r.new_tokens for r in rows), time.perf_counter() - start
 
 
+def grid_4bit(model, tokenizer, questions, settings_list) -> tuple[int, float]:
+    """grid with the 4-bit layers computing as they are (bitsandbytes' fused kernel), without the dequantized copy."""
+    from contextlib import contextmanager
+
+    from semifinetune import decode
+
+    @contextmanager
+    def no_copy(model):
+        yield False
+
+    copy, decode.dequantized_weights = decode.dequantized_weights, no_copy
+    try:
+        return grid(model, tokenizer, questions, settings_list)
+    finally:
+        decode.dequantized_weights = copy
+
+
 WAYS = {"one_prompt_at_a_time": one_at_a_time, "batched_per_temperature": batched_per_temperature}
+GRIDS = {"grid": grid, "grid_4bit": grid_4bit}
 
 
 def main() -> None:
@@ -85,9 +104,10 @@ def main() -> None:
     results = {}
     for name in args.ways.split(","):
         try:
-            if name == "grid":
-                grid(model, tokenizer, questions[:2], [SamplingSettings(0.6, 0.95, 8)])  # warm-up: kernels, allocator
-                tokens, seconds = grid(model, tokenizer, questions, [SamplingSettings(t, 0.95, NEW_TOKENS) for t in TEMPERATURES])
+            if name in GRIDS:
+                way = GRIDS[name]
+                way(model, tokenizer, questions[:2], [SamplingSettings(0.6, 0.95, 8)])  # warm-up: kernels, allocator
+                tokens, seconds = way(model, tokenizer, questions, [SamplingSettings(t, 0.95, NEW_TOKENS) for t in TEMPERATURES])
             else:
                 way = WAYS[name]
                 way(model, tokenizer, questions[:2], SamplingSettings(0.6, 0.95, 8))

@@ -5,7 +5,10 @@ Importing the package is cheap: torch, transformers, trl and unsloth load inside
 
 from importlib import import_module
 
+from .quiet import drop_known_noise
+
 __version__ = "0.1.0"
+drop_known_noise()
 
 # public name -> module that defines it; resolved on first use so `import semifinetune` stays fast
 _EXPORTS = {

@@ -8,6 +8,9 @@ at least one), then a multinomial draw; temperature 0 is greedy.
 `static_decode` is transformers' `generate()` for left-padded prompts (same positions, same masking, same
 sampling), written over a StaticCache so that every decoding step has the same shapes: on CUDA the step is
 recorded once as a CUDA graph and replayed, which removes the per-token launch overhead of a 4-bit model.
+transformers 5.17's static cache layers write where their own counter (`cumulative_length`) points and ignore
+`cache_position`; each step sets that counter to its slot first, so the warm-up run before recording and every
+replay write the slot the mask expects.
 `dequantized_weights` lets the 4-bit layers compute from a bf16 copy while decoding, where GPU memory allows.
 """
 
@@ -99,9 +102,12 @@ def static_decode(model, input_ids, attention_mask, temperatures, top_ps, max_ne
 
     token = torch.zeros((rows, 1), dtype=torch.long, device=device)
     cache_position = torch.zeros(1, dtype=torch.long, device=device)
+    write_counters = [layer.cumulative_length for layer in cache.layers]  # on the device since the prefill
 
     def step():
         """One token per row at slot cache_position: sees its real prompt tokens and every generated slot so far."""
+        for counter in write_counters:
+            counter.copy_(cache_position[0])  # the slot this step writes, however often it has run
         seen = prompt_slots | ((slots >= prompt_len) & (slots <= cache_position)).unsqueeze(0)
         return model(
             input_ids=token,
@@ -123,7 +129,7 @@ def static_decode(model, input_ids, attention_mask, temperatures, top_ps, max_ne
             break
         token.copy_(chosen.unsqueeze(1))
         cache_position.fill_(prompt_len + k)
-        if cuda_graph and device.type == "cuda":
+        if cuda_graph and _graphs_supported(device):
             if replay is None:
                 replay, graph_logits = _record(step)
             replay()
@@ -131,6 +137,10 @@ def static_decode(model, input_ids, attention_mask, temperatures, top_ps, max_ne
         else:
             logits = step()
     return new_ids
+
+
+def _graphs_supported(device) -> bool:
+    return device.type == "cuda"
 
 
 def _additive(allowed, dtype, min_value):
@@ -147,7 +157,7 @@ def _record(step):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        step()  # warm-up: same inputs as the first replay, so the cache slot it writes is rewritten identically
+        step()  # warm-up: same inputs as the first replay, which rewrites the same cache slot
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -159,11 +169,11 @@ def _record(step):
 def dequantized_weights(model, keep_free_bytes: int = 2 * 2**30):
     """Inside the block, every bitsandbytes 4-bit layer computes from a dequantized copy of its weight.
 
-    A 4-bit layer dequantizes its whole weight on every call (for more than one input row): for R1-1.5B's 196
-    layers a decoding step writes 2.6 GB and launches 392 kernels just for that. The copy holds the same weight
-    values; the matmul runs in another kernel, so results agree to bf16 rounding, not bit for bit (on the GPU, 8 of
-    12 greedy 24-token answers of the random-weight R1 were identical; the rest parted at a near-tie). It costs
-    2.6 GB of GPU memory while sampling, and is skipped when it would leave less than `keep_free_bytes` free.
+    For a few rows (a decoding step) bitsandbytes computes from the packed weight in a fused 4-bit kernel; the copy
+    holds the same weight values for a dense matmul, 1.2x faster for the sweep on an H200 (BENCHMARKS.md). Another
+    kernel rounds differently: results agree to bf16 rounding, not bit for bit (the GPU suite measures how closely:
+    the copy is no farther than the 4-bit kernel from the same matmuls in fp32). It costs 2.6 GB of GPU memory for
+    R1-1.5B while sampling, and is skipped when it would leave less than `keep_free_bytes` free.
     """
     import functools
 
@@ -180,7 +190,8 @@ def dequantized_weights(model, keep_free_bytes: int = 2 * 2**30):
     from bitsandbytes.functional import dequantize_4bit
 
     for layer in layers:
-        weight = dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        # in the dtype the layer computes in: no cast per call (a pre-quantized checkpoint stores bf16 state)
+        weight = dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(layer.compute_dtype or layer.weight.quant_state.dtype)
         layer.forward = functools.partial(_dense_forward, layer, weight)  # shadows the class's forward
     try:
         yield True

@@ -42,11 +42,32 @@ def load_model(cfg: RunConfig, report: dict | None = None):
     backend = choose_backend(report, cfg.backend)
     precision = choose_precision(report, cfg.precision)
     if backend == "unsloth":
-        model, tokenizer = _load_unsloth(cfg, path)
+        model, tokenizer = _load_unsloth(cfg, path, precision)
     else:
         model, tokenizer = _load_transformers(cfg, path, precision, report["cuda_available"])
+    set_4bit_compute_dtype(model, torch_dtype(precision))
     model.semifinetune_backend = backend  # add_lora and generate follow the loader's backend
     return model, tokenizer
+
+
+def set_4bit_compute_dtype(model, dtype) -> int:
+    """Every bitsandbytes 4-bit layer computes in `dtype`, the model's precision; returns how many were changed.
+
+    A pre-quantized checkpoint (the hub's `-bnb-4bit` uploads) brings its own quantization_config, and transformers
+    then ignores the BitsAndBytesConfig passed to it, compute dtype included: the R1 upload's bf16 would stay while
+    the rest of the model runs in fp16 on a T4, which has no bf16.
+    """
+    from .decode import four_bit_layers
+
+    changed = 0
+    for layer in four_bit_layers(model):
+        if layer.compute_dtype != dtype:
+            layer.compute_dtype = dtype
+            changed += 1
+    quantization = getattr(model.config, "quantization_config", None)
+    if changed and quantization is not None:  # what save_pretrained and merges read back
+        quantization.bnb_4bit_compute_dtype = dtype
+    return changed
 
 
 def load_tokenizer(cfg: RunConfig):
@@ -105,13 +126,13 @@ def check_hub_reachable(model_name: str, timeout_s: float = 3.0) -> None:
         raise ModelLoadError(fix) from None
 
 
-def _load_unsloth(cfg: RunConfig, path):
+def _load_unsloth(cfg: RunConfig, path, precision: str):
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(path),
         max_seq_length=cfg.max_seq_length,
-        dtype=None,  # Unsloth picks bf16 where supported, else fp16
+        dtype=torch_dtype(precision),  # the same choice as the transformers backend: fp16 on a T4, else bf16
         load_in_4bit=cfg.load_in_4bit,
         trust_remote_code=False,
         use_safetensors=True,
@@ -132,7 +153,7 @@ def _load_transformers(cfg: RunConfig, path, precision: str, cuda: bool):
     kwargs = dict(dtype=dtype, trust_remote_code=False, use_safetensors=True)
     if cuda:  # one GPU per process; under accelerate launch / torchrun, this process's own GPU
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    if cfg.load_in_4bit:
+    if cfg.load_in_4bit and not prequantized(path):  # a pre-quantized checkpoint's own config wins anyway
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -144,6 +165,13 @@ def _load_transformers(cfg: RunConfig, path, precision: str, cuda: bool):
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     return model, ensure_distinct_pad(tokenizer)
+
+
+def prequantized(path) -> bool:
+    """The checkpoint carries its own quantization_config (a `-bnb-4bit` upload)."""
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(str(path), trust_remote_code=False), "quantization_config", None) is not None
 
 
 def ensure_distinct_pad(tokenizer):
@@ -308,7 +336,9 @@ def layer_precision_report(model) -> dict:
         if not params or any(True for _ in module.children()):
             continue
         quant_state = getattr(params[0], "quant_state", None)
-        storage = f"4-bit {quant_state.quant_type}" if quant_state is not None else str(params[0].dtype).removeprefix("torch.")
+        storage = str(params[0].dtype).removeprefix("torch.")
+        if quant_state is not None:
+            storage = f"4-bit {quant_state.quant_type}, computes in {str(module.compute_dtype).removeprefix('torch.')}"
         group = groups.setdefault(f"{type(module).__name__} ({storage})", {"count": 0, "examples": []})
         group["count"] += 1
         if len(group["examples"]) < 2:

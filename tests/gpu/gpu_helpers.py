@@ -1,0 +1,69 @@
+"""Helpers shared by the GPU tests: a short training run, greedy token ids three ways, how far two answers agree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+QUESTIONS = [json.loads(line)["input"] for line in
+             (Path(__file__).resolve().parents[2] / "data" / "semiconductor_eval.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def trained_run(run_dir: Path, profile: str, overrides: dict) -> dict:
+    """setup (01), prepare_data (04) and train (05) into run_dir; the train log (losses and stats)."""
+    from semifinetune import runs
+    from semifinetune.data import prepare_data
+    from semifinetune.pipeline import setup
+    from semifinetune.train import train
+
+    cfg, _ = setup(run_dir, profile, overrides)
+    prepare_data(run_dir)
+    train(cfg, run_dir)
+    return json.loads(runs.run_path(run_dir, runs.TRAIN_LOG).read_text(encoding="utf-8"))
+
+
+def prefix_agreement(a: list[int], b: list[int]) -> float:
+    """The share of `a`'s tokens that `b` repeats before the two first differ (1.0: identical)."""
+    same = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        same += 1
+    return same / max(len(a), len(b), 1)
+
+
+def greedy_ids(model, tokenizer, questions: list[str], max_new_tokens: int, way: str) -> list[list[int]]:
+    """Greedy new token ids per question, up to and including the end-of-sequence token.
+
+    way: "generate" (transformers' generate(), dynamic cache: the reference), "eager" (the static-cache loop,
+    step by step) or "graphed" (the same loop with its step replayed as a CUDA graph).
+    """
+    import torch
+
+    from semifinetune.decode import static_decode
+    from semifinetune.formats import chat_prompt
+    from semifinetune.generate import eos_token_ids
+
+    model.eval()
+    tokenizer.padding_side = "left"
+    encoded = tokenizer([chat_prompt(tokenizer, q) for q in questions], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(model.device)
+    eos = eos_token_ids(model, tokenizer)
+    n = len(questions)
+    with torch.inference_mode():
+        if way == "generate":
+            out = model.generate(**encoded, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=sorted(eos),
+                                 pad_token_id=tokenizer.pad_token_id)[:, encoded["input_ids"].shape[1]:]
+        else:
+            out = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * n, [1.0] * n,
+                                max_new_tokens, eos, tokenizer.pad_token_id, cuda_graph=way == "graphed")
+    rows = []
+    for ids in out.tolist():
+        stop = next((k for k, token in enumerate(ids) if token in eos), None)
+        rows.append(ids if stop is None else ids[: stop + 1])
+    return rows
+
+
+def mean_agreement(reference: list[list[int]], other: list[list[int]]) -> float:
+    """Mean over answers of prefix_agreement."""
+    return sum(prefix_agreement(a, b) for a, b in zip(reference, other)) / len(reference)
