@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -36,3 +37,15 @@ def staged(target: Path):
         raise
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> None:
+    """Write JSON through a temporary file and rename, so a crash never leaves half a file."""
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_atomically(model, tokenizer, target: Path) -> None:
+    """Save model (or adapter) and tokenizer into a sibling folder, then rename: a crash leaves no half folder."""
+    with staged(Path(target)) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)

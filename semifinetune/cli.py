@@ -77,7 +77,7 @@ def cmd_prepare_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .pipeline import open_run
+    from .runs import open_run
     from .train import stats_table, train
 
     stats = train(open_run(args.run_dir), args.run_dir, resume=args.resume, overwrite=args.overwrite)

@@ -269,6 +269,8 @@ def config_path(run_dir: str | os.PathLike) -> Path:
 
 
 def save_config(cfg: RunConfig, run_dir: str | os.PathLike) -> Path:
+    from .atomic import write_json_atomic
+
     path = config_path(run_dir)
     write_json_atomic(path, cfg.to_dict())
     return path
@@ -290,10 +292,3 @@ def load_config(run_dir: str | os.PathLike, overrides: dict | None = None) -> Ru
     values.update(overrides or {})
     check_types(values)
     return RunConfig(profile=profile, **values)
-
-
-def write_json_atomic(path: str | os.PathLike, data) -> None:
-    """Write JSON through a temporary file and rename, so a crash never leaves half a file."""
-    from .atomic import write_text_atomic
-
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -295,9 +295,9 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
 def prepare_data(run_dir: str | os.PathLike, tokenizer=None) -> dict:
     """Notebook 04: validate the run's train and eval files, format and tokenize them into run_dir/data/."""
     from . import runs
-    from .config import write_json_atomic
+    from .atomic import write_json_atomic
     from .formats import loss_on_completion_only
-    from .pipeline import open_run
+    from .runs import open_run
 
     cfg = open_run(run_dir)
     if tokenizer is None:

@@ -180,6 +180,7 @@ def dequantized_weights(model, keep_free_bytes: int = 2 * 2**30):
     import torch
 
     from .lora import stored_param_count
+    from .models import four_bit_layers
 
     layers = four_bit_layers(model)
     needed = sum(stored_param_count(m.weight) * m.weight.quant_state.dtype.itemsize for m in layers)
@@ -198,16 +199,6 @@ def dequantized_weights(model, keep_free_bytes: int = 2 * 2**30):
     finally:
         for layer in layers:
             del layer.forward
-
-
-def four_bit_layers(model) -> list:
-    """The model's quantized bitsandbytes Linear4bit layers (not peft's LoRA wrappers around them, which share the
-    class name and must keep their own forward)."""
-    try:
-        from bitsandbytes.nn import Linear4bit
-    except ImportError:
-        return []
-    return [m for m in model.modules() if isinstance(m, Linear4bit) and getattr(m.weight, "quant_state", None) is not None]
 
 
 def _dense_forward(layer, weight, x):

@@ -194,7 +194,7 @@ def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: in
     """Base and tuned on every held-out question at the run's sampling settings; writes run_dir/evaluation.csv."""
     import pandas as pd
 
-    from .pipeline import open_run
+    from .runs import open_run
 
     cfg = open_run(run_dir)
     settings = settings or settings_from_config(cfg)

@@ -66,7 +66,7 @@ class PushError(ExportError):
 def export_run(run_dir: str | os.PathLike, fmt: str, overwrite: bool = False, dtype: str | None = None,
                quantization: str = "q8_0") -> dict:
     """Write run_dir/export/<fmt>; returns {"format", "folder", "files" (name -> MB), "notes"}."""
-    from .pipeline import open_run
+    from .runs import open_run
 
     if fmt not in FORMATS:
         raise ExportError(f"Unknown export format {fmt!r}. Valid formats: {', '.join(FORMATS)}")

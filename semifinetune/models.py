@@ -8,6 +8,7 @@ import os
 import socket
 from pathlib import Path
 
+from .atomic import save_atomically
 from .config import EMBEDDED_MODEL, TINY_MODEL, ConfigError, RunConfig
 
 PACKAGE_DIR = Path(__file__).parent
@@ -57,8 +58,6 @@ def set_4bit_compute_dtype(model, dtype) -> int:
     then ignores the BitsAndBytesConfig passed to it, compute dtype included: the R1 upload's bf16 would stay while
     the rest of the model runs in fp16 on a T4, which has no bf16.
     """
-    from .decode import four_bit_layers
-
     changed = 0
     for layer in four_bit_layers(model):
         if layer.compute_dtype != dtype:
@@ -167,6 +166,16 @@ def _load_transformers(cfg: RunConfig, path, precision: str, cuda: bool):
     return model, ensure_distinct_pad(tokenizer)
 
 
+def four_bit_layers(model) -> list:
+    """The model's quantized bitsandbytes Linear4bit layers (not peft's LoRA wrappers around them, which share the
+    class name and must keep their own forward)."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, Linear4bit) and getattr(m.weight, "quant_state", None) is not None]
+
+
 def prequantized(path) -> bool:
     """The checkpoint carries its own quantization_config (a `-bnb-4bit` upload)."""
     from transformers import AutoConfig
@@ -228,15 +237,6 @@ def embedded_model_dir() -> Path:
     model.config.pad_token_id = tokenizer.pad_token_id
     save_atomically(model, tokenizer, target)
     return target
-
-
-def save_atomically(model, tokenizer, target: Path) -> None:
-    """Save model (or adapter) and tokenizer into a sibling folder, then rename: a crash leaves no half folder."""
-    from .atomic import staged
-
-    with staged(target) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
 
 
 # --- the tiny test model: random Qwen2 with the R1-Distill tokenizer's specials and chat template ---

@@ -6,7 +6,9 @@ import json
 import os
 
 from . import runs
-from .config import ConfigError, RunConfig, load_config, make_config, save_config, write_json_atomic
+from .atomic import write_json_atomic
+from .config import ConfigError, RunConfig, make_config, save_config
+from .runs import open_run  # noqa: F401 - notebooks 02-06 import it from here
 
 GUIDE_QUESTION = "What does NVIDIA Corporation primarily manufacture?"
 
@@ -53,11 +55,6 @@ def clear_results(run_dir: str | os.PathLike) -> list[str]:
         else:
             path.unlink()
     return removed
-
-
-def open_run(run_dir: str | os.PathLike) -> RunConfig:
-    """Notebooks 02-06: the run's config as notebook 01 wrote it."""
-    return load_config(run_dir)
 
 
 def load_baseline(run_dir: str | os.PathLike) -> dict:

@@ -69,7 +69,8 @@ def playground(run_dir: str | os.PathLike, interactive: bool = True):
 
     from .evaluate import MODELS, as_model, load_base_and_tuned
     from .generate import SamplingSettings, generate
-    from .pipeline import GUIDE_QUESTION, open_run
+    from .pipeline import GUIDE_QUESTION
+    from .runs import open_run
 
     cfg = open_run(run_dir)
     model, tokenizer = load_base_and_tuned(cfg, run_dir)

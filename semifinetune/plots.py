@@ -11,7 +11,7 @@ def token_length_histogram(run_dir: str | os.PathLike):
 
     from . import runs
     from .data import HISTOGRAM_FILE, read_prepared
-    from .pipeline import open_run
+    from .runs import open_run
 
     cfg = open_run(run_dir)
     fig, ax = plt.subplots(figsize=(7, 3.5))

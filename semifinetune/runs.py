@@ -22,6 +22,13 @@ def run_path(run_dir: str | os.PathLike, name: str) -> Path:
     return Path(run_dir) / name
 
 
+def open_run(run_dir: str | os.PathLike):
+    """Notebooks 02-06: the run's RunConfig as notebook 01 wrote it."""
+    from .config import load_config
+
+    return load_config(run_dir)
+
+
 def ensure_run_dir(run_dir: str | os.PathLike) -> Path:
     path = Path(run_dir)
     path.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ import itertools
 import os
 
 from . import runs
-from .config import ConfigError, RunConfig, write_json_atomic
+from .atomic import write_json_atomic
+from .config import ConfigError, RunConfig
 
 SETTING_COLUMNS = ["temperature", "top_p", "repetition_penalty", "max_new_tokens"]
 DEEPSEEK = {"temperature": 0.6, "top_p": 0.95}  # DeepSeek-R1 README, "Usage Recommendations"
@@ -43,7 +44,7 @@ def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progres
 
     from .evaluate import MODELS, as_model, evaluate_model, load_base_and_tuned, read_eval_rows
     from .measure import timed
-    from .pipeline import open_run
+    from .runs import open_run
 
     cfg = open_run(run_dir)
     eval_rows = read_eval_rows(cfg, cfg.sweep_questions)

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from . import runs
-from .config import ConfigError, RunConfig, write_json_atomic
+from .atomic import write_json_atomic
+from .config import ConfigError, RunConfig
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 SAVE_TOTAL_LIMIT = 2  # the latest checkpoint to resume from, and the one before it
@@ -325,7 +326,7 @@ def checkpoint_step(checkpoint: Path) -> int:
 
 def save_adapter(model, tokenizer, run_dir) -> Path:
     """Adapter weights, adapter config and tokenizer into run_dir/adapter, through adapter.partial and a rename."""
-    from .models import save_atomically
+    from .atomic import save_atomically
 
     target = runs.run_path(run_dir, runs.ADAPTER)
     save_atomically(model, tokenizer, target)

@@ -52,6 +52,29 @@ def test_static_decode_matches_transformers_generate_greedy(tiny):
     assert got.tolist() == torch.nn.functional.pad(expected, (0, 10 - expected.shape[1]), value=tokenizer.pad_token_id).tolist()
 
 
+def test_the_recorded_steps_extra_runs_write_the_same_cache_slot(tiny, monkeypatch):
+    """The CUDA-graph path on CPU: the step runs as a warm-up before it is recorded, then once per replay, each time
+    at the slot it was given. transformers' static cache layers keep their own write counter, which the loop pins."""
+    import semifinetune.decode as decode
+
+    def record_on_cpu(step):
+        step()  # the warm-up
+        output = step()  # the recording (a CUDA graph records without running; running it again must not matter)
+        return (lambda: output.copy_(step())), output
+
+    monkeypatch.setattr(decode, "_graphs_supported", lambda device: True)
+    monkeypatch.setattr(decode, "_record", record_on_cpu)
+    model, tokenizer = tiny
+    encoded = _encoded(tokenizer, QUESTIONS)
+    eos = eos_token_ids(model, tokenizer)
+    with torch.inference_mode():
+        expected = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 10, eos,
+                                 tokenizer.pad_token_id, cuda_graph=False)
+        got = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 10, eos,
+                            tokenizer.pad_token_id, cuda_graph=True)
+    assert got.tolist() == expected.tolist()
+
+
 def test_a_mixed_grid_batch_keeps_each_rows_settings(tiny):
     """Greedy rows give their greedy text inside a batch that also samples hot rows."""
     model, tokenizer = tiny
@@ -88,7 +111,8 @@ def test_dequantized_weights_give_the_same_outputs_and_keep_lora():
     from peft import LoraConfig
     from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
 
-    from semifinetune.decode import dequantized_weights, four_bit_layers
+    from semifinetune.decode import dequantized_weights
+    from semifinetune.models import four_bit_layers
 
     torch.manual_seed(0)
     base_layer = bnb.nn.Linear4bit(64, 32, compute_dtype=torch.float32, quant_type="nf4").to("cpu")

@@ -63,7 +63,7 @@ def test_export_refuses_to_overwrite_unless_asked(run_dir):
 
 
 def test_card_reports_held_out_results_and_the_sweep_recommendation(run_dir):
-    from semifinetune.config import write_json_atomic
+    from semifinetune.atomic import write_json_atomic
     from semifinetune.evaluate import compare_base_tuned
 
     result = compare_base_tuned(run_dir, progress=False)
@@ -129,7 +129,8 @@ def hf_render(tokenizer, system: str | None, prompt: str) -> str:
 
 
 def test_modelfile_carries_r1_template_stops_and_sweep_settings(run_dir, tiny_tokenizer):
-    from semifinetune.config import load_config, write_json_atomic
+    from semifinetune.atomic import write_json_atomic
+    from semifinetune.config import load_config
 
     write_json_atomic(run_dir / "recommended_settings.json", {"temperature": 0.3, "top_p": 0.9, "repetition_penalty": 1.0, "max_new_tokens": 256})
     text = ollama_modelfile(tiny_tokenizer, recommended_sampling(run_dir, load_config(run_dir)), "./model.Q8_0.gguf")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from semifinetune import runs
-from semifinetune.config import write_json_atomic
+from semifinetune.atomic import write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -121,7 +121,8 @@ def _teacher_forced_logits(model, tokenizer, questions, answers) -> tuple:
 
 def test_r1_dequantized_copy_agrees_to_rounding(r1_tuned):
     """Teacher-forced over generate()'s answers: the copy's logits against the 4-bit layers' at every step."""
-    from semifinetune.decode import dequantized_weights, four_bit_layers
+    from semifinetune.decode import dequantized_weights
+    from semifinetune.models import four_bit_layers
 
     model, tokenizer = r1_tuned
     questions = QUESTIONS[:16]
@@ -156,7 +157,8 @@ def _fp32_linear(layer, weight, x):
 
 
 def test_dequantized_copy_is_made_in_the_compute_dtype(r1_tuned):
-    from semifinetune.decode import dequantized_weights, four_bit_layers
+    from semifinetune.decode import dequantized_weights
+    from semifinetune.models import four_bit_layers
 
     model, _ = r1_tuned
     layer = four_bit_layers(model)[0]

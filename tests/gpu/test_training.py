@@ -61,7 +61,7 @@ def test_prequantized_checkpoint_computes_in_fp16_trains_and_samples(r1_prequant
     """A `-bnb-4bit` checkpoint stores bf16 as its compute dtype; loaded for a T4 (fp16) every 4-bit layer must
     compute in fp16, and the fp16 path (GradScaler, graphed step) trains and samples finite numbers."""
     from semifinetune.config import make_config
-    from semifinetune.decode import four_bit_layers
+    from semifinetune.models import four_bit_layers
     from semifinetune.evaluate import load_base_and_tuned
     from semifinetune.generate import SamplingSettings, generate
     from semifinetune.models import layer_precision_report, load_model
