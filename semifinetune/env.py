@@ -54,8 +54,8 @@ def environment_report() -> dict:
                 gpu_count=torch.cuda.device_count(),
                 gpu_memory_gib=round(props.total_memory / 2**30, 1),
                 compute_capability=f"{props.major}.{props.minor}",
-                # bf16 needs Ampere (8.0) or newer; a T4 is 7.5
-                bf16_supported=bool(torch.cuda.is_bf16_supported()) and props.major >= 8,
+                # native bf16 only: a T4 (7.5) emulates it, slowly, and torch reports emulation as support by default
+                bf16_supported=bool(torch.cuda.is_bf16_supported(including_emulation=False)),
             )
     report["versions"] = {name: _version(name) for name in LIBRARIES}
     report["unsloth_importable"] = unsloth_available()

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from .config import RunConfig
+from .config import ALL_LINEAR, RunConfig
+
+
+def peft_target_modules(cfg: RunConfig) -> list[str] | str:
+    """cfg.target_modules as peft (and Unsloth) take it: ["all-linear"] becomes peft's own "all-linear" (every
+    linear layer but the output head), else the module names."""
+    return ALL_LINEAR if list(cfg.target_modules) == [ALL_LINEAR] else list(cfg.target_modules)
 
 
 def add_lora(model, cfg: RunConfig):
@@ -13,7 +19,7 @@ def add_lora(model, cfg: RunConfig):
         return FastLanguageModel.get_peft_model(
             model,
             r=cfg.lora_r,
-            target_modules=list(cfg.target_modules),
+            target_modules=peft_target_modules(cfg),
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             bias="none",
@@ -34,7 +40,7 @@ def add_lora(model, cfg: RunConfig):
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.target_modules),
+        target_modules=peft_target_modules(cfg),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -89,7 +95,7 @@ def r1_lora_report(cfg: RunConfig | None = None) -> dict:
     from .models import r1_distill_config
 
     cfg = cfg or make_config("t4")
-    lora_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+    lora_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=peft_target_modules(cfg), bias="none", task_type="CAUSAL_LM")
     with torch.device("meta"):  # shapes only: 1.78B parameters cost no memory
         model = get_peft_model(Qwen2ForCausalLM(r1_distill_config()), lora_config)
     return lora_parameter_report(model)

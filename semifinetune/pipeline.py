@@ -17,10 +17,12 @@ def setup(run_dir: str | os.PathLike, profile: str = "cpu", overrides: dict | No
     """Notebook 01: resolve the config, check the machine, write config.json and env.json. Returns (cfg, report)."""
     from .env import environment_report
     from .models import check_loadable
+    from .train import check_trackers
 
     cfg = make_config(profile, overrides)
     report = environment_report()
     check_loadable(cfg, report)
+    check_trackers(cfg)
     _refuse_to_overwrite(run_dir, cfg, overwrite)
     if overwrite:
         clear_results(run_dir)  # a new run never mixes with the old one's adapter, checkpoints or tables

@@ -12,6 +12,7 @@ DATA = "data"
 ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.json"
+TENSORBOARD = "tensorboard"  # training logs, where report_to includes tensorboard
 LOSS_PLOT = "loss_curve.png"
 EVALUATION = "evaluation.csv"
 SWEEP = "sweep.csv"
@@ -46,7 +47,7 @@ def resolve_data_path(path: str | os.PathLike) -> Path:
     return PROJECT_ROOT / given
 
 
-RESULTS = (ADAPTER, CHECKPOINTS, TRAIN_LOG, SWEEP, EVALUATION)
+RESULTS = (ADAPTER, CHECKPOINTS, TRAIN_LOG, TENSORBOARD, SWEEP, EVALUATION)
 
 
 def existing_results(run_dir: str | os.PathLike) -> list[str]:

@@ -36,6 +36,7 @@ def train(
     from .seeding import seed_everything
 
     refuse_to_overwrite(run_dir, resume, overwrite)  # before the model loads: a refusal costs nothing
+    check_trackers(cfg)
     training_datasets(run_dir)  # notebook 04's sets are there (else one line saying so), before the model loads
     seed_everything(cfg.seed)
     report = environment_report()
@@ -119,25 +120,52 @@ def build_trainer(model, tokenizer, cfg: RunConfig, run_dir, report: dict, callb
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), *tensorboard_callbacks(cfg, run_dir)],
     )
     keep_adapter_fp32(trainer.model)
     return trainer
 
 
+def tensorboard_callbacks(cfg: RunConfig, run_dir) -> list:
+    """transformers' TensorBoard callback writing to run_dir/tensorboard (its default is inside checkpoints/, which
+    a new run clears), where report_to asks for it."""
+    if "tensorboard" not in cfg.report_to:
+        return []
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(runs.run_path(run_dir, runs.TENSORBOARD))
+    return [callback]
+
+
+def check_trackers(cfg: RunConfig) -> None:
+    """Each report_to integration's package is installed: a missing one fails here, before the model loads."""
+    import importlib.util
+
+    from .config import TRACKERS
+
+    missing = [name for name in cfg.report_to if importlib.util.find_spec(TRACKERS[name]) is None]
+    if missing:
+        raise ConfigError(
+            f"report_to={cfg.report_to} but {', '.join(missing)} is not installed: pip install "
+            f"{' '.join(TRACKERS[name] for name in missing)}, or drop it from report_to."
+        )
+
+
 def trainer_class(report: dict):
-    """TRL's SFTTrainer; on a machine without its GPU loss kernel, the same trainer with the model's own loss.
+    """TRL's SFTTrainer on a CUDA GPU with Triton; elsewhere the same trainer with the model's own loss.
 
     TRL 1.15 computes the SFT loss with a fused LM-head kernel written in Triton (trl/kernels/chunked_logprob.py),
     which runs on CUDA/XPU only: on CPU `compute_loss` fails ('NoneType' object has no attribute 'apply' without
     Triton). TRL's advice is to subclass SFTTrainer and override compute_loss; the model's own forward gives the same
     per-token cross-entropy (summed over loss tokens, divided by num_items_in_batch across accumulation steps).
     """
+    import importlib.util
+
     from transformers import Trainer
     from trl import SFTTrainer
-    from trl.trainer import utils as trl_utils
 
-    if report["cuda_available"] and getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None:
+    if report["cuda_available"] and importlib.util.find_spec("triton") is not None:
         return SFTTrainer
 
     class PlainLossSFTTrainer(SFTTrainer):
@@ -191,7 +219,8 @@ def sft_arguments(cfg: RunConfig, run_dir, report: dict, resume: bool = False) -
         save_total_limit=SAVE_TOTAL_LIMIT,
         include_num_input_tokens_seen="non_padding",  # tokens/s over real tokens, not padding
         dataloader_pin_memory=bool(report["cuda_available"]),
-        report_to="none",
+        # tensorboard goes through our own callback (build_trainer), which writes to run_dir/tensorboard
+        report_to=[name for name in cfg.report_to if name != "tensorboard"] or "none",
         # Data-parallel (accelerate launch / torchrun): LoRA leaves most weights frozen; no search for unused ones.
         ddp_find_unused_parameters=False,
         gradient_checkpointing_kwargs={"use_reentrant": False},

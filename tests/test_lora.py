@@ -16,6 +16,24 @@ def test_r1_distill_guide_recipe_counts_on_meta_device():
     assert report["adapter_mb"] == 17.4  # 4,358,144 x 4 bytes
 
 
+def test_all_linear_is_the_seven_projections_of_r1():
+    """peft's "all-linear" (every linear layer but the output head) on R1-1.5B is q/k/v/o plus the MLP's three."""
+    from semifinetune.config import make_config
+
+    named = r1_lora_report(make_config("t4", {"target_modules": ["all-linear"]}))
+    explicit = r1_lora_report(make_config("t4", {"target_modules": [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}))
+    assert named == explicit
+    assert named["trainable_params"] == 18_464_768  # + 28 x 16 x (3 x (1,536 + 8,960)) over the guide's 4,358,144
+
+
+def test_all_linear_stands_alone():
+    from semifinetune.config import ConfigError, make_config
+
+    with pytest.raises(ConfigError, match="all-linear alone"):
+        make_config("t4", {"target_modules": ["all-linear", "q_proj"]})
+
+
 def _four_bit_linear(in_features: int, out_features: int):
     import bitsandbytes as bnb
     import torch

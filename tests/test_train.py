@@ -197,7 +197,8 @@ def test_quantized_base_keeps_fp32_adapter(tmp_path, monkeypatch):
         return {p.dtype for name, p in trainer.model.named_parameters() if "lora_" in name}
 
     assert lora_dtypes(keep_fp32=True) == {torch.float32}
-    assert lora_dtypes(keep_fp32=False) == {torch.bfloat16}  # TRL's cast, which the fix exists for
+    # TRL's cast, which the fix exists for: when this fails, TRL keeps fp32 adapters itself and keep_adapter_fp32 can go
+    assert lora_dtypes(keep_fp32=False) == {torch.bfloat16}, "TRL no longer casts LoRA weights to bf16"
 
 
 @pytest.mark.parametrize(
@@ -255,3 +256,37 @@ def test_loss_on_the_answer_only_for_chat_on_everything_for_guide(fmt, answer_on
         masked = built["labels"].count(-100)
         assert (masked > 0) is answer_only
         assert built["labels"][-1] == tokenizer.eos_token_id  # the stop token is learned in both formats
+
+
+def test_tensorboard_logs_the_runs_losses_in_the_run_directory(tmp_path):
+    """report_to=["tensorboard"]: event files in run_dir/tensorboard holding the losses train_log.json holds."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from semifinetune.data import prepare_data
+    from semifinetune.pipeline import setup
+    from semifinetune.train import train
+
+    run_dir = tmp_path / "run"
+    cfg, _ = setup(run_dir, "tiny", {"report_to": ["tensorboard"], "max_steps": 3, "eval_steps": 3})
+    prepare_data(run_dir)
+    train(cfg, run_dir)
+    events = EventAccumulator(str(run_dir / runs.TENSORBOARD))
+    events.Reload()
+    logged = [round(e.value, 4) for e in events.Scalars("train/loss")]
+    log = json.loads(runs.run_path(run_dir, runs.TRAIN_LOG).read_text())
+    assert logged == [round(e["loss"], 4) for e in log["train_loss"]] and len(logged) == 3
+    assert not (run_dir / runs.CHECKPOINTS / "runs").exists()  # not transformers' default place
+
+
+def test_a_tracker_that_is_not_installed_fails_at_setup(tmp_path, monkeypatch):
+    import importlib.util
+
+    from semifinetune.pipeline import setup
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match="wandb is not installed: pip install wandb"):
+        setup(tmp_path / "run", "tiny", {"report_to": ["wandb"]})
+    with pytest.raises(ConfigError, match="report_to"):
+        make_config("tiny", {"report_to": ["tensorbored"]})
