@@ -140,6 +140,7 @@ def static_decode(model, input_ids, attention_mask, temperatures, top_ps, max_ne
 
 
 def _graphs_supported(device) -> bool:
+    """CUDA graphs exist on CUDA devices only (a CPU test stands in for recording here)."""
     return device.type == "cuda"
 
 

@@ -46,7 +46,8 @@ def load_model(cfg: RunConfig, report: dict | None = None):
         model, tokenizer = _load_unsloth(cfg, path, precision)
     else:
         model, tokenizer = _load_transformers(cfg, path, precision, report["cuda_available"])
-    set_4bit_compute_dtype(model, torch_dtype(precision))
+    if cfg.load_in_4bit:
+        set_4bit_compute_dtype(model, torch_dtype(precision))
     model.semifinetune_backend = backend  # add_lora and generate follow the loader's backend
     return model, tokenizer
 
