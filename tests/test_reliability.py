@@ -326,7 +326,7 @@ def test_cli_error_never_shows_a_token(capsys, monkeypatch):
     from semifinetune.cli import main
 
     monkeypatch.setenv("HF_TOKEN", "hf_FAKEsecret123456")
-    monkeypatch.setattr("semifinetune.pipeline.open_run", lambda run_dir: (_ for _ in ()).throw(
+    monkeypatch.setattr("semifinetune.runs.open_run", lambda run_dir: (_ for _ in ()).throw(  # cli imports it from runs
         ConfigError("upload refused for token hf_FAKEsecret123456")))
     assert main(["train", "--run-dir", "r"]) == 2
     err = capsys.readouterr().err
