@@ -84,9 +84,12 @@ def q8_0_step_ratio(gguf_model, merged) -> float:
 
 
 def compare_answers(gguf_model, prompts: list[list[int]], reference: list[list[int]], max_new_tokens: int,
-                    eos_token_id: int) -> dict:
-    """The GGUF's greedy answers against the merged model's: how many equal, and token agreement under teacher forcing."""
-    answers = greedy_answers(gguf_model, prompts, max_new_tokens, eos_token_id)
+                    eos_token_id: int, answers: list[list[int]] | None = None) -> dict:
+    """The GGUF's greedy answers against the merged model's: how many equal, and token agreement under teacher forcing.
+
+    `answers`: the GGUF's greedy answers where already decoded."""
+    if answers is None:
+        answers = greedy_answers(gguf_model, prompts, max_new_tokens, eos_token_id)
     agree, total = teacher_forced_agreement(gguf_model, prompts, reference)
     return {
         "answers": len(reference),

@@ -255,6 +255,25 @@ def test_gguf_carries_the_tokenizer_chat_template_and_end_of_turn_token(gguf_run
         assert f'PARAMETER stop "{fields["tokens"][fields["eos_token_id"]]}"' in modelfile
 
 
+def test_the_converters_tokenizer_copy_encodes_as_the_tokenizer_does(smol_tokenizer, tiny_tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    from semifinetune.gguf_convert import prepare_tokenizer_files
+
+    texts = [QUESTION, "  Wafers: 300 mm, 3.3 V; EUV 13.5 nm! 🚀 ünïcode\n\tend", "<|im_start|>user\nhi<|im_end|>"]
+    expected = {"smol": ["byte-level BPE written without byte_fallback"],
+                "tiny": ["left out of the GGUF (no embedding row among 2048): <|endoftext|>", "add_bos_token set"]}
+    for name, tokenizer, vocab_size in (("smol", smol_tokenizer, 49152), ("tiny", tiny_tokenizer, 2048)):
+        tokenizer.save_pretrained(tmp_path / name)
+        notes = prepare_tokenizer_files(tmp_path / name, vocab_size)
+        assert [note[:len(want)] for note, want in zip(notes, expected[name])] == expected[name]
+        copy = AutoTokenizer.from_pretrained(tmp_path / name)
+        assert len(copy) == vocab_size and copy.chat_template == tokenizer.chat_template
+        for text in texts:
+            assert copy(text).input_ids == tokenizer(text).input_ids, (name, text)
+            assert copy.decode(copy(text).input_ids) == tokenizer.decode(tokenizer(text).input_ids)
+
+
 def fake_llama_quantize(folder: Path) -> Path:
     """A llama-quantize on PATH that records its arguments and copies its input: the plumbing, not the quantizer."""
     import sys
