@@ -35,9 +35,14 @@ def question_sets(cfg) -> dict[str, list[dict]]:
 
 
 def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings=None, batch_size: int | None = None,
-                      progress: bool = True):
+                      progress: bool = True, reuse_evaluation: bool = False):
     """The 2 x 2 on both question sets at the run's sampling settings, k notes (default retrieval_compare_k);
-    writes run_dir/retrieval.csv (one row per answer) and returns it."""
+    writes run_dir/retrieval.csv (one row per answer) and returns it as read back.
+
+    reuse_evaluation: take the held-out answers without notes from evaluation.csv instead of generating them again,
+    where it was written without notes for the same questions. They are the same answers (same prompts, batches and
+    seed) only if compare_base_tuned ran at the run's settings, as notebook 06 and `run` call it.
+    """
     import pandas as pd
 
     from .evaluate import MODELS, as_model, evaluate_model, load_base_and_tuned, settings_from_config
@@ -52,17 +57,44 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
     sets = question_sets(cfg)
     index = index_training_pairs(cfg)  # train_file only: the held-out answers are never among the notes
     notes = {name: retrieve(index, [row["input"] for row in rows], k) for name, rows in sets.items()}
+    reused = _evaluation_without_notes(run_dir, cfg, sets["held-out"]) if reuse_evaluation else None
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
     frames = []
     for which in MODELS:
         with as_model(model, which):
             for name, rows in sets.items():
                 for notes_k, given in ((0, [[] for _ in rows]), (k, notes[name])):  # no notes: the model-alone prompt
-                    frame = evaluate_model(model, tokenizer, rows, settings, cfg.seed, batch_size, progress, cfg.cuda_graphs, given)
+                    if reused is not None and name == "held-out" and notes_k == 0:
+                        frame = _as_retrieval_rows(reused[reused["model"] == which], tokenizer)
+                    else:
+                        frame = evaluate_model(model, tokenizer, rows, settings, cfg.seed, batch_size, progress, cfg.cuda_graphs, given)
                     frames.append(frame.assign(set=name, model=which, retrieval=retrieval_label(notes_k)))
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(runs.run_path(run_dir, runs.RETRIEVAL), index=False)  # rewritten each call, like evaluation.csv
-    return table
+    return read_retrieval(run_dir)  # read back: reused and new rows alike typed as the CSV holds them
+
+
+def _evaluation_without_notes(run_dir, cfg, rows: list[dict]):
+    """evaluation.csv where it holds both models' answers without notes to exactly these questions, else None."""
+    from .evaluate import MODELS, read_evaluation
+
+    if cfg.retrieval_k or not runs.run_path(run_dir, runs.EVALUATION).exists():
+        return None
+    table = read_evaluation(run_dir)
+    questions = [row["input"] for row in rows]
+    same = all(list(table.loc[table["model"] == which, "question"]) == questions for which in MODELS)
+    return table if same and "notes_k" not in table else None
+
+
+def _as_retrieval_rows(frame, tokenizer):
+    """evaluation.csv rows of one model in the shape evaluate_model gives with no notes."""
+    from .formats import chat_prompt
+
+    prompts = [chat_prompt(tokenizer, question) for question in frame["question"]]
+    return frame.drop(columns="model").reset_index(drop=True).assign(
+        notes_k=0, notes="[]", notes_hold_answer=None,
+        prompt_tokens=[len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts],
+    )
 
 
 def read_retrieval(run_dir: str | os.PathLike):

@@ -107,7 +107,7 @@ def run_pipeline(run_dir: str | os.PathLike, profile: str, overrides: dict | Non
     retrieval = ""
     if cfg.retrieval_compare_k > 0:
         _step(f"06 base and tuned, without and with the top {cfg.retrieval_compare_k} training pairs")
-        retrieval = counts_line(compare_retrieval(run_dir))
+        retrieval = counts_line(compare_retrieval(run_dir, reuse_evaluation=True))  # held-out, no notes: just measured
     _step("06 sampling sweep")
     run_sweep(run_dir)
     recommended = json.loads(runs.run_path(run_dir, runs.RECOMMENDED).read_text(encoding="utf-8"))

@@ -60,6 +60,21 @@ def describe_notes(notes: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def answer_both(model, tokenizer, index, question: str, settings, k: int, cfg) -> tuple[list[dict], dict]:
+    """One click: the top k notes for the question (k 0: none), and base and tuned answers to it with those notes."""
+    from .evaluate import MODELS, as_model
+    from .generate import generate
+    from .retrieval import retrieve, with_notes
+
+    (notes,) = retrieve(index, [question], k)
+    answers = {}
+    for which in MODELS:
+        with as_model(model, which):
+            (answers[which],) = generate(model, tokenizer, [with_notes(question, notes)], settings, seed=cfg.seed,
+                                         progress=False, cuda_graphs=cfg.cuda_graphs)
+    return notes, answers
+
+
 def starting_settings(run_dir: str | os.PathLike, cfg) -> dict:
     """The sweep's recommended temperature/top_p where it exists, else the run's own settings."""
     path = runs.run_path(run_dir, runs.RECOMMENDED)
@@ -79,10 +94,10 @@ def playground(run_dir: str | os.PathLike, interactive: bool = True):
         return None
     import ipywidgets as w
 
-    from .evaluate import MODELS, as_model, load_base_and_tuned
-    from .generate import SamplingSettings, generate
+    from .evaluate import MODELS, load_base_and_tuned
+    from .generate import SamplingSettings
     from .pipeline import GUIDE_QUESTION
-    from .retrieval import index_training_pairs, retrieve, with_notes
+    from .retrieval import index_training_pairs
     from .runs import open_run
 
     cfg = open_run(run_dir)
@@ -101,17 +116,15 @@ def playground(run_dir: str | os.PathLike, interactive: bool = True):
 
     def on_click(_):
         settings = SamplingSettings(temperature.value, top_p.value, max_new.value, cfg.repetition_penalty)
-        (notes,) = retrieve(index, [prompt.value], notes_k.value if retrieval.value else 0)
+        k = notes_k.value if retrieval.value else 0
+        notes, answers = answer_both(model, tokenizer, index, prompt.value, settings, k, cfg)
         notes_out.clear_output()
         with notes_out:
             print(describe_notes(notes))
         for which in MODELS:
             outputs[which].clear_output()
-            with as_model(model, which):
-                (gen,) = generate(model, tokenizer, [with_notes(prompt.value, notes)], settings, seed=cfg.seed,
-                                  progress=False, cuda_graphs=cfg.cuda_graphs)
             with outputs[which]:
-                print(f"{which.upper()}\n\n{describe(gen)}")
+                print(f"{which.upper()}\n\n{describe(answers[which])}")
 
     button.on_click(on_click)
     return w.VBox([prompt, w.HBox([temperature, top_p, max_new]), w.HBox([retrieval, notes_k]), button, notes_out,

@@ -161,6 +161,25 @@ def test_without_notes_the_2x2_answers_as_evaluate_does(rag, rag_run):
     assert (noted["text"].fillna("").to_numpy() != off["text"].fillna("").to_numpy()).any()  # the notes change answers
 
 
+def test_reused_evaluation_gives_the_same_2x2(rag, rag_run, tmp_path):
+    from semifinetune.compare import _evaluation_without_notes, question_sets
+    from semifinetune.evaluate import compare_base_tuned, read_evaluation
+    from semifinetune.runs import open_run
+
+    run_dir = _with_settings(rag_run, tmp_path)
+    compare_base_tuned(run_dir, GREEDY, progress=False)
+    again = compare_retrieval(run_dir, k=2, settings=GREEDY, progress=False, reuse_evaluation=True)
+    held_off = (again["set"] == "held-out") & (again["retrieval"] == "off")
+    assert list(again.loc[held_off, "seconds"]) == list(read_evaluation(run_dir)["seconds"])  # copied, not generated
+    columns = ["questions", "correct", "recall", "eos_rate", "answer_words", "new_tokens", "prompt_tokens", "notes_hold_answer"]
+    pd.testing.assert_frame_equal(retrieval_table(again)[columns], retrieval_table(rag)[columns])
+    cfg = open_run(run_dir)
+    held_out = question_sets(cfg)["held-out"]
+    assert _evaluation_without_notes(run_dir, cfg, held_out[:3]) is None  # other questions: generated afresh
+    noted = _with_settings(run_dir, tmp_path / "noted", retrieval_k=1)
+    assert _evaluation_without_notes(noted, open_run(noted), held_out) is None  # written with notes
+
+
 def _hand_table(held: dict, general: dict, k: int = 1) -> pd.DataFrame:
     """A compare_retrieval-shaped table from {(model, with_notes): [correct per question]} per set."""
     rows = []
@@ -214,6 +233,7 @@ def test_the_2x2_needs_notes(rag_run):
 
 
 def _with_settings(run_dir: Path, tmp_path: Path, **values) -> Path:
+    """A copy of run_dir whose config.json has these values."""
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     config = json.loads((copy / "config.json").read_text())
@@ -278,3 +298,18 @@ def test_playground_lists_the_retrieved_notes(index, tiny_run):
     assert describe_notes([]) == "retrieval off: the prompt is the question alone"
     start = starting_settings(tiny_run, open_run(tiny_run))
     assert (start["retrieval"], start["notes_k"]) == (False, 1)  # off as configured, ready at retrieval_compare_k
+
+
+def test_playground_click_with_and_without_retrieval(index, rag_run):
+    from semifinetune.evaluate import load_base_and_tuned
+    from semifinetune.playground import answer_both
+    from semifinetune.runs import open_run
+
+    cfg = open_run(rag_run)
+    model, tokenizer = load_base_and_tuned(cfg, rag_run)
+    question = "Who founded TSMC?"
+    notes, answers = answer_both(model, tokenizer, index, question, GREEDY, 2, cfg)
+    assert [n["input"] for n in notes] == [n["input"] for n in retrieve(index, [question], 2)[0]]
+    assert set(answers) == {"base", "tuned"} and all(NOTES_HEADER in a.prompt and a.prompt.endswith("<think>\n") for a in answers.values())
+    none, plain = answer_both(model, tokenizer, index, question, GREEDY, 0, cfg)
+    assert none == [] and plain["base"].prompt == chat_prompt(tokenizer, question)
