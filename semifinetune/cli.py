@@ -36,9 +36,10 @@ def cmd_run(args) -> int:
 
     result = run_pipeline(args.run_dir, args.profile, parse_assignments(args.set), overwrite=args.overwrite)
     evaluation, stats, best = result["evaluation"], result["train"], result["recommended"]
+    retrieval = f"; with retrieval, correct: {result['retrieval']}" if result.get("retrieval") else ""
     print(f"trained {stats['global_step']} steps in {stats['train_runtime_s']:.0f} s; "
           f"held-out correct: base {evaluation['base_correct']}, tuned {evaluation['tuned_correct']} "
-          f"of {evaluation['questions']}; recommended temperature {best['temperature']}, top_p {best['top_p']}; "
+          f"of {evaluation['questions']}{retrieval}; recommended temperature {best['temperature']}, top_p {best['top_p']}; "
           f"results in {args.run_dir}")
     return 0
 
@@ -88,11 +89,39 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import compare_base_tuned, evaluation_summary
 
+    if args.retrieval is not None:
+        return _evaluate_retrieval(args)
     result = compare_base_tuned(args.run_dir, batch_size=args.batch_size)
     print(evaluation_summary(args.run_dir).to_string())
     print(f"correct of {result['questions']} held-out questions: base {result['base_correct']}, "
           f"tuned {result['tuned_correct']} (per answer: {result['file']})")
     return 0
+
+
+def _evaluate_retrieval(args) -> int:
+    """`evaluate --retrieval [K]`: the base/tuned x without/with K notes 2 x 2 on held-out and general questions."""
+    import pandas as pd
+
+    from .compare import compare_retrieval, retrieval_statement, retrieval_table
+    from .runs import RETRIEVAL, run_path
+
+    k = None if args.retrieval == "config" else _notes_count(args.retrieval)
+    table = compare_retrieval(args.run_dir, k, batch_size=args.batch_size)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
+        print(retrieval_table(table).to_string())
+    print(retrieval_statement(table))
+    print(f"per answer: {run_path(args.run_dir, RETRIEVAL)}")
+    return 0
+
+
+def _notes_count(text: str) -> int:
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if k < 1:
+        raise ConfigError(f"--retrieval takes a number of notes of 1 or more, got {text!r} (no value: retrieval_compare_k).")
+    return k
 
 
 def cmd_sweep(args) -> int:
@@ -176,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="notebook 06: base vs tuned on the held-out questions, RUN_DIR/evaluation.csv")
     p.add_argument("--run-dir", required=True, help="run directory with a trained adapter")
+    p.add_argument("--retrieval", nargs="?", const="config", metavar="K",
+                   help="instead: base and tuned, each without and with the top K training pairs in the prompt, on the "
+                        "held-out and the general questions (K default: retrieval_compare_k), RUN_DIR/retrieval.csv")
     p.add_argument("--batch-size", type=int, default=None, help="answers per generate() batch (default 64 on a GPU, 16 on CPU; halved on GPU out-of-memory)")
     p.set_defaults(func=cmd_evaluate)
 

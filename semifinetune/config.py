@@ -38,6 +38,8 @@ class RunConfig:
     # --- data ---
     train_file: str = "data/semiconductor_train.jsonl"  # the guide's own 20: data/semiconductor_guide.jsonl
     eval_file: str = "data/semiconductor_eval.jsonl"  # held-out questions, never trained on
+    # Outside the domain (capitals, basic science): does the fine-tune, or retrieval, cost general answers?
+    general_eval_file: str = "data/general_eval.jsonl"
     format: str = "chat"  # chat: the model's template, loss on the answer only; guide: the guide's layout
     loss_on: str = "auto"  # auto: the answer only for chat, the whole text for guide (as the guide does)
 
@@ -82,6 +84,12 @@ class RunConfig:
     sweep_max_new_tokens: list[int] = field(default_factory=list)  # empty: max_new_tokens only
     sweep_samples: int = 3  # samples per prompt and setting, seeds seed, seed+1, ...
     sweep_questions: int = 0  # 0: every held-out question
+
+    # --- retrieval (the alternative to fine-tuning: the top k training pairs by BM25 pasted into the prompt) ---
+    retrieval_k: int = 0  # notes in every prompt of evaluate, the sweep and the playground; 0: off, the model alone
+    # Notes in the "with retrieval" half of the base/tuned x without/with 2 x 2 (notebook 06, `evaluate --retrieval`,
+    # `run`); 0 skips it. 1: the base SmolLM2 answered 25 of 30 held-out questions with the best pair, 23 with 3.
+    retrieval_compare_k: int = 1
 
     def __post_init__(self) -> None:
         check_types(dataclasses.asdict(self))
@@ -220,6 +228,8 @@ RANGES: dict[str, tuple] = {
     "sweep_max_new_tokens": (lambda v: all(n > 0 for n in v), "empty (max_new_tokens only) or positive integers"),
     "sweep_samples": (lambda v: v > 0, "a positive integer"),
     "sweep_questions": (lambda v: v >= 0, "0 (all) or more"),
+    "retrieval_k": (lambda v: 0 <= v <= 20, "0 (off) to 20 notes; each note adds ~60 prompt tokens"),
+    "retrieval_compare_k": (lambda v: 0 <= v <= 20, "0 (no 2 x 2) to 20 notes"),
     "format": (lambda v: v in ("chat", "guide"), "'chat' or 'guide'"),
     "loss_on": (lambda v: v in ("auto", "completion", "all"), "'auto', 'completion' or 'all'"),
     "precision": (lambda v: v in ("auto", "bf16", "fp16", "fp32"), "'auto', 'bf16', 'fp16' or 'fp32'"),

@@ -71,12 +71,28 @@ def answer_metrics(generation, groups: list[list[str]]) -> dict:
     }
 
 
-def score_generations(generations: list, eval_rows: list[dict]):
-    """One DataFrame row per answer: question, answer parts, finish reason, tokens, time and every metric."""
+def notes_hold_answer(notes: list[dict], groups: list[list[str]]) -> bool:
+    """Every keyword group is somewhere in the notes' answers: a model that copies from them could be correct."""
+    return bool(groups) and keyword_hits(" ".join(note["output"] for note in notes), groups) == len(groups)
+
+
+def note_columns(notes: list[dict], groups: list[list[str]]) -> dict:
+    """What one answer's prompt was given: how many notes, their questions, and whether they held the answer."""
+    return {
+        "notes_k": len(notes),
+        "notes": json.dumps([note["input"] for note in notes], ensure_ascii=False),
+        "notes_hold_answer": notes_hold_answer(notes, groups) if notes else None,  # None: no notes, not applicable
+    }
+
+
+def score_generations(generations: list, eval_rows: list[dict], notes: list[list[dict]] | None = None):
+    """One DataFrame row per answer: question, answer parts, finish reason, tokens, time and every metric; with
+    `notes` (one list per row, retrieval on) also what each prompt was given."""
     import pandas as pd
 
     records = []
     for index, (row, gen) in enumerate(zip(eval_rows, generations)):
+        given = note_columns(notes[index], row["keywords"]) if notes is not None else {}
         records.append(
             {
                 "question_id": index,
@@ -91,6 +107,7 @@ def score_generations(generations: list, eval_rows: list[dict]):
                 "new_tokens": gen.new_tokens,
                 "seconds": gen.seconds,
                 **answer_metrics(gen, row["keywords"]),
+                **given,
             }
         )
     return pd.DataFrame.from_records(records)
@@ -135,15 +152,21 @@ def summarize(table, by: list[str]):
 
 def evaluate_model(
     model, tokenizer, eval_rows: list[dict], settings, seed: int = 42, batch_size: int | None = None, progress: bool = True,
-    cuda_graphs: bool = True,
+    cuda_graphs: bool = True, notes: list[list[dict]] | None = None,
 ):
     """Generate an answer to every eval question and score it: one DataFrame row per question (settings: one for
-    all, or one per row)."""
+    all, or one per row). `notes`: retrieved training pairs per row, pasted into its user turn (None: retrieval off)."""
     from .generate import generate
+    from .retrieval import with_notes
 
     questions = [row["input"] for row in eval_rows]
+    if notes is not None:
+        questions = [with_notes(question, given) for question, given in zip(questions, notes)]
     generations = generate(model, tokenizer, questions, settings, seed, batch_size, progress, cuda_graphs)
-    return score_generations(generations, eval_rows)
+    table = score_generations(generations, eval_rows, notes)
+    if notes is not None:  # retrieval lengthens every prompt: the cost side of its gain
+        table["prompt_tokens"] = [len(tokenizer(g.prompt, add_special_tokens=False)["input_ids"]) for g in generations]
+    return table
 
 
 # --- base vs tuned ---
@@ -191,19 +214,22 @@ def as_model(model, which: str):
 
 
 def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: int | None = None, progress: bool = True) -> dict:
-    """Base and tuned on every held-out question at the run's sampling settings; writes run_dir/evaluation.csv."""
+    """Base and tuned on every held-out question at the run's sampling settings (with retrieval_k notes each, where
+    set); writes run_dir/evaluation.csv."""
     import pandas as pd
 
+    from .retrieval import notes_for
     from .runs import open_run
 
     cfg = open_run(run_dir)
     settings = settings or settings_from_config(cfg)
     eval_rows = read_eval_rows(cfg)
+    notes = notes_for(cfg, [row["input"] for row in eval_rows], cfg.retrieval_k)  # None: retrieval_k 0, off
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
     frames = []
     for which in MODELS:
         with as_model(model, which):
-            frame = evaluate_model(model, tokenizer, eval_rows, settings, cfg.seed, batch_size, progress, cfg.cuda_graphs)
+            frame = evaluate_model(model, tokenizer, eval_rows, settings, cfg.seed, batch_size, progress, cfg.cuda_graphs, notes)
         frames.append(frame.assign(model=which))
     table = pd.concat(frames, ignore_index=True)
     # Rewritten on every call: evaluation.csv is this step's own output, derived from the adapter (re-running the
@@ -215,6 +241,7 @@ def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: in
         "settings": vars(settings),
         "base_correct": int(counts.get("base", 0)),
         "tuned_correct": int(counts.get("tuned", 0)),
+        "retrieval_k": cfg.retrieval_k,
         "file": str(runs.run_path(run_dir, runs.EVALUATION)),
     }
 

@@ -1,4 +1,5 @@
-"""An ipywidgets playground: one prompt, sampling sliders, base and tuned answers side by side (interactive sessions only)."""
+"""An ipywidgets playground: one prompt, sampling sliders, retrieval on or off, base and tuned answers side by side
+(interactive sessions only)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,31 @@ def describe(generation) -> str:
     return "\n".join(lines)
 
 
+def describe_notes(notes: list[dict]) -> str:
+    """The retrieved training pairs as the playground lists them: rank, BM25 score, question and answer."""
+    if not notes:
+        return "retrieval off: the prompt is the question alone"
+    lines = [f"{len(notes)} retrieved {'note' if len(notes) == 1 else 'notes'} (BM25 over train_file), in the prompt of both models:"]
+    for rank, note in enumerate(notes, start=1):
+        lines += [f"{rank}. [score {note['score']:.2f}] Q: {note['input']}", f"   A: {note['output']}"]
+    return "\n".join(lines)
+
+
+def answer_both(model, tokenizer, index, question: str, settings, k: int, cfg) -> tuple[list[dict], dict]:
+    """One click: the top k notes for the question (k 0: none), and base and tuned answers to it with those notes."""
+    from .evaluate import MODELS, as_model
+    from .generate import generate
+    from .retrieval import retrieve, with_notes
+
+    (notes,) = retrieve(index, [question], k)
+    answers = {}
+    for which in MODELS:
+        with as_model(model, which):
+            (answers[which],) = generate(model, tokenizer, [with_notes(question, notes)], settings, seed=cfg.seed,
+                                         progress=False, cuda_graphs=cfg.cuda_graphs)
+    return notes, answers
+
+
 def starting_settings(run_dir: str | os.PathLike, cfg) -> dict:
     """The sweep's recommended temperature/top_p where it exists, else the run's own settings."""
     path = runs.run_path(run_dir, runs.RECOMMENDED)
@@ -56,7 +82,8 @@ def starting_settings(run_dir: str | os.PathLike, cfg) -> dict:
     if path.exists():
         recommended = json.loads(path.read_text(encoding="utf-8"))
         start.update({key: recommended[key] for key in start if key in recommended})
-    return start
+    # Notes: the run's retrieval_k where set, else the 2 x 2's k, switched off until the box is ticked.
+    return {**start, "retrieval": cfg.retrieval_k > 0, "notes_k": cfg.retrieval_k or max(cfg.retrieval_compare_k, 1)}
 
 
 def playground(run_dir: str | os.PathLike, interactive: bool = True):
@@ -67,29 +94,38 @@ def playground(run_dir: str | os.PathLike, interactive: bool = True):
         return None
     import ipywidgets as w
 
-    from .evaluate import MODELS, as_model, load_base_and_tuned
-    from .generate import SamplingSettings, generate
+    from .evaluate import MODELS, load_base_and_tuned
+    from .generate import SamplingSettings
     from .pipeline import GUIDE_QUESTION
+    from .retrieval import index_training_pairs
     from .runs import open_run
 
     cfg = open_run(run_dir)
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
+    index = index_training_pairs(cfg)  # train_file only, as in evaluation
     start = starting_settings(run_dir, cfg)
     prompt = w.Textarea(value=GUIDE_QUESTION, description="prompt", layout=w.Layout(width="95%", height="4em"))
     temperature = w.FloatSlider(value=start["temperature"], min=0.0, max=1.5, step=0.05, description="temperature")
     top_p = w.FloatSlider(value=start["top_p"], min=0.05, max=1.0, step=0.05, description="top_p")
     max_new = w.IntSlider(value=start["max_new_tokens"], min=16, max=max(cfg.max_seq_length, 16), step=16, description="max_new_tokens")
+    retrieval = w.Checkbox(value=start["retrieval"], description="retrieval: training pairs in the prompt")
+    notes_k = w.IntSlider(value=start["notes_k"], min=1, max=min(10, len(index.pairs)), description="notes k")
     button = w.Button(description="Generate", button_style="primary")
+    notes_out = w.Output(layout=w.Layout(width="95%", border="1px solid #ccc", padding="4px"))
     outputs = {which: w.Output(layout=w.Layout(width="48%", border="1px solid #ccc", padding="4px")) for which in MODELS}
 
     def on_click(_):
         settings = SamplingSettings(temperature.value, top_p.value, max_new.value, cfg.repetition_penalty)
+        k = notes_k.value if retrieval.value else 0
+        notes, answers = answer_both(model, tokenizer, index, prompt.value, settings, k, cfg)
+        notes_out.clear_output()
+        with notes_out:
+            print(describe_notes(notes))
         for which in MODELS:
             outputs[which].clear_output()
-            with as_model(model, which):
-                (gen,) = generate(model, tokenizer, [prompt.value], settings, seed=cfg.seed, progress=False, cuda_graphs=cfg.cuda_graphs)
             with outputs[which]:
-                print(f"{which.upper()}\n\n{describe(gen)}")
+                print(f"{which.upper()}\n\n{describe(answers[which])}")
 
     button.on_click(on_click)
-    return w.VBox([prompt, w.HBox([temperature, top_p, max_new]), button, w.HBox(list(outputs.values()))])
+    return w.VBox([prompt, w.HBox([temperature, top_p, max_new]), w.HBox([retrieval, notes_k]), button, notes_out,
+                   w.HBox(list(outputs.values()))])

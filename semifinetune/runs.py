@@ -15,6 +15,7 @@ TRAIN_LOG = "train_log.json"
 TENSORBOARD = "tensorboard"  # training logs, where report_to includes tensorboard
 LOSS_PLOT = "loss_curve.png"
 EVALUATION = "evaluation.csv"
+RETRIEVAL = "retrieval.csv"  # the base/tuned x without/with retrieval 2 x 2, one row per answer
 SWEEP = "sweep.csv"
 RECOMMENDED = "recommended_settings.json"
 
@@ -47,7 +48,7 @@ def resolve_data_path(path: str | os.PathLike) -> Path:
     return PROJECT_ROOT / given
 
 
-RESULTS = (ADAPTER, CHECKPOINTS, TRAIN_LOG, TENSORBOARD, SWEEP, EVALUATION)
+RESULTS = (ADAPTER, CHECKPOINTS, TRAIN_LOG, TENSORBOARD, SWEEP, EVALUATION, RETRIEVAL)
 
 
 def existing_results(run_dir: str | os.PathLike) -> list[str]:

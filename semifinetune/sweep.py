@@ -39,21 +39,25 @@ def sweep_settings(cfg: RunConfig) -> list:
 
 
 def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progress: bool = True):
-    """Base and tuned over the grid, cfg.sweep_samples draws each; writes sweep.csv, its summary, heatmaps, recommendation."""
+    """Base and tuned over the grid, cfg.sweep_samples draws each (retrieval_k notes in each prompt, where set);
+    writes sweep.csv, its summary, heatmaps, recommendation."""
     import pandas as pd
 
     from .evaluate import MODELS, as_model, evaluate_model, load_base_and_tuned, read_eval_rows
     from .measure import timed
+    from .retrieval import notes_for
     from .runs import open_run
 
     cfg = open_run(run_dir)
     eval_rows = read_eval_rows(cfg, cfg.sweep_questions)
+    notes = notes_for(cfg, [row["input"] for row in eval_rows], cfg.retrieval_k)  # None: retrieval_k 0, off
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
     # The whole grid as one list of rows (setting x draw x question), generated together: rows of every setting
     # share each batch, which keeps a GPU busy (generate() batches only rows of equal max_new_tokens).
     grid = [(settings, sample) for settings in sweep_settings(cfg) for sample in range(cfg.sweep_samples)]
     rows = [row for _ in grid for row in eval_rows]
     per_row = [settings for settings, _ in grid for _ in eval_rows]
+    per_row_notes = None if notes is None else [given for _ in grid for given in notes]
     labels = pd.DataFrame(
         [{**vars(settings), "sample": sample, "question_id": i} for settings, sample in grid for i in range(len(eval_rows))]
     )
@@ -61,7 +65,9 @@ def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progres
     with timed() as clock:
         for which in MODELS:
             with as_model(model, which):
-                frame = evaluate_model(model, tokenizer, rows, per_row, cfg.seed, batch_size, progress, cfg.cuda_graphs)
+                frame = evaluate_model(
+                    model, tokenizer, rows, per_row, cfg.seed, batch_size, progress, cfg.cuda_graphs, per_row_notes
+                )
             frames.append(pd.concat([frame.drop(columns="question_id"), labels], axis=1).assign(model=which))
     table = pd.concat(frames, ignore_index=True)
     # Rewritten on every call, like evaluation.csv: the sweep's own outputs, re-running the step redoes them.

@@ -1,0 +1,221 @@
+"""Was the fine-tune the right tool? Base and tuned, each without and with retrieval, on held-out and general questions.
+
+The 2 x 2 per question set: the base model alone, the base model with the top k training pairs in its prompt
+(retrieval instead of fine-tuning), the tuned model alone, and the tuned model with the notes (both). The general
+questions (`general_eval_file`) lie outside the domain: a drop there is what the fine-tune or the notes cost.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from . import runs
+from .config import ConfigError
+
+SETS = ("held-out", "general")
+TABLE_COLUMNS = [
+    "questions", "correct", "recall", "eos_rate", "answer_words", "new_tokens", "prompt_tokens", "tokens_per_s",
+    "notes_hold_answer",
+]
+
+
+def retrieval_label(k: int) -> str:
+    return f"top {k}" if k else "off"
+
+
+def question_sets(cfg) -> dict[str, list[dict]]:
+    """The held-out questions (eval_file) and the general ones (general_eval_file), validated."""
+    from .data import read_examples
+
+    return {
+        "held-out": read_examples(runs.resolve_data_path(cfg.eval_file), "eval"),
+        "general": read_examples(runs.resolve_data_path(cfg.general_eval_file), "eval"),
+    }
+
+
+def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings=None, batch_size: int | None = None,
+                      progress: bool = True, reuse_evaluation: bool = False):
+    """The 2 x 2 on both question sets at the run's sampling settings, k notes (default retrieval_compare_k);
+    writes run_dir/retrieval.csv (one row per answer) and returns it as read back.
+
+    reuse_evaluation: take the held-out answers without notes from evaluation.csv instead of generating them again,
+    where it was written without notes for the same questions. They are the same answers (same prompts, batches and
+    seed) only if compare_base_tuned ran at the run's settings, as notebook 06 and `run` call it.
+    """
+    import pandas as pd
+
+    from .evaluate import MODELS, as_model, evaluate_model, load_base_and_tuned, settings_from_config
+    from .retrieval import check_k, index_training_pairs, retrieve
+
+    cfg = runs.open_run(run_dir)
+    k = cfg.retrieval_compare_k if k is None else k
+    check_k(k)
+    if k == 0:
+        raise ConfigError("The 2 x 2 needs notes: set retrieval_compare_k (or pass k) to 1 or more.")
+    settings = settings or settings_from_config(cfg)
+    sets = question_sets(cfg)
+    index = index_training_pairs(cfg)  # train_file only: the held-out answers are never among the notes
+    notes = {name: retrieve(index, [row["input"] for row in rows], k) for name, rows in sets.items()}
+    reused = _evaluation_without_notes(run_dir, cfg, sets["held-out"]) if reuse_evaluation else None
+    model, tokenizer = load_base_and_tuned(cfg, run_dir)
+    frames = []
+    for which in MODELS:
+        with as_model(model, which):
+            for name, rows in sets.items():
+                for notes_k, given in ((0, [[] for _ in rows]), (k, notes[name])):  # no notes: the model-alone prompt
+                    if reused is not None and name == "held-out" and notes_k == 0:
+                        frame = _as_retrieval_rows(reused[reused["model"] == which], tokenizer)
+                    else:
+                        frame = evaluate_model(model, tokenizer, rows, settings, cfg.seed, batch_size, progress, cfg.cuda_graphs, given)
+                    frames.append(frame.assign(set=name, model=which, retrieval=retrieval_label(notes_k)))
+    table = pd.concat(frames, ignore_index=True)
+    table.to_csv(runs.run_path(run_dir, runs.RETRIEVAL), index=False)  # rewritten each call, like evaluation.csv
+    return read_retrieval(run_dir)  # read back: reused and new rows alike typed as the CSV holds them
+
+
+def _evaluation_without_notes(run_dir, cfg, rows: list[dict]):
+    """evaluation.csv where it holds both models' answers without notes to exactly these questions, else None."""
+    from .evaluate import MODELS, read_evaluation
+
+    if cfg.retrieval_k or not runs.run_path(run_dir, runs.EVALUATION).exists():
+        return None
+    table = read_evaluation(run_dir)
+    questions = [row["input"] for row in rows]
+    same = all(list(table.loc[table["model"] == which, "question"]) == questions for which in MODELS)
+    return table if same and "notes_k" not in table else None
+
+
+def _as_retrieval_rows(frame, tokenizer):
+    """evaluation.csv rows of one model in the shape evaluate_model gives with no notes."""
+    from .formats import chat_prompt
+
+    prompts = [chat_prompt(tokenizer, question) for question in frame["question"]]
+    return frame.drop(columns="model").reset_index(drop=True).assign(
+        notes_k=0, notes="[]", notes_hold_answer=None,
+        prompt_tokens=[len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts],
+    )
+
+
+def read_retrieval(run_dir: str | os.PathLike):
+    """run_dir/retrieval.csv as compare_retrieval wrote it."""
+    import pandas as pd
+
+    path = runs.run_path(run_dir, runs.RETRIEVAL)
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist. Run compare_retrieval (notebook 06) or "
+                          f"`python -m semifinetune evaluate --retrieval --run-dir {run_dir}` first.")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def retrieval_table(table):
+    """Per question set, the four rows base/tuned x off/top k: correct count, recall, EOS-stop rate, lengths, tokens/s,
+    and how often the notes held the answer."""
+    from .evaluate import MODELS, summarize
+
+    summary = summarize(table, ["set", "model", "retrieval"])
+    extra = table.groupby(["set", "model", "retrieval"], sort=True).agg(
+        prompt_tokens=("prompt_tokens", "mean"),
+        notes_hold_answer=("notes_hold_answer", lambda s: _rate(s)),
+        correct=("correct", lambda s: int(s.astype(bool).sum())),
+    ).reset_index()
+    summary = summary.merge(extra, on=["set", "model", "retrieval"]).rename(columns={"answers": "questions"})
+    summary = summary.set_index(["set", "model", "retrieval"])[TABLE_COLUMNS]
+    # Sets in SETS order, then base before tuned, each without notes first: the 2 x 2 read row by row.
+    labels = sorted(set(summary.index.get_level_values("retrieval")), key=lambda r: (r != "off", r))
+    order = [(s, m, r) for s in SETS for m in MODELS for r in labels if (s, m, r) in summary.index]
+    return summary.loc[order]
+
+
+def _rate(values) -> float:
+    """Share of True among the known values (NaN where no row had notes)."""
+    import pandas as pd
+
+    known = pd.Series(list(values), dtype=object).dropna()
+    return float(known.map(lambda v: v is True or str(v).lower() == "true").mean()) if len(known) else math.nan
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p: the chance of a split at least this uneven of the questions only one side got
+    right, were both sides equally good."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def _cells(table, name: str) -> dict:
+    """{(model, with_notes): per-question correct Series} of one question set."""
+    rows = table[table["set"] == name]
+    return {
+        (model, retrieval != "off"): group.set_index("question_id")["correct"].astype(bool)
+        for (model, retrieval), group in rows.groupby(["model", "retrieval"])
+    }
+
+
+def _versus(a, b) -> tuple[int, int, float]:
+    """Correct counts of a and b on the same questions, and the McNemar p of their difference."""
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    return int(a.sum()), int(b.sum()), mcnemar_p(only_a, only_b)
+
+
+def _noise(p: float) -> str:
+    return f"p = {p:.2g}, {'beyond' if p < 0.05 else 'within'} the noise"
+
+
+def retrieval_statement(table) -> str:
+    """What the 2 x 2 says, in one sentence, from a compare_retrieval table (exact McNemar tests on the same questions)."""
+    held, general = _cells(table, "held-out"), _cells(table, "general")
+    k = int(table.loc[table["retrieval"] != "off", "notes_k"].max())
+    n_held, n_general = len(held[("base", False)]), len(general[("base", False)])
+    rag, tuned, p_rag = _versus(held[("base", True)], held[("tuned", False)])
+    both, best_single, p_both = _versus(held[("tuned", True)], held[("base", True)] if rag >= tuned else held[("tuned", False)])
+    base = int(held[("base", False)].sum())
+    if p_rag >= 0.05:
+        which = "retrieval alone and the fine-tune alone cannot be told apart"
+    elif rag > tuned:
+        which = "retrieval beats the fine-tune"
+    else:
+        which = "the fine-tune beats retrieval"
+    if p_both >= 0.05:
+        together = "adding the other to the better one changes nothing beyond the noise"
+    elif both > best_single:
+        together = "both together beat either alone"
+    else:
+        together = "both together do worse than the better one alone"
+    costs = []
+    for label, cell in (("the fine-tune", ("tuned", False)), ("retrieval", ("base", True)), ("both", ("tuned", True))):
+        before, after, p = _versus(general[("base", False)], general[cell])
+        change = "keeps" if after == before else ("costs" if after < before else "adds")
+        amount = "" if after == before else f" {abs(after - before)}"
+        costs.append(f"{label} {change}{amount} ({after} vs {before}, {_noise(p)})")
+    return (
+        f"On the {n_held} held-out questions the base model answers {base}, with the top {k} training "
+        f"{'pair' if k == 1 else 'pairs'} in its prompt {rag}, fine-tuned {tuned} and fine-tuned with the notes {both}: "
+        f"{which} ({rag} vs {tuned}, {_noise(p_rag)}) and {together} ({both} vs {best_single}, {_noise(p_both)}); "
+        f"on the {n_general} general questions {', '.join(costs[:-1])} and {costs[-1]}."
+    )
+
+
+def correct_counts(table) -> dict:
+    """{set: {"questions": n, "base": c, "base + top k": c, "tuned": c, "tuned + top k": c}} of a compare_retrieval table."""
+    counts = {}
+    for name in SETS:
+        rows = table[table["set"] == name]
+        if rows.empty:
+            continue
+        cells = {"questions": int(rows["question_id"].nunique())}
+        for (model, retrieval), group in rows.groupby(["model", "retrieval"], sort=False):
+            cells[model if retrieval == "off" else f"{model} + {retrieval}"] = int(group["correct"].astype(bool).sum())
+        counts[name] = cells
+    return counts
+
+
+def counts_line(table) -> str:
+    """The 2 x 2's correct counts in one line, for `run`'s summary."""
+    parts = []
+    for name, cells in correct_counts(table).items():
+        shown = ", ".join(f"{label} {n}" for label, n in cells.items() if label != "questions")
+        parts.append(f"{name} {shown} of {cells['questions']}")
+    return "; ".join(parts)

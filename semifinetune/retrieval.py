@@ -1,0 +1,93 @@
+"""Retrieval beside fine-tuning: BM25 (bm25s) over the training pairs, the top k pasted into the question's user turn.
+
+Only `train_file` is indexed, never a held-out file: a held-out question found in the notes would measure lookup
+of the answer key, not knowledge. The notes go in the user turn because R1's chat template has no system prompt
+(DeepSeek: "avoid adding a system prompt"), and a user turn leaves the template's generation prompt as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ConfigError, RunConfig
+
+NOTES_HEADER = "Notes that may help:"
+QUESTION_LEAD = "Question:"
+
+
+@dataclass
+class NoteIndex:
+    pairs: list[dict]  # the indexed training pairs, in file order
+    retriever: object  # bm25s.BM25 over note_text(pair) of each pair
+    source: str  # the file the pairs came from
+
+
+def note_text(pair: dict) -> str:
+    """One training pair as a note: its question and its answer (BM25 scores both, the prompt shows both)."""
+    return f"Q: {pair['input']}\nA: {pair['output']}"
+
+
+def _tokens(texts: list[str]) -> list[list[str]]:
+    import bm25s
+
+    # English stopwords dropped: "what", "which", "the" would otherwise match every question.
+    return bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
+
+
+def index_pairs(pairs: list[dict], source: str = "") -> NoteIndex:
+    """A BM25 index over the pairs' question and answer text."""
+    import bm25s
+
+    if not pairs:
+        raise ConfigError(f"No training pairs to index{f' in {source}' if source else ''}: retrieval needs train_file's examples.")
+    retriever = bm25s.BM25()  # Lucene's BM25 variant, k1 1.5, b 0.75: bm25s' defaults
+    retriever.index(_tokens([note_text(p) for p in pairs]), show_progress=False)
+    return NoteIndex(pairs=list(pairs), retriever=retriever, source=source)
+
+
+def index_training_pairs(cfg: RunConfig) -> NoteIndex:
+    """The index over cfg.train_file (validated), the only file retrieval may read notes from."""
+    from .data import read_examples
+    from .runs import resolve_data_path
+
+    path = resolve_data_path(cfg.train_file)
+    held_out = {resolve_data_path(p).resolve() for p in (cfg.eval_file, cfg.general_eval_file)}
+    if path.resolve() in held_out:
+        raise ConfigError(f"train_file {cfg.train_file} is also an evaluation file: retrieval would read the answers of the questions it is scored on.")
+    return index_pairs(read_examples(path, "train"), str(path))
+
+
+def retrieve(index: NoteIndex, questions: list[str], k: int) -> list[list[dict]]:
+    """The top k pairs for each question, best first, each with its BM25 `score`; k = 0 gives no notes."""
+    check_k(k, len(index.pairs))
+    if k == 0 or not questions:
+        return [[] for _ in questions]
+    documents, scores = index.retriever.retrieve(_tokens(questions), k=k, show_progress=False)
+    return [
+        [{**index.pairs[int(doc)], "score": round(float(score), 4)} for doc, score in zip(row_docs, row_scores)]
+        for row_docs, row_scores in zip(documents, scores)
+    ]
+
+
+def check_k(k: int, available: int | None = None) -> None:
+    """k must be 0 (off) or a positive number of notes no larger than the index."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"The number of retrieved notes k must be 0 (off) or a positive integer, got {k!r}.")
+    if available is not None and k > available:
+        raise ConfigError(f"k = {k} notes asked for, but the index holds {available} training pairs: lower retrieval_k.")
+
+
+def with_notes(question: str, notes: list[dict]) -> str:
+    """The user turn: the notes, then the question; no notes gives the question unchanged (the prompt without retrieval)."""
+    if not notes:
+        return question
+    listed = "\n\n".join(note_text(note) for note in notes)
+    return f"{NOTES_HEADER}\n\n{listed}\n\n{QUESTION_LEAD} {question}"
+
+
+def notes_for(cfg: RunConfig, questions: list[str], k: int) -> list[list[dict]] | None:
+    """The top k training pairs for each question; None when k is 0 (retrieval off, nothing indexed)."""
+    check_k(k)
+    if k == 0:
+        return None
+    return retrieve(index_training_pairs(cfg), questions, k)
