@@ -74,7 +74,7 @@ def fake_run(run_dir: Path, train_loss: float, eval_loss: float, tuned_correct: 
 def test_grid_runs_each_value_and_tabulates(tmp_path, monkeypatch):
     calls = []
 
-    def run_notebooks(run_dir, profile, params, overrides, progress=True, log=print):
+    def run_notebooks(run_dir, profile, params, overrides, progress=True, log=print, overwrite=False):
         calls.append((Path(run_dir).name, profile, overrides))
         lr = overrides["learning_rate"]
         fake_run(Path(run_dir), 2.0 - lr * 100, 2.5 - lr * 100, [True, lr > 5e-3])
