@@ -44,10 +44,16 @@ def installed_versions(path: list[str] | None = None) -> dict[str, str]:
     return {normal(d.metadata["Name"] or ""): d.version for d in dists}
 
 
+def runtime_wheel(name: str) -> bool:
+    """torch, its companions and its CUDA wheels: what the runtime brings and no step may install."""
+    name = normal(name)
+    return name in PINNED or name.startswith("nvidia-")
+
+
 def pinned_distributions(path: list[str] | None = None) -> dict[str, str]:
     """{name: installed version} of torch and the wheels that come with it, in this Python (or on `path`)."""
     found = installed_versions(path)
-    return {name: found[name] for name in sorted(found) if name in PINNED or name.startswith("nvidia-")}
+    return {name: found[name] for name in sorted(found) if runtime_wheel(name)}
 
 
 def constraint_lines(pins: dict[str, str]) -> list[str]:
