@@ -11,7 +11,8 @@ from .config import ConfigError, parse_assignments
 def _add_run_args(parser: argparse.ArgumentParser, profile: bool = True) -> None:
     parser.add_argument("--run-dir", required=True, help="run directory (config, data, adapter, results)")
     if profile:
-        parser.add_argument("--profile", default="cpu", help="t4 (GPU + hub), cpu (embedded default), tiny (tests)")
+        parser.add_argument("--profile", default="auto",
+                            help="auto (default: t4 on a CUDA GPU, cpu elsewhere), t4 (GPU + hub), cpu (embedded model), tiny (tests)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
 
 
@@ -161,11 +162,11 @@ def cmd_notebooks(args) -> int:
     overrides = parse_assignments(args.set)
     if args.grid:
         key, values = parse_grid(args.grid)
-        table = run_grid(args.run_dir, args.profile, key, values, params, overrides)
+        table = run_grid(args.run_dir, args.profile, key, values, params, overrides, overwrite=args.overwrite)
         print(table.drop(columns="run_dir").to_string(index=False))
         print(f"table: {args.run_dir}/grid.csv")
         return 0
-    timings = run_notebooks(args.run_dir, args.profile, params, overrides)
+    timings = run_notebooks(args.run_dir, args.profile, params, overrides, overwrite=args.overwrite)
     print(f"all {len(timings)} notebooks in {sum(t['seconds'] for t in timings):.1f} s; executed copies in {args.run_dir}/notebooks/")
     return 0
 
@@ -232,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a notebook parameter (Python literal), to each notebook that declares it; a config key becomes an override")
     p.add_argument("--grid", metavar="KEY=V1,V2", help="run the pipeline once per value into RUN_DIR/KEY=VALUE/, table in RUN_DIR/grid.csv")
     p.add_argument("--golden", metavar="DIR", help="rewrite the nbval golden notebooks in DIR (tests/nbval) from a clean RUN_DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in RUN_DIR: overwrite=True for 01 (clears its results) and 05")
     p.set_defaults(func=cmd_notebooks)
     return parser
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +165,7 @@ FIELD_TYPES: dict[str, typing.Any] = typing.get_type_hints(RunConfig)
 
 
 def valid_keys() -> str:
-    return ", ".join(FIELD_TYPES)
+    return ", ".join(key for key in FIELD_TYPES if key != "profile")  # the profile is chosen apart from overrides
 
 
 def _type_name(tp) -> str:
@@ -182,11 +183,25 @@ def _matches(value, tp) -> bool:
     return isinstance(value, tp)
 
 
+# Names a user may put among the config keys by mistake: they are the notebooks' parameters, not settings.
+NOTEBOOK_PARAMETERS = ("run_dir", "overrides", "overwrite", "resume", "interactive", "example_index")
+
+
+def unknown_key(key: str) -> ConfigError:
+    """The error for a key that is not a setting, with where it belongs when it is a notebook parameter."""
+    if key in NOTEBOOK_PARAMETERS:
+        return ConfigError(
+            f"{key!r} is a notebook parameter, not a config key: set it in the notebook's parameters cell "
+            f"(papermill -p {key} ...). Valid config keys: {valid_keys()}"
+        )
+    return ConfigError(f"Unknown config key {key!r}. Valid keys: {valid_keys()}")
+
+
 def check_types(values: dict) -> None:
     """Reject unknown keys and wrong types, naming the key and the valid keys."""
     for key, value in values.items():
         if key not in FIELD_TYPES:
-            raise ConfigError(f"Unknown config key {key!r}. Valid keys: {valid_keys()}")
+            raise unknown_key(key)
         tp = FIELD_TYPES[key]
         if not _matches(value, tp):
             raise ConfigError(
@@ -245,10 +260,18 @@ def check_ranges(cfg: "RunConfig") -> None:
             raise ConfigError(f"Config key {key!r} = {value!r} is out of range: it must be {valid}")
 
 
+PROFILE_IN_OVERRIDES = (
+    "'profile' is not an override: choose it with the profile parameter (notebook 01's `profile`, --profile on the "
+    "command line). Overrides change settings within a profile."
+)
+
+
 def parse_value(key: str, text: str):
     """Turn the text of `--set key=value` into the field's type."""
+    if key == "profile":
+        raise ConfigError(PROFILE_IN_OVERRIDES)
     if key not in FIELD_TYPES:
-        raise ConfigError(f"Unknown config key {key!r}. Valid keys: {valid_keys()}")
+        raise unknown_key(key)
     tp = FIELD_TYPES[key]
     try:
         if typing.get_origin(tp) is list:
@@ -277,13 +300,72 @@ def parse_assignments(assignments: list[str]) -> dict:
     return overrides
 
 
-def make_config(profile: str = "t4", overrides: dict | None = None) -> RunConfig:
-    """The recipe, changed by a profile, then by overrides (dict, papermill parameters or --set)."""
+def parse_overrides(overrides: dict | str | None) -> dict:
+    """Overrides as a dict, or as JSON or YAML text (what `papermill -p overrides '...'` passes); None or '' mean none.
+
+    Within text, a quoted value of a non-text setting is read as --set reads it (YAML leaves `1e-3` a string); a dict
+    is taken as typed.
+    """
+    if overrides is None or (isinstance(overrides, str) and not overrides.strip()):
+        return {}
+    text = isinstance(overrides, str)
+    if text:
+        overrides = _parse_mapping_text(overrides)
+    if not isinstance(overrides, dict):
+        raise ConfigError(
+            f"overrides must map config keys to values, e.g. {{'max_steps': 30}} (or the text '{{\"max_steps\": 30}}'); "
+            f"got {type(overrides).__name__} {overrides!r}"
+        )
+    parsed = {}
+    for key, value in overrides.items():
+        if key == "profile":
+            raise ConfigError(PROFILE_IN_OVERRIDES)
+        if key not in FIELD_TYPES:
+            raise unknown_key(key)
+        parsed[key] = parse_value(key, value) if text and isinstance(value, str) and FIELD_TYPES[key] is not str else value
+    return parsed
+
+
+def _parse_mapping_text(text: str):
+    """JSON first, then YAML (a superset that also takes single quotes and `key: value` lines)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"overrides {text!r} is neither JSON nor YAML ({str(err).splitlines()[0]}). "
+            "Write it as JSON, e.g. '{\"max_steps\": 30}', or YAML, e.g. 'max_steps: 30'."
+        ) from None
+    return {} if value is None else value
+
+
+def make_config(profile: str = "t4", overrides: dict | str | None = None) -> RunConfig:
+    """The recipe, changed by a profile, then by overrides (dict, JSON/YAML text from papermill, or --set)."""
     if profile not in PROFILES:
         raise ConfigError(f"Unknown profile {profile!r}. Valid profiles: {', '.join(PROFILES)}")
-    values = {**PROFILES[profile], **(overrides or {}), "profile": profile}
+    values = {**PROFILES[profile], **parse_overrides(overrides), "profile": profile}
     check_types(values)
     return RunConfig(**values)
+
+
+def overrides_of(cfg: RunConfig, **changes) -> dict:
+    """The overrides that rebuild cfg (with changes) from its profile: what notebook 01 or a command must repeat."""
+    base = make_config(cfg.profile).to_dict()
+    return {key: value for key, value in {**cfg.to_dict(), **changes}.items() if key != "profile" and base.get(key) != value}
+
+
+def set_arguments(cfg: RunConfig, **changes) -> str:
+    """overrides_of(cfg, **changes) as `--set key=value` arguments, quoted for a shell."""
+    parts = []
+    for key, value in overrides_of(cfg, **changes).items():
+        text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value).lower() if isinstance(value, bool) else str(value)
+        parts.append(f"--set {shlex.quote(f'{key}={text}')}")
+    return " ".join(parts)
 
 
 def config_path(run_dir: str | os.PathLike) -> Path:

@@ -188,6 +188,34 @@ def guess_kind(path: str | os.PathLike) -> str:
         return "train"
 
 
+def check_data_files(cfg: RunConfig) -> dict[str, int]:
+    """Notebook 01: train_file and eval_file exist and pass every check short of tokenizing; examples per key.
+
+    Token lengths need the model's tokenizer and are checked by prepare_data (notebook 04).
+    """
+    from .runs import PROJECT_ROOT, resolve_data_path
+
+    problems, counts, records = [], {}, {}
+    for key, kind in (("train_file", "train"), ("eval_file", "eval")):
+        given = getattr(cfg, key)
+        path = resolve_data_path(given)
+        if not path.is_file():
+            where = "" if Path(given).is_absolute() else f" (looked from {Path.cwd()} and from the project, {PROJECT_ROOT})"
+            problems.append(
+                f"{key} {given!r}: no such file{where}. Fix the path: overrides={{'{key}': 'path/to/file.jsonl'}} "
+                f"in notebook 01, or --set {key}=PATH."
+            )
+            continue
+        records[kind], found = _read(path, kind)
+        problems += found
+        counts[key] = len(records[kind])
+    if not problems and "train" in records and "eval" in records:
+        problems += _leak_problems(records["train"], records["eval"])
+    if problems:
+        raise DataError("\n".join(problems))
+    return counts
+
+
 # --- checks that need the tokenizer ---
 
 

@@ -79,6 +79,22 @@ def choose_backend(report: dict, requested: str = "auto") -> str:
     return "transformers" if requested == "auto" else requested
 
 
+AUTO_PROFILE = "auto"  # notebook 01's default: t4 on a CUDA GPU, cpu elsewhere
+
+
+def choose_profile(report: dict, requested: str = AUTO_PROFILE) -> str:
+    """'auto' becomes t4 where there is a CUDA GPU and cpu elsewhere; any other valid profile is kept as it is."""
+    from .config import PROFILES, ConfigError
+
+    if requested == AUTO_PROFILE:
+        return "t4" if report["cuda_available"] else "cpu"
+    if requested not in PROFILES:
+        raise ConfigError(
+            f"Unknown profile {requested!r}. Valid profiles: {AUTO_PROFILE} (t4 on a CUDA GPU, cpu elsewhere), {', '.join(PROFILES)}"
+        )
+    return requested
+
+
 def choose_precision(report: dict, requested: str = "auto") -> str:
     """bf16 where the GPU supports it, fp16 on older GPUs such as the T4, fp32 on CPU; a request is checked."""
     from .config import ConfigError

@@ -91,14 +91,18 @@ def model_path(cfg: RunConfig):
 
 def check_loadable(cfg: RunConfig, report: dict) -> None:
     """Settings this machine cannot honour fail here, before any weights are read."""
+    from .colab import gpu_hint
+
     if cfg.load_in_4bit and not report["cuda_available"]:
         raise ConfigError(
             "load_in_4bit=True needs a CUDA GPU (bitsandbytes 4-bit); this machine has none. "
-            "Use profile 'cpu' (the embedded model) or --set load_in_4bit=false."
+            "Use profile 'cpu' (the embedded model) or 'auto', or --set load_in_4bit=false." + gpu_hint()
         )
     from .env import choose_precision
 
     choose_precision(report, cfg.precision)  # fp16/bf16 where the machine has none fail here
+    if cfg.model_name == EMBEDDED_MODEL:
+        embedded_gguf_path()  # the wheel is missing: say so at notebook 01, not when 02 loads the model
     if cfg.backend == "unsloth" and not report["unsloth_importable"]:
         raise ConfigError("backend='unsloth' but Unsloth is not installed. pip install unsloth, or --set backend=auto.")
     if cfg.backend == "unsloth" and not report["cuda_available"]:

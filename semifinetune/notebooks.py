@@ -6,6 +6,8 @@
 
 Each notebook runs in a fresh kernel with the project root as its working directory; the run directory is
 passed as an absolute path, so the notebooks find each other's files wherever the command was started.
+Each executes into a temporary copy first: RUN_DIR/notebooks/NAME.ipynb is replaced only by a run that succeeded,
+and a failed one is kept beside it as NAME.failed.ipynb.
 A grid runs the whole pipeline once per value into RUN_DIR/KEY=VALUE/ and writes RUN_DIR/grid.csv.
 """
 
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import runs
-from .config import FIELD_TYPES, ConfigError, parse_value
+from .config import FIELD_TYPES, ConfigError, parse_overrides, parse_value
 
 NOTEBOOK_DIR = runs.PROJECT_ROOT / "notebooks"
 NOTEBOOKS = ("01_setup", "02_load_4bit", "03_lora", "04_format", "05_train", "06_inference_sweep")
@@ -56,13 +58,19 @@ def literal(text: str):
         return text
 
 
-def route_parameters(paths: list[Path], run_dir: str, profile: str, params: dict | None = None, overrides: dict | None = None) -> dict:
+def route_parameters(paths: list[Path], run_dir: str, profile: str, params: dict | None = None, overrides: dict | None = None,
+                     overwrite: bool = False) -> dict:
     """Parameters per notebook: run_dir for all, profile and overrides for 01, each -p pair where it is declared.
 
-    A -p key that no notebook declares but that is a config key (`-p max_steps 3`) becomes an override for 01.
+    A -p key that no notebook declares but that is a config key (`-p max_steps 3`) becomes an override for 01;
+    overwrite=True (--overwrite) goes to every notebook that declares `overwrite` (01 and 05).
     """
     params = dict(params or {})
-    overrides = dict(overrides or {})
+    overrides = parse_overrides(overrides)
+    if "overrides" in params:
+        params["overrides"] = parse_overrides(params["overrides"])  # -p overrides 'max_steps: 3' (YAML) or a dict
+    if overwrite:
+        params["overwrite"] = True
     declared = {path.stem: declared_parameters(path) for path in paths}
     known = set().union(*declared.values())
     for key in [k for k in params if k not in known]:
@@ -88,56 +96,94 @@ def route_parameters(paths: list[Path], run_dir: str, profile: str, params: dict
     return routed
 
 
-def execute(src: Path, dst: Path, parameters: dict, cwd: str | os.PathLike, progress: bool = True) -> float:
-    """Run one notebook in a fresh kernel into dst; returns seconds. A failing cell raises NotebookFailed."""
+def failed_copy(dst: Path, work_dir: Path | None = None) -> Path:
+    """Where a failed run of dst is kept: NAME.failed.ipynb beside it (or in work_dir)."""
+    return (work_dir or dst.parent) / f"{dst.stem}.failed.ipynb"
+
+
+def execute(src: Path, dst: Path, parameters: dict, cwd: str | os.PathLike, progress: bool = True,
+            work_dir: Path | None = None) -> float:
+    """Run one notebook in a fresh kernel into dst; returns seconds. A failing cell raises NotebookFailed.
+
+    The kernel writes into a temporary copy (in work_dir, else beside dst): dst is replaced only when every cell
+    ran, so a failed re-run never overwrites a good executed notebook; the failed copy is kept as NAME.failed.ipynb.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    work = work_dir or dst.parent
+    work.mkdir(parents=True, exist_ok=True)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    running, failed = work / f"{dst.stem}.running.ipynb", failed_copy(dst, work_dir)
+    kept = f" The earlier good copy {dst} is unchanged." if dst.exists() else ""
     start = time.perf_counter()
     try:
         with project_importable():
             papermill.execute_notebook(
-                str(src), str(dst), parameters=parameters, kernel_name=KERNEL, cwd=str(cwd), progress_bar=progress
+                str(src), str(running), parameters=parameters, kernel_name=KERNEL, cwd=str(cwd), progress_bar=progress
             )
     except PapermillExecutionError as err:
+        os.replace(running, failed)
         first = next((line for line in err.source.splitlines() if line.strip()), "")
         raise NotebookFailed(
             f"{src.name} failed at cell {err.cell_index} (In [{err.exec_count}]: `{first.strip()}`): {err.ename}: {err.evalue.strip()}. "
-            f"The executed copy with the full traceback is {dst}; what earlier notebooks wrote is kept."
+            f"The executed copy with the full traceback is {failed}; what earlier notebooks wrote is kept.{kept}"
         ) from None
     except RuntimeError as err:  # nbclient: DeadKernelError, CellTimeoutError (both RuntimeErrors)
-        raise NotebookFailed(f"{src.name} stopped: {type(err).__name__}: {err}. Partial copy: {dst}.") from None
+        if running.exists():
+            os.replace(running, failed)
+        raise NotebookFailed(f"{src.name} stopped: {type(err).__name__}: {err}. Partial copy: {failed}.{kept}") from None
+    os.replace(running, dst)
+    failed.unlink(missing_ok=True)  # a stale failure from an earlier run no longer describes this notebook
     return time.perf_counter() - start
 
 
 @contextmanager
 def project_importable():
-    """Kernels inherit PYTHONPATH: with the project root on it, `import semifinetune` works from any cwd, installed or not."""
-    old = os.environ.get("PYTHONPATH")
+    """Kernels inherit the environment: the project root on PYTHONPATH, so `import semifinetune` works from any cwd,
+    installed or not; and no Google Drive mount (the run directory is passed as an absolute path)."""
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "SEMIFINETUNE_DRIVE")}
+    old = saved["PYTHONPATH"]
     os.environ["PYTHONPATH"] = os.pathsep.join([str(runs.PROJECT_ROOT), *([old] if old else [])])
+    os.environ["SEMIFINETUNE_DRIVE"] = "off"
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def refuse_rerun(run_dir: Path, params: dict, overwrite: bool) -> None:
+    """A run directory that already holds a training run is refused before 01 runs, not at 05 after four notebooks."""
+    from .train import trained_results
+
+    found = trained_results(run_dir)
+    if found and not overwrite and not params.get("resume"):
+        raise ConfigError(
+            f"{run_dir} already holds a training run ({', '.join(found)}). Run the six notebooks again from scratch "
+            "with --overwrite, continue an unfinished training run with -p resume True (a finished one: raise "
+            "max_steps too, e.g. --set max_steps=200), or choose another --run-dir."
+        )
 
 
 def run_notebooks(
     run_dir: str | os.PathLike,
-    profile: str = "cpu",
+    profile: str = "auto",
     params: dict | None = None,
     overrides: dict | None = None,
     folder: str | os.PathLike = NOTEBOOK_DIR,
     progress: bool = True,
     log=print,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Notebooks 01-06 in order into RUN_DIR/notebooks/, each in a fresh kernel from the project root; returns timings."""
     run_dir = Path(run_dir).resolve()  # absolute: the kernels start in the project root, not here
     paths = notebook_paths(folder)
-    routed = route_parameters(paths, str(run_dir), profile, params, overrides)
+    routed = route_parameters(paths, str(run_dir), profile, params, overrides, overwrite)
+    refuse_rerun(run_dir, routed.get("05_train", {}), overwrite)
     timings = []
     for path in paths:
         log(f"[{path.stem}] running (parameters: {routed[path.stem]})")
@@ -204,6 +250,7 @@ def run_grid(
     overrides: dict | None = None,
     progress: bool = True,
     log=print,
+    overwrite: bool = False,
 ):
     """The pipeline once per value of one config key, into RUN_DIR/KEY=VALUE/; the comparison as RUN_DIR/grid.csv."""
     import pandas as pd
@@ -212,7 +259,8 @@ def run_grid(
     for value in values:
         child = grid_run_dir(run_dir, key, value)
         log(f"== {key}={value} -> {child}")
-        timings = run_notebooks(child, profile, params, {**(overrides or {}), key: value}, progress=progress, log=log)
+        timings = run_notebooks(child, profile, params, {**(overrides or {}), key: value}, progress=progress, log=log,
+                                overwrite=overwrite)
         rows.append({key: value, "run_dir": str(child), **run_summary(child), "run_seconds": round(sum(t["seconds"] for t in timings), 1)})
     table = pd.DataFrame(rows)
     runs.ensure_run_dir(run_dir)
@@ -259,7 +307,8 @@ def write_golden(golden_dir: str | os.PathLike, run_dir: str | os.PathLike, prof
     try:
         for path in paths:
             dst = golden_dir / path.name
-            seconds = execute(path, dst, routed[path.stem], golden_dir, progress)
+            # the temporary and any failed copy go to the run directory: nbval collects every notebook in golden_dir
+            seconds = execute(path, dst, routed[path.stem], golden_dir, progress, work_dir=run_dir / EXECUTED)
             strip_run_metadata(dst)
             tag_ignored_outputs(dst)
             log(f"[{path.stem}] golden in {seconds:.1f} s -> {dst}")

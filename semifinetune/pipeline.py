@@ -7,22 +7,34 @@ import os
 
 from . import runs
 from .atomic import write_json_atomic
+from .colab import GPU_HINT, on_colab
 from .config import ConfigError, RunConfig, make_config, save_config
 from .runs import open_run  # noqa: F401 - notebooks 02-06 import it from here
 
 GUIDE_QUESTION = "What does NVIDIA Corporation primarily manufacture?"
 
 
-def setup(run_dir: str | os.PathLike, profile: str = "cpu", overrides: dict | None = None, overwrite: bool = False):
-    """Notebook 01: resolve the config, check the machine, write config.json and env.json. Returns (cfg, report)."""
-    from .env import environment_report
+def setup(run_dir: str | os.PathLike, profile: str = "auto", overrides: dict | str | None = None, overwrite: bool = False):
+    """Notebook 01: resolve the config, check the machine and the data files, write config.json and env.json.
+
+    profile 'auto' is resolved here, once, by the machine (t4 with a CUDA GPU, cpu elsewhere); config.json keeps the
+    resolved name, which notebooks 02-06 read. Returns (cfg, report).
+    """
+    from .data import check_data_files
+    from .env import choose_profile, environment_report
     from .models import check_loadable
     from .train import check_trackers
 
-    cfg = make_config(profile, overrides)
     report = environment_report()
+    resolved = choose_profile(report, profile)
+    cfg = make_config(resolved, overrides)
+    if profile != resolved:
+        print(f"profile {profile} -> {resolved} ({'a CUDA GPU' if report['cuda_available'] else 'no CUDA GPU'} here)")
+    if not report["cuda_available"] and on_colab():
+        print(f"This Colab runtime has no GPU, so the run uses the small CPU model. {GPU_HINT}")
     check_loadable(cfg, report)
     check_trackers(cfg)
+    check_data_files(cfg)  # a wrong path fails here, not at notebook 04 after two model loads
     _refuse_to_overwrite(run_dir, cfg, overwrite)
     if overwrite:
         clear_results(run_dir)  # a new run never mixes with the old one's adapter, checkpoints or tables
@@ -33,16 +45,28 @@ def setup(run_dir: str | os.PathLike, profile: str = "cpu", overrides: dict | No
 
 
 def _refuse_to_overwrite(run_dir, cfg: RunConfig, overwrite: bool) -> None:
-    """A run directory with results under another config is never overwritten silently."""
+    """A run directory with results under another config is never overwritten silently.
+
+    Raising max_steps alone is allowed: the results stay, and notebook 05 with resume=True trains on from them.
+    """
     path = runs.run_path(run_dir, runs.CONFIG)
     results = runs.existing_results(run_dir)
     if overwrite or not results or not path.exists():
         return
-    if json.loads(path.read_text(encoding="utf-8")) != cfg.to_dict():
-        raise ConfigError(
-            f"{run_dir} already holds results ({', '.join(results)}) from another config. "
-            "Choose a new run_dir, or pass overwrite=True (--overwrite) to replace them."
-        )
+    old, new = json.loads(path.read_text(encoding="utf-8")), cfg.to_dict()
+    changed = sorted(key for key in new if old.get(key) != new[key])
+    if not changed:
+        return
+    if changed == ["max_steps"] and isinstance(old.get("max_steps"), int) and new["max_steps"] > old["max_steps"]:
+        print(f"{path}: max_steps {old['max_steps']} -> {new['max_steps']}; the results are kept. Train on from the "
+              "last checkpoint with notebook 05's resume=True (`python -m semifinetune train --run-dir ... --resume`).")
+        return
+    differences = ", ".join(f"{key} {old.get(key)!r} -> {new[key]!r}" for key in changed)
+    raise ConfigError(
+        f"{run_dir} already holds results ({', '.join(results)}) from another config ({differences}). "
+        "Choose a new run_dir, or pass overwrite=True (notebook 01's overwrite parameter; --overwrite for "
+        "`setup`, `run` and `notebooks`) to replace them."
+    )
 
 
 def clear_results(run_dir: str | os.PathLike) -> list[str]:
@@ -88,7 +112,7 @@ def load_baseline(run_dir: str | os.PathLike) -> dict:
     return result
 
 
-def run_pipeline(run_dir: str | os.PathLike, profile: str, overrides: dict | None = None, overwrite: bool = False) -> dict:
+def run_pipeline(run_dir: str | os.PathLike, profile: str = "auto", overrides: dict | str | None = None, overwrite: bool = False) -> dict:
     """The whole job, step by step, as notebooks 01-06 do it; returns each step's summary."""
     from .compare import compare_retrieval, counts_line
     from .data import prepare_data
@@ -97,7 +121,7 @@ def run_pipeline(run_dir: str | os.PathLike, profile: str, overrides: dict | Non
     from .train import refuse_to_overwrite, train
 
     cfg, _ = setup(run_dir, profile, overrides, overwrite=overwrite)  # 01
-    refuse_to_overwrite(run_dir, resume=False, overwrite=overwrite)  # same config, results kept: stop now, not at 05
+    refuse_to_overwrite(run_dir, resume=False, overwrite=overwrite, cfg=cfg)  # same config, results kept: stop now, not at 05
     _step("04 format data")  # before 02: bad data fails here, before any model loads
     data = prepare_data(run_dir)
     _step("02 load + baseline")

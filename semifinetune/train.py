@@ -35,7 +35,9 @@ def train(
     from .models import load_model
     from .seeding import seed_everything
 
-    refuse_to_overwrite(run_dir, resume, overwrite)  # before the model loads: a refusal costs nothing
+    refuse_to_overwrite(run_dir, resume, overwrite, cfg)  # before the model loads: a refusal costs nothing
+    if resume:
+        resume_checkpoint(cfg, run_dir)
     check_trackers(cfg)
     training_datasets(run_dir)  # notebook 04's sets are there (else one line saying so), before the model loads
     seed_everything(cfg.seed)
@@ -61,21 +63,11 @@ def fit(
     from .env import environment_report
     from .measure import memory_snapshot, reset_peak_memory
 
-    refuse_to_overwrite(run_dir, resume, overwrite)
+    refuse_to_overwrite(run_dir, resume, overwrite, cfg)
     report = report or environment_report()
     if resume:
         discard_incomplete_checkpoints(run_dir)  # cut off mid-write by a crash: resume from the one before
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
-        raise ConfigError(
-            f"resume=True but {checkpoints_dir(run_dir)} holds no checkpoint-N folder. "
-            "Train without resume (resume=False, or drop --resume)."
-        )
-    if checkpoint is not None and checkpoint_step(checkpoint) >= cfg.max_steps:
-        raise ConfigError(
-            f"{checkpoint} is already at max_steps {cfg.max_steps}: nothing to resume (the trainer would run one step "
-            "past it). Train without resume to start again, or raise max_steps in config.json to train longer."
-        )
+    checkpoint = resume_checkpoint(cfg, run_dir) if resume else None
     if not resume:
         shutil.rmtree(checkpoints_dir(run_dir), ignore_errors=True)  # a fresh run never resumes a stale one
     check_training_disk_space(model, run_dir)
@@ -295,15 +287,69 @@ def discard_incomplete_checkpoints(run_dir) -> list[str]:
     return [path.name for path in removed]
 
 
-def refuse_to_overwrite(run_dir, resume: bool, overwrite: bool) -> None:
-    """A trained adapter or checkpoints in run_dir are never replaced silently: resume, or say overwrite."""
+OVERWRITE_HOW = "overwrite=True (notebook 05's parameter; --overwrite for `train`, `run` and `notebooks`)"
+
+
+def trained_results(run_dir) -> list[str]:
+    """The adapter and checkpoint folders in run_dir that hold something: what a fresh training run would replace."""
     adapter = runs.run_path(run_dir, runs.ADAPTER)
-    found = [str(p) for p in (adapter, checkpoints_dir(run_dir)) if p.exists() and any(p.iterdir())]
-    if found and not resume and not overwrite:
-        raise ConfigError(
-            f"{' and '.join(found)} already hold(s) a training run. Resume it (resume=True, --resume), or train again "
-            "from scratch with overwrite=True (--overwrite, or notebook 05's overwrite parameter), or choose a new run_dir."
-        )
+    return [str(p) for p in (adapter, checkpoints_dir(run_dir)) if p.exists() and any(p.iterdir())]
+
+
+def finished_step(run_dir) -> int | None:
+    """The step the run's last training session ended at (train_log.json, written with the adapter), or None."""
+    path = runs.run_path(run_dir, runs.TRAIN_LOG)
+    if not runs.run_path(run_dir, runs.ADAPTER).is_dir() or not path.is_file():
+        return None
+    try:
+        step = json.loads(path.read_text(encoding="utf-8"))["stats"]["global_step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def refuse_to_overwrite(run_dir, resume: bool, overwrite: bool, cfg: RunConfig | None = None) -> None:
+    """A trained adapter or checkpoints in run_dir are never replaced silently: resume, or say overwrite."""
+    found = trained_results(run_dir)
+    if not found or resume or overwrite:
+        return
+    step = finished_step(run_dir)
+    if cfg is not None and step is not None and step >= cfg.max_steps:
+        raise ConfigError(f"{' and '.join(found)} already hold(s) a finished training run ({step} steps). "
+                          + further_training(cfg, run_dir, step))
+    raise ConfigError(
+        f"{' and '.join(found)} already hold(s) a training run. Resume it (resume=True, `train --resume`), or train "
+        f"again from scratch with {OVERWRITE_HOW}, or choose a new run_dir."
+    )
+
+
+def resume_checkpoint(cfg: RunConfig, run_dir) -> Path:
+    """The checkpoint resume=True continues from; a finished run or a missing checkpoint is an error saying what to do."""
+    step = finished_step(run_dir)
+    if step is not None and step >= cfg.max_steps:
+        raise ConfigError(f"The training run in {run_dir} is finished: {step} of max_steps {cfg.max_steps} steps, "
+                          f"nothing to resume. " + further_training(cfg, run_dir, step))
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        instead = f"train again from scratch with {OVERWRITE_HOW}" if trained_results(run_dir) else "train without resume (resume=False, or drop --resume)"
+        raise ConfigError(f"resume=True but {checkpoints_dir(run_dir)} holds no checkpoint-N folder: {instead}.")
+    if checkpoint_step(checkpoint) >= cfg.max_steps:  # the trainer would run one step past it
+        raise ConfigError(f"{checkpoint} is already at max_steps {cfg.max_steps}: nothing to resume. "
+                          + further_training(cfg, run_dir, checkpoint_step(checkpoint)))
+    return checkpoint
+
+
+def further_training(cfg: RunConfig, run_dir, step: int) -> str:
+    """What to run to train a finished run longer (raise max_steps, then resume), or again from scratch."""
+    from .config import overrides_of, set_arguments
+
+    more = max(cfg.max_steps, step) * 2
+    return (
+        f"To train it further, raise max_steps and resume: notebook 01 on this run_dir with "
+        f"overrides={overrides_of(cfg, max_steps=more)!r}, then notebook 05 with resume=True; on the command line "
+        f"`python -m semifinetune setup --run-dir {run_dir} --profile {cfg.profile} {set_arguments(cfg, max_steps=more)}` "
+        f"then `python -m semifinetune train --run-dir {run_dir} --resume`. To train again from scratch: {OVERWRITE_HOW}."
+    )
 
 
 def training_disk_bytes(trainable: int) -> int:

@@ -87,6 +87,41 @@ def test_out_of_range_settings_fail_with_the_valid_range(key, value, valid):
         make_config("tiny", {key: value})
 
 
+def test_overrides_as_json_or_yaml_text():
+    """What `papermill -p overrides '...'` passes: JSON, or YAML (single quotes, `key: value`); quoted numbers read as --set does."""
+    from semifinetune.config import parse_overrides
+
+    for text in ('{"max_steps": 3}', "{'max_steps': 3}", "max_steps: 3"):
+        assert make_config("tiny", text).max_steps == 3
+    assert parse_overrides("learning_rate: 1e-3\ntarget_modules: q_proj,v_proj") == {
+        "learning_rate": 1e-3, "target_modules": ["q_proj", "v_proj"]}
+    assert parse_overrides("") == parse_overrides(None) == parse_overrides({}) == {}
+    with pytest.raises(ConfigError, match=r"neither JSON nor YAML"):
+        parse_overrides("{max_steps: [3")
+    with pytest.raises(ConfigError, match=r"overrides must map config keys to values.*got list"):
+        parse_overrides("[3]")
+
+
+def test_profile_and_notebook_parameters_are_not_overrides():
+    with pytest.raises(ConfigError, match=r"'profile' is not an override: choose it with the profile parameter"):
+        make_config("tiny", {"profile": "cpu"})
+    with pytest.raises(ConfigError, match=r"'profile' is not an override"):
+        parse_assignments(["profile=cpu"])  # `setup --set profile=cpu` was accepted and ignored
+    with pytest.raises(ConfigError, match=r"'run_dir' is a notebook parameter, not a config key"):
+        make_config("tiny", "run_dir: runs/x")
+
+
+def test_set_arguments_rebuild_the_config():
+    from semifinetune.config import overrides_of, parse_assignments, set_arguments
+    import shlex
+
+    cfg = make_config("tiny", {"eval_file": "my data/eval.jsonl", "target_modules": ["q_proj", "v_proj"], "length_grouped": True})
+    assert overrides_of(cfg, max_steps=12) == {"eval_file": "my data/eval.jsonl", "target_modules": ["q_proj", "v_proj"],
+                                               "length_grouped": True, "max_steps": 12}
+    words = shlex.split(set_arguments(cfg, max_steps=12))
+    assert make_config("tiny", parse_assignments(words[1::2])) == make_config("tiny", {**overrides_of(cfg), "max_steps": 12})
+
+
 def test_unknown_profile():
     with pytest.raises(ConfigError, match="Valid profiles: t4, cpu, tiny"):
         make_config("a100")

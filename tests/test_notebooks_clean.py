@@ -42,3 +42,9 @@ def test_one_parameters_cell_with_run_dir(nb):
     assert len(cells) == 1, f"{len(cells)} cells tagged `parameters`; papermill needs exactly one"
     assert cells[0].cell_type == "code"
     assert any(line.startswith("run_dir = ") for line in cells[0].source.splitlines())
+
+
+def test_colab_opens_them_on_a_t4(nb):
+    """Colab reads these to offer a GPU runtime (the format Colab itself saves)."""
+    assert nb.metadata.get("accelerator") == "GPU"
+    assert nb.metadata.get("colab", {}).get("gpuType") == "T4"

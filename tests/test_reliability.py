@@ -101,9 +101,10 @@ def bad_run(tmp_path):
     """A tiny run whose train_file has a bad line 2: (run_dir, the problem line)."""
     from semifinetune.pipeline import setup
 
-    bad = write_lines(tmp_path / "bad.jsonl", [GOOD, {"input": "Why?"}])
+    bad = write_lines(tmp_path / "bad.jsonl", [GOOD])
     run_dir = tmp_path / "run"
     setup(run_dir, "tiny", {"train_file": str(bad)})
+    write_lines(bad, [GOOD, {"input": "Why?"}])  # broken after 01, which would have refused it
     return run_dir, f"{bad}:2: missing field 'output'"
 
 
@@ -138,7 +139,7 @@ def test_notebook_shows_the_validators_line(bad_run):
     with pytest.raises(nbrun.NotebookFailed) as err:
         nbrun.execute(path, run_dir / "notebooks" / path.name, {"run_dir": str(run_dir)}, ROOT, progress=False)
     assert f"DataError: {problem}" in str(err.value)
-    assert problem in (run_dir / "notebooks" / path.name).read_text(encoding="utf-8")
+    assert problem in nbrun.failed_copy(run_dir / "notebooks" / path.name).read_text(encoding="utf-8")
 
 
 # Corruptions of the real data files, each a function of (bytes, random) -> bytes.
@@ -269,7 +270,25 @@ BAD_SETTINGS = [
     ("load_in_4bit=true", "load_in_4bit=True needs a CUDA GPU"),
     ("backend=unsloth", "backend='unsloth'"),
     ("precision=fp16", "precision='fp16' needs a CUDA GPU; on a CPU use precision='fp32'"),
+    ("train_file=data/missing.jsonl", "train_file 'data/missing.jsonl': no such file"),
+    ("profile=cpu", "'profile' is not an override: choose it with the profile parameter"),
+    ("run_dir=elsewhere", "'run_dir' is a notebook parameter, not a config key"),
 ]
+
+
+def test_setup_checks_the_data_files_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    """A missing or broken data file fails at 01 (setup), not at 04 after 02 and 03 have each loaded the model."""
+    from semifinetune.cli import main
+
+    refuse_model_loads(monkeypatch)
+    run_dir = tmp_path / "run"
+    assert main(["setup", "--profile", "tiny", "--run-dir", str(run_dir), "--set", "train_file=data/missing.jsonl"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: train_file 'data/missing.jsonl': no such file") and "--set train_file=PATH" in line
+    bad = write_lines(tmp_path / "bad_eval.jsonl", [{"input": "Who?", "output": "TSMC"}])  # no keywords
+    assert main(["setup", "--profile", "tiny", "--run-dir", str(run_dir), "--set", f"eval_file={bad}"]) == 2
+    assert f"{bad}:1: missing field 'keywords'" in capsys.readouterr().err
+    assert not run_dir.exists()
 
 
 def test_bad_settings_fail_in_one_line_before_anything_is_written(tmp_path):
@@ -279,7 +298,7 @@ def test_bad_settings_fail_in_one_line_before_anything_is_written(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("the 4-bit and fp16 cases are valid on a CUDA machine")
     cases = [(["--profile", "tiny", "--set", setting], expected) for setting, expected in BAD_SETTINGS]
-    cases.append((["--profile", "colab"], "Unknown profile 'colab'. Valid profiles: t4, cpu, tiny"))
+    cases.append((["--profile", "colab"], "Unknown profile 'colab'. Valid profiles: auto (t4 on a CUDA GPU, cpu elsewhere), t4, cpu, tiny"))
     procs = []
     for n, (args, expected) in enumerate(cases):
         run_dir = tmp_path / f"run{n}"

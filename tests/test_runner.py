@@ -74,7 +74,7 @@ def fake_run(run_dir: Path, train_loss: float, eval_loss: float, tuned_correct: 
 def test_grid_runs_each_value_and_tabulates(tmp_path, monkeypatch):
     calls = []
 
-    def run_notebooks(run_dir, profile, params, overrides, progress=True, log=print):
+    def run_notebooks(run_dir, profile, params, overrides, progress=True, log=print, overwrite=False):
         calls.append((Path(run_dir).name, profile, overrides))
         lr = overrides["learning_rate"]
         fake_run(Path(run_dir), 2.0 - lr * 100, 2.5 - lr * 100, [True, lr > 5e-3])
@@ -117,9 +117,73 @@ def test_failing_notebook_stops_with_one_line_and_keeps_earlier_files(tmp_path):
     assert len(error) == 1
     assert re.search(r"01_setup\.ipynb failed at cell \d+ \(In \[\d+\]: `from semifinetune.pipeline import setup`\): "
                      r"ConfigError: Config key 'max_steps' = 0 is out of range", error[0])
-    executed = tmp_path / "run" / "notebooks" / "01_setup.ipynb"
-    assert executed.exists() and not (tmp_path / "run" / "notebooks" / "02_load_4bit.ipynb").exists()
-    assert "ConfigError" in executed.read_text()  # the full traceback stays in the executed copy
+    failed = tmp_path / "run" / "notebooks" / "01_setup.failed.ipynb"
+    assert f"The executed copy with the full traceback is {failed}" in error[0]
+    assert failed.exists() and not (tmp_path / "run" / "notebooks" / "02_load_4bit.ipynb").exists()
+    assert not (tmp_path / "run" / "notebooks" / "01_setup.ipynb").exists()  # only a run that succeeded gets that name
+    assert "ConfigError" in failed.read_text()  # the full traceback stays in the executed copy
+
+
+def test_a_failed_rerun_never_overwrites_the_good_executed_notebook(tmp_path):
+    """01 runs, then fails on a bad setting into the same place: the good copy is kept, the failed one beside it;
+    the next good run replaces both."""
+    path = nbrun.NOTEBOOK_DIR / "01_setup.ipynb"
+    dst = tmp_path / "run" / "notebooks" / path.name
+    good = {"run_dir": str(tmp_path / "run"), "profile": "tiny"}
+    nbrun.execute(path, dst, good, PROJECT_ROOT, progress=False)
+    before = dst.read_bytes()
+    with pytest.raises(nbrun.NotebookFailed) as err:
+        nbrun.execute(path, dst, {**good, "overrides": {"max_steps": 0}}, PROJECT_ROOT, progress=False)
+    failed = nbrun.failed_copy(dst)
+    assert dst.read_bytes() == before and "'max_steps' = 0 is out of range" in failed.read_text()
+    assert f"{failed}" in str(err.value) and f"The earlier good copy {dst} is unchanged" in str(err.value)
+    nbrun.execute(path, dst, good, PROJECT_ROOT, progress=False)
+    assert not failed.exists() and not list(dst.parent.glob("*.running.ipynb"))
+
+
+def test_overwrite_reaches_01_and_05():
+    routed = nbrun.route_parameters(nbrun.notebook_paths(), "/r", "tiny", overwrite=True)
+    assert {name for name, params in routed.items() if params.get("overwrite")} == {"01_setup", "05_train"}
+    assert nbrun.route_parameters(nbrun.notebook_paths(), "/r", "tiny")["05_train"] == {"run_dir": "/r"}
+    from semifinetune.cli import build_parser
+
+    assert build_parser().parse_args(["notebooks", "--run-dir", "r", "--overwrite"]).overwrite is True
+
+
+def test_a_second_run_into_a_trained_run_dir_stops_before_01(tmp_path, capsys):
+    """What the refusal says works: --overwrite passes it, -p resume True passes it; nothing is executed."""
+    from semifinetune.cli import main
+
+    run_dir = tmp_path / "run"
+    (run_dir / "adapter").mkdir(parents=True)
+    (run_dir / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    assert main(["notebooks", "--profile", "tiny", "--run-dir", str(run_dir)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "already holds a training run" in line and "--overwrite" in line and "-p resume True" in line
+    assert not (run_dir / "notebooks").exists()
+    nbrun.refuse_rerun(run_dir, {}, overwrite=True)
+    nbrun.refuse_rerun(run_dir, {"resume": True}, overwrite=False)
+
+
+def test_overrides_as_text_reach_01():
+    """-p overrides as JSON or YAML text, as papermill's own CLI passes it, becomes 01's dict."""
+    paths = nbrun.notebook_paths()
+    for text in ('{"max_steps": 3}', "{'max_steps': 3}", "max_steps: 3"):
+        assert nbrun.route_parameters(paths, "/r", "tiny", {"overrides": nbrun.literal(text)})["01_setup"]["overrides"] == {"max_steps": 3}
+    with pytest.raises(ConfigError, match="'profile' is not an override"):
+        nbrun.route_parameters(paths, "/r", "tiny", {"overrides": "profile: cpu"})
+
+
+def test_plain_papermill_passes_overrides_as_text(tmp_path):
+    """`papermill 01_setup.ipynb out.ipynb -p overrides "{'max_steps': 3}"`: papermill hands the text over as it is."""
+    result = subprocess.run(
+        [sys.executable, "-m", "papermill", str(nbrun.NOTEBOOK_DIR / "01_setup.ipynb"), str(tmp_path / "out.ipynb"),
+         "-p", "profile", "tiny", "-p", "run_dir", str(tmp_path / "run"), "-p", "overrides", "{'max_steps': 3}",
+         "--no-progress-bar"],
+        capture_output=True, text=True, env={**env_with_project(), **nbrun.QUIET}, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["max_steps"] == 3
 
 
 # --- nbval golden notebooks ---

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -158,6 +159,45 @@ def test_interrupted_then_resumed_equals_uninterrupted(trained, tmp_path):
     assert full.keys() == resumed.keys() and len(full) > 0
     assert all(torch.allclose(resumed[name], full[name], atol=1e-6) for name in full)
     assert main(["train", "--run-dir", str(run_dir), "--resume"]) == 2  # finished: nothing left to resume
+
+
+def test_a_finished_run_says_so_and_the_command_it_gives_trains_it_further(trained, tmp_path, capsys):
+    """Resume after a finished 6-step run: one line saying it is finished, with commands that work: setup raising
+    max_steps (the results kept), then train --resume, which trains steps 7-12 from checkpoint-6."""
+    import shlex
+    import shutil
+
+    from semifinetune.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained[0], run_dir)
+    assert main(["train", "--run-dir", str(run_dir), "--resume"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"The training run in {run_dir} is finished: 6 of max_steps 6 steps, nothing to resume." in line
+    assert "overrides={'max_steps': 12}" in line and "--overwrite" in line
+    assert main(["train", "--run-dir", str(run_dir)]) == 2  # without resume: refused, and told the same
+    assert "already hold(s) a finished training run (6 steps)" in capsys.readouterr().err
+    setup_command, train_command = re.findall(r"`python -m semifinetune ([^`]+)`", line)
+    assert main(shlex.split(setup_command)) == 0
+    assert "max_steps 6 -> 12; the results are kept" in capsys.readouterr().out
+    assert (run_dir / runs.ADAPTER).is_dir() and json.loads((run_dir / "config.json").read_text())["max_steps"] == 12
+    assert main(shlex.split(train_command)) == 0
+    log = json.loads(runs.run_path(run_dir, runs.TRAIN_LOG).read_text())
+    assert log["stats"]["global_step"] == 12 and log["stats"]["resumed_from"].endswith("checkpoint-6")
+    assert [e["step"] for e in log["train_loss"]] == list(range(1, 13))
+
+
+def test_setup_refuses_other_changes_naming_them(trained, tmp_path):
+    import shutil
+
+    from semifinetune.pipeline import setup
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained[0], run_dir)
+    with pytest.raises(ConfigError, match=r"from another config \(lora_r 16 -> 8, max_steps 6 -> 12\).*overwrite=True"):
+        setup(run_dir, "tiny", {"lora_r": 8, "max_steps": 12})
+    with pytest.raises(ConfigError, match=r"max_steps 6 -> 3"):  # fewer steps than trained: not a continuation
+        setup(run_dir, "tiny", {"max_steps": 3})
 
 
 def test_resume_without_checkpoint_says_what_to_do(tmp_path):

