@@ -97,6 +97,19 @@ def test_r1_4bit_graphed_decoding_equals_generate_token_for_token(r1_tuned):
     assert mean_agreement(reference, base) < 0.5  # the adapter is applied on this path
 
 
+def test_r1_4bit_graphed_decoding_with_retrieved_notes_equals_generate(r1_tuned):
+    """Retrieval puts the top 3 training pairs into each user turn: prompts several times longer, same tokens."""
+    from semifinetune.config import make_config
+    from semifinetune.retrieval import notes_for, with_notes
+
+    model, tokenizer = r1_tuned
+    questions = QUESTIONS[:16]
+    prompted = [with_notes(q, notes) for q, notes in zip(questions, notes_for(make_config("t4"), questions, 3))]
+    assert min(map(len, prompted)) > 3 * max(map(len, questions))
+    reference = greedy_ids(model, tokenizer, prompted, 32, "generate")
+    assert greedy_ids(model, tokenizer, prompted, 32, "graphed") == reference
+
+
 def _teacher_forced_logits(model, tokenizer, questions, answers) -> tuple:
     """Logits for each answer token, the answers fed one token per step as decoding does (bitsandbytes picks its
     kernel by the number of rows: a prefill dequantizes, as the copy does; a decoding step runs its fused kernel)."""
