@@ -13,6 +13,10 @@ from gpu_helpers import QUESTIONS, greedy_ids, mean_agreement
 # LoRA adapter, 16 questions), teacher-forced over generate()'s answers: 92.6% of next-token argmaxes equal and a
 # relative logit error of 0.035; one layer's copy zeroed gives 0.995.
 COPY_ARGMAX_AGREEMENT_BOUND = 0.8
+# With retrieved notes (prompts ~180 tokens instead of ~22) on the same model, measured on an H200, 16 answers of 32
+# tokens: graphed vs eager 8 identical (mean share of tokens before the first difference 0.81), eager vs generate()
+# 10 (0.83), graphed vs generate() 7 (0.73). A cache written one slot off parts every answer within a few tokens.
+RETRIEVAL_AGREEMENT_BOUND = 0.5
 COPY_RELATIVE_ERROR_BOUND = 0.05
 
 
@@ -97,17 +101,38 @@ def test_r1_4bit_graphed_decoding_equals_generate_token_for_token(r1_tuned):
     assert mean_agreement(reference, base) < 0.5  # the adapter is applied on this path
 
 
-def test_r1_4bit_graphed_decoding_with_retrieved_notes_equals_generate(r1_tuned):
-    """Retrieval puts the top 3 training pairs into each user turn: prompts several times longer, same tokens."""
+def _with_retrieved_notes(questions: list[str]) -> list[str]:
+    """Each question with the top 3 training pairs in its user turn, as retrieval_k=3 asks."""
     from semifinetune.config import make_config
     from semifinetune.retrieval import notes_for, with_notes
 
-    model, tokenizer = r1_tuned
-    questions = QUESTIONS[:16]
     prompted = [with_notes(q, notes) for q, notes in zip(questions, notes_for(make_config("t4"), questions, 3))]
-    assert min(map(len, prompted)) > 3 * max(map(len, questions))
+    assert min(map(len, prompted)) > 3 * max(map(len, questions))  # several times longer prompts
+    return prompted
+
+
+def test_graphed_decoding_with_retrieved_notes_equals_generate_tiny_fp32(tiny_fp32):
+    model, tokenizer = tiny_fp32
+    prompted = _with_retrieved_notes(QUESTIONS[:16])
+    assert greedy_ids(model, tokenizer, prompted, 48, "graphed") == greedy_ids(model, tokenizer, prompted, 48, "generate")
+
+
+def test_r1_4bit_graphed_decoding_with_retrieved_notes(r1_tuned):
+    """Prompts of ~180 tokens on the 4-bit R1 architecture: the graphed loop against its eager run and generate().
+
+    The tiny fp32 test above holds the cache and mask logic to generate() token for token on these prompts; here
+    bf16 kernels recorded in the graph and run eagerly can round differently, which random weights' near-ties turn
+    into a different token, so the bound is on agreement."""
+    model, tokenizer = r1_tuned
+    prompted = _with_retrieved_notes(QUESTIONS[:16])
+    graphed = greedy_ids(model, tokenizer, prompted, 32, "graphed")
+    eager = greedy_ids(model, tokenizer, prompted, 32, "eager")
     reference = greedy_ids(model, tokenizer, prompted, 32, "generate")
-    assert greedy_ids(model, tokenizer, prompted, 32, "graphed") == reference
+    found = {"graphed vs eager": (graphed, eager), "eager vs generate()": (eager, reference), "graphed vs generate()": (graphed, reference)}
+    for name, (a, b) in found.items():
+        print(f"with retrieved notes, {name}: {sum(x == y for x, y in zip(a, b))} of 16 identical, "
+              f"mean agreement {mean_agreement(a, b):.3f}")
+    assert min(mean_agreement(a, b) for a, b in found.values()) >= RETRIEVAL_AGREEMENT_BOUND
 
 
 def _teacher_forced_logits(model, tokenizer, questions, answers) -> tuple:
