@@ -49,7 +49,15 @@ def use_drive() -> Path | None:
         return None
     from google.colab import drive
 
-    drive.mount(mount)
+    try:
+        drive.mount(mount)
+    except Exception as err:  # refused or timed out: Colab raises its own types, with a message worth keeping
+        raise RuntimeError(
+            f"Google Drive could not be mounted at {mount} ({err}). The notebooks keep run_dir and the model cache on "
+            "Drive so that 02-06, each in its own runtime, find what 01 wrote: run this cell again and allow the access. "
+            "(To work without Drive, run `import os; os.environ['SEMIFINETUNE_DRIVE'] = 'off'` first; run_dir then "
+            "lives in this runtime only.)"
+        ) from None
     home = Path(mount) / HOME
     cache = home / CACHE
     cache.mkdir(parents=True, exist_ok=True)

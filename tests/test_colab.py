@@ -104,6 +104,15 @@ def test_on_colab_the_run_dir_and_the_model_cache_are_on_drive(on_colab, tmp_pat
     assert "Google Drive mounted" in line and str(drive) in line and "runs/demo" in line
 
 
+def test_a_refused_drive_says_why_it_matters(on_colab, monkeypatch):
+    def refuse(mountpoint, **kwargs):
+        raise ValueError("mount failed")
+
+    monkeypatch.setattr(sys.modules["google.colab.drive"], "mount", refuse)
+    with pytest.raises(RuntimeError, match=r"could not be mounted .*\(mount failed\).*02-06, each in its own runtime.*allow the access"):
+        colab.use_drive()
+
+
 def test_drive_can_be_turned_off(on_colab, monkeypatch):
     monkeypatch.setenv("SEMIFINETUNE_DRIVE", "off")  # what the papermill runner's kernels get
     assert colab.use_drive() is None and on_colab == []
