@@ -63,7 +63,7 @@ def use_drive() -> Path | None:
     cache.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("SEMIFINETUNE_CACHE", str(cache))  # the embedded and tiny models (models.cache_dir)
     os.environ.setdefault("HF_HOME", str(cache / "huggingface"))  # hub downloads: the t4 model, once for all notebooks
-    # Drive's file system has no symlinks: the hub cache keeps plain files there; say so once, not on every file.
+    # Drive's file system has no symlinks, so the hub cache keeps plain copies there; its warning about it is noise.
     os.environ.setdefault("HF_HUB_DISABLE_SYMLINKS_WARNING", "1")
     os.chdir(home)  # a relative run_dir (and your own data files) resolve on Drive
     print(f"Google Drive mounted: a relative run_dir such as 'runs/demo' is in {home}, models are cached in "
