@@ -49,13 +49,21 @@ def use_drive() -> Path | None:
         return None
     from google.colab import drive
 
-    drive.mount(mount)
+    try:
+        drive.mount(mount)
+    except Exception as err:  # refused or timed out: Colab raises its own types, with a message worth keeping
+        raise RuntimeError(
+            f"Google Drive could not be mounted at {mount} ({err}). The notebooks keep run_dir and the model cache on "
+            "Drive so that 02-06, each in its own runtime, find what 01 wrote: run this cell again and allow the access. "
+            "(To work without Drive, run `import os; os.environ['SEMIFINETUNE_DRIVE'] = 'off'` first; run_dir then "
+            "lives in this runtime only.)"
+        ) from None
     home = Path(mount) / HOME
     cache = home / CACHE
     cache.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("SEMIFINETUNE_CACHE", str(cache))  # the embedded and tiny models (models.cache_dir)
     os.environ.setdefault("HF_HOME", str(cache / "huggingface"))  # hub downloads: the t4 model, once for all notebooks
-    # Drive's file system has no symlinks: the hub cache keeps plain files there; say so once, not on every file.
+    # Drive's file system has no symlinks, so the hub cache keeps plain copies there; its warning about it is noise.
     os.environ.setdefault("HF_HUB_DISABLE_SYMLINKS_WARNING", "1")
     os.chdir(home)  # a relative run_dir (and your own data files) resolve on Drive
     print(f"Google Drive mounted: a relative run_dir such as 'runs/demo' is in {home}, models are cached in "

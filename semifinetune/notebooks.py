@@ -126,7 +126,7 @@ def execute(src: Path, dst: Path, parameters: dict, cwd: str | os.PathLike, prog
         os.replace(running, failed)
         first = next((line for line in err.source.splitlines() if line.strip()), "")
         raise NotebookFailed(
-            f"{src.name} failed at cell {err.cell_index} (In [{err.exec_count}]: `{first.strip()}`): {err.ename}: {err.evalue.strip()}. "
+            f"{src.name} failed at cell {err.cell_index} (In [{err.exec_count}]: `{first.strip()}`): {err.ename}: {err.evalue.strip().rstrip('.')}. "
             f"The executed copy with the full traceback is {failed}; what earlier notebooks wrote is kept.{kept}"
         ) from None
     except RuntimeError as err:  # nbclient: DeadKernelError, CellTimeoutError (both RuntimeErrors)

