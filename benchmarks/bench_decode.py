@@ -24,7 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "gpu"))
 
+from gpu_helpers import prefix_agreement  # noqa: E402 - the GPU suite's measure of how far two answers agree
 from record import record  # noqa: E402
 
 TEMPERATURES = (0.6, 0.3)
@@ -123,7 +125,7 @@ def main() -> None:
             "tokens_per_s_first": round(tokens / first, 1), "tokens_per_s_second": round(tokens / second, 1),
             "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
             "greedy_identical_of_20": sum(a == b for a, b in zip(reference, same)),
-            "greedy_mean_prefix_agreement": round(sum(_prefix(a, b) for a, b in zip(reference, same)) / len(same), 3),
+            "greedy_mean_prefix_agreement": round(sum(prefix_agreement(a, b) for a, b in zip(reference, same)) / len(same), 3),
         }
         print(name, results[name], flush=True)
 
@@ -159,15 +161,6 @@ def main() -> None:
     summary = ", ".join(f"{n}: first call {r.get('first_call_s')} s, then {r.get('tokens_per_s_second')} tokens/s, "
                         f"greedy {r.get('greedy_identical_of_20')}/20 as generate()" for n, r in results.items())
     record(args.out, entry, summary)
-
-
-def _prefix(a, b) -> float:
-    same = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        same += 1
-    return same / max(len(a), len(b), 1)
 
 
 if __name__ == "__main__":
