@@ -24,7 +24,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    profile: str = "t4"
+    profile: str = "t4"  # the machine: model, precision, batch layout, generation lengths (PROFILES)
+    recipe: str = "guide"  # how it learns: learning rate, LoRA shape, steps (RECIPES); the defaults below are the guide's
 
     # --- model ---
     model_name: str = R1_4BIT
@@ -38,7 +39,10 @@ class RunConfig:
 
     # --- data ---
     train_file: str = "data/semiconductor_train.jsonl"  # the guide's own 20: data/semiconductor_guide.jsonl
-    eval_file: str = "data/semiconductor_eval.jsonl"  # held-out questions, never trained on
+    eval_file: str = "data/semiconductor_eval.jsonl"  # held-out questions, never trained on, never used to choose
+    # Chooses the checkpoint (lowest loss on it) and when to stop early; never reported as the result. Empty: the
+    # last step's adapter is kept.
+    validation_file: str = "data/semiconductor_val.jsonl"
     # Outside the domain (capitals, basic science): does the fine-tune, or retrieval, cost general answers?
     general_eval_file: str = "data/general_eval.jsonl"
     format: str = "chat"  # chat: the model's template, loss on the answer only; guide: the guide's layout
@@ -69,7 +73,9 @@ class RunConfig:
     seed: int = 42
     logging_steps: int = 10
     save_steps: int = 50
-    eval_steps: int = 25  # held-out loss every 25 steps: 4 points over the guide's 100 steps
+    eval_steps: int = 25  # validation and held-out loss every 25 steps: 4 points over the guide's 100 steps
+    # Stop once the validation loss has not improved for this many evaluations in a row; 0: train all max_steps.
+    early_stopping_patience: int = 0
     # Experiment tracking through transformers' integrations: "tensorboard" (logs in run_dir/tensorboard), "wandb",
     # "mlflow", ... (each needs its package, and most an account). Empty: none.
     report_to: list[str] = field(default_factory=list)
@@ -100,36 +106,26 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-# Each profile changes only what must differ from the guide's recipe on that machine.
+# Each profile changes only what the machine needs; how the model learns is the recipe's (RECIPES below).
 PROFILES: dict[str, dict] = {
     # The guide's job on a CUDA GPU with hub access (Colab T4). 4 rows x 1 step is the recipe's effective batch 4 in
     # one pass instead of four, which the CUDA-graphed step (cuda_graphs) needs: on an H200 the guide's 100 steps
     # take 11.4 s instead of 197 s, with the same loss curve (step-100 loss 10.8859 vs 10.8874) and 2.25 GiB peak
     # reserved memory (BENCHMARKS.md).
-    "t4": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "optim": "adamw_torch_fused"},
-    # The embedded default: SmolLM2-135M on 2 CPU cores, offline. No bitsandbytes on CPU (no 4-bit, no
-    # 8-bit Adam), and checkpointing only costs time at this size. The guide's lr 5e-5 on q/k/v/o moves a 135M
-    # model too little in 60 steps (3 of 25 held-out answers in a trial); r16/alpha32 on every linear layer at
-    # lr 1e-3, batch 8 answers 14 of 73 held-out questions (base: 3) after 5 minutes of training, and the whole
-    # pipeline takes 9 minutes on 2 cores (BENCHMARKS.md). Length-grouped batches pad less: training 280 s instead
-    # of 355 s in the same session.
+    "t4": {"recipe": "facts", "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "optim": "adamw_torch_fused"},
+    # The embedded default: SmolLM2-135M on 2 CPU cores, offline. No bitsandbytes on CPU (no 4-bit, no 8-bit Adam),
+    # and checkpointing only costs time at this size. Length-grouped batches pad less: training 280 s instead of
+    # 355 s in the same session (BENCHMARKS.md).
     "cpu": {
+        "recipe": "facts",
         "model_name": EMBEDDED_MODEL,
         "max_seq_length": 256,
         "load_in_4bit": False,
         "optim": "adamw_torch",
         "gradient_checkpointing": False,
-        "lora_alpha": 32,
-        "target_modules": [ALL_LINEAR],
-        "per_device_train_batch_size": 8,
+        "per_device_train_batch_size": 4,  # the guide's effective batch 4 in one pass
         "gradient_accumulation_steps": 1,
         "length_grouped": True,
-        "learning_rate": 1e-3,
-        "max_steps": 60,
-        "warmup_steps": 5,
-        "logging_steps": 5,
-        "save_steps": 30,
-        "eval_steps": 20,  # 4 held-out points; each costs a pass over the 73 eval questions
         "max_new_tokens": 64,  # the training answers are 10-40 words
         "temperature": 0.3,
         # 3 x 1 settings x 2 samples x 12 questions x 2 models = 144 answers, ~2 minutes on 2 cores
@@ -160,6 +156,45 @@ PROFILES: dict[str, dict] = {
         "sweep_questions": 4,
     },
 }
+
+# Recipes: how the model learns, apart from the machine. "guide" is the guide's exact hyperparameters (the
+# defaults of RunConfig: lr 5e-5, LoRA r16/alpha16 on q/k/v/o, 100 steps at effective batch 4), kept for comparison.
+# "facts" is the recipe chosen by the study in benchmarks/study_recipes.py (BENCHMARKS.md, "Teaching the facts"),
+# per profile, since a 135M and a 1.5B model want different step counts and learning rates. A profile missing from
+# a recipe keeps the profile's own settings (the tiny test model).
+RECIPES: dict[str, dict[str, dict]] = {
+    "guide": {},
+    "facts": {
+        "cpu": {
+            "lora_alpha": 32,
+            "target_modules": [ALL_LINEAR],
+            "per_device_train_batch_size": 8,
+            "learning_rate": 1e-3,
+            "max_steps": 120,
+            "warmup_steps": 5,
+            "logging_steps": 5,
+            "save_steps": 20,
+            "eval_steps": 20,
+            "early_stopping_patience": 2,
+        },
+        "t4": {
+            "lora_alpha": 32,
+            "target_modules": [ALL_LINEAR],
+            "learning_rate": 2e-4,
+            "max_steps": 300,
+            "save_steps": 25,
+            "early_stopping_patience": 2,
+        },
+    },
+}
+
+
+def recipe_settings(recipe: str, profile: str) -> dict:
+    """What `recipe` changes on `profile`'s machine."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"Unknown recipe {recipe!r}. Valid recipes: {', '.join(RECIPES)} (guide: the guide's own hyperparameters)")
+    return RECIPES[recipe].get(profile, {})
+
 
 FIELD_TYPES: dict[str, typing.Any] = typing.get_type_hints(RunConfig)
 
@@ -233,6 +268,8 @@ RANGES: dict[str, tuple] = {
     "logging_steps": (lambda v: v > 0, "a positive integer"),
     "save_steps": (lambda v: v > 0, "a positive integer"),
     "eval_steps": (lambda v: v > 0, "a positive integer"),
+    "early_stopping_patience": (lambda v: v >= 0, "0 (never stop early) or a number of evaluations"),
+    "recipe": (lambda v: v in RECIPES, f"one of {', '.join(RECIPES)}"),
     "temperature": (lambda v: v >= 0, "0 or more (0 means greedy)"),
     "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "max_new_tokens": (lambda v: v > 0, "a positive integer"),
@@ -258,6 +295,14 @@ def check_ranges(cfg: "RunConfig") -> None:
         value = getattr(cfg, key)
         if not ok(value):
             raise ConfigError(f"Config key {key!r} = {value!r} is out of range: it must be {valid}")
+    # The best checkpoint must be one that was saved: transformers keeps it only when saves fall on evaluations.
+    if cfg.validation_file and cfg.save_steps % cfg.eval_steps:
+        raise ConfigError(
+            f"save_steps {cfg.save_steps} is not a multiple of eval_steps {cfg.eval_steps}: the checkpoint with the best "
+            f"validation loss could not be kept. Set save_steps to {cfg.eval_steps} (or a multiple), or validation_file=''."
+        )
+    if cfg.early_stopping_patience and not cfg.validation_file:
+        raise ConfigError("early_stopping_patience needs a validation_file to watch: set one, or early_stopping_patience=0.")
 
 
 PROFILE_IN_OVERRIDES = (
@@ -345,18 +390,24 @@ def _parse_mapping_text(text: str):
 
 
 def make_config(profile: str = "t4", overrides: dict | str | None = None) -> RunConfig:
-    """The recipe, changed by a profile, then by overrides (dict, JSON/YAML text from papermill, or --set)."""
+    """The guide's settings, changed by a profile (the machine), then by a recipe (how it learns: the profile's
+    default, or `recipe` among the overrides), then by the other overrides (dict, JSON/YAML text, or --set)."""
     if profile not in PROFILES:
         raise ConfigError(f"Unknown profile {profile!r}. Valid profiles: {', '.join(PROFILES)}")
-    values = {**PROFILES[profile], **parse_overrides(overrides), "profile": profile}
+    overrides = parse_overrides(overrides)
+    recipe = overrides.pop("recipe", PROFILES[profile].get("recipe", "guide"))
+    values = {**PROFILES[profile], **recipe_settings(recipe, profile), **overrides, "recipe": recipe, "profile": profile}
     check_types(values)
     return RunConfig(**values)
 
 
 def overrides_of(cfg: RunConfig, **changes) -> dict:
     """The overrides that rebuild cfg (with changes) from its profile: what notebook 01 or a command must repeat."""
-    base = make_config(cfg.profile).to_dict()
-    return {key: value for key, value in {**cfg.to_dict(), **changes}.items() if key != "profile" and base.get(key) != value}
+    wanted = {**cfg.to_dict(), **changes}
+    default_recipe = PROFILES[cfg.profile].get("recipe", "guide")
+    base = make_config(cfg.profile, {"recipe": wanted["recipe"]}).to_dict()
+    changed = {key: value for key, value in wanted.items() if key not in ("profile", "recipe") and base.get(key) != value}
+    return {"recipe": wanted["recipe"], **changed} if wanted["recipe"] != default_recipe else changed
 
 
 def set_arguments(cfg: RunConfig, **changes) -> str:

@@ -13,7 +13,8 @@ from .config import ConfigError, RunConfig
 
 REQUIRED_FIELDS = {"train": ("input", "output"), "eval": ("input", "output", "keywords")}
 TEXT_FIELDS = ("input", "output", "reasoning")  # the fields that reach the formatted text
-PREPARED_FILES = {"train": "train.jsonl", "eval": "eval.jsonl"}  # under run_dir/data/
+PREPARED_FILES = {"train": "train.jsonl", "eval": "eval.jsonl", "validation": "validation.jsonl"}  # under run_dir/data/
+DATA_FILES = (("train_file", "train"), ("eval_file", "eval"), ("validation_file", "validation"))  # config key, split
 SUMMARY_FILE = "summary.json"
 HISTOGRAM_FILE = "token_lengths.png"
 
@@ -188,15 +189,25 @@ def guess_kind(path: str | os.PathLike) -> str:
         return "train"
 
 
-def check_data_files(cfg: RunConfig) -> dict[str, int]:
-    """Notebook 01: train_file and eval_file exist and pass every check short of tokenizing; examples per key.
+def data_files(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(config key, split) of the run's data files: train, held-out eval, and validation where one is set."""
+    return [(key, split) for key, split in DATA_FILES if getattr(cfg, key)]
 
-    Token lengths need the model's tokenizer and are checked by prepare_data (notebook 04).
+
+def split_kind(split: str) -> str:
+    """Validation questions are checked like held-out ones (question, reference answer, keywords)."""
+    return "train" if split == "train" else "eval"
+
+
+def check_data_files(cfg: RunConfig) -> dict[str, int]:
+    """Notebook 01: the train, eval and validation files exist and pass every check short of tokenizing; examples
+    per key. Token lengths need the model's tokenizer and are checked by prepare_data (notebook 04).
     """
     from .runs import PROJECT_ROOT, resolve_data_path
 
     problems, counts, records = [], {}, {}
-    for key, kind in (("train_file", "train"), ("eval_file", "eval")):
+    for key, split in data_files(cfg):
+        kind = split_kind(split)
         given = getattr(cfg, key)
         path = resolve_data_path(given)
         if not path.is_file():
@@ -206,11 +217,15 @@ def check_data_files(cfg: RunConfig) -> dict[str, int]:
                 f"in notebook 01, or --set {key}=PATH."
             )
             continue
-        records[kind], found = _read(path, kind)
+        records[split], found = _read(path, kind)
         problems += found
-        counts[key] = len(records[kind])
-    if not problems and "train" in records and "eval" in records:
-        problems += _leak_problems(records["train"], records["eval"])
+        counts[key] = len(records[split])
+    if not problems and "train" in records:
+        for split in ("eval", "validation"):
+            problems += _leak_problems(records["train"], records.get(split, []))
+    if not problems and "eval" in records and "validation" in records:
+        # choosing the checkpoint on a reported question would report a chosen score
+        problems += _leak_problems(records["eval"], records["validation"], "validation questions must not be held-out ones")
     if problems:
         raise DataError("\n".join(problems))
     return counts
@@ -236,11 +251,13 @@ def _length_problems(rows: list[dict], records: list[Record], cfg: RunConfig) ->
     ]
 
 
-def _leak_problems(train: list[Record], held_out: list[Record]) -> list[str]:
+def _leak_problems(
+    train: list[Record], held_out: list[Record], rule: str = "held-out questions must not be in the training file"
+) -> list[str]:
     """A held-out question that is also a training question measures memory, not learning."""
     seen = {normalize_question(r.value["input"]): r.where for r in train}
     return [
-        f"{r.where}: the same question as {seen[key]}; held-out questions must not be in the training file"
+        f"{r.where}: the same question as {seen[key]}; {rule}"
         for r in held_out
         if (key := normalize_question(r.value["input"])) in seen
     ]
@@ -311,7 +328,7 @@ def prepared_path(run_dir: str | os.PathLike, split: str) -> Path:
     from . import runs
 
     if split not in PREPARED_FILES:
-        raise ConfigError(f"Unknown split {split!r}: use 'train' or 'eval'")
+        raise ConfigError(f"Unknown split {split!r}: use one of {', '.join(PREPARED_FILES)}")
     return runs.run_path(run_dir, runs.DATA) / PREPARED_FILES[split]
 
 
@@ -321,7 +338,7 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
 
 
 def prepare_data(run_dir: str | os.PathLike, tokenizer=None) -> dict:
-    """Notebook 04: validate the run's train and eval files, format and tokenize them into run_dir/data/."""
+    """Notebook 04: validate the run's train, eval and validation files, format and tokenize them into run_dir/data/."""
     from . import runs
     from .atomic import write_json_atomic
     from .formats import loss_on_completion_only
@@ -332,8 +349,8 @@ def prepare_data(run_dir: str | os.PathLike, tokenizer=None) -> dict:
         from .models import load_tokenizer
 
         tokenizer = load_tokenizer(cfg)
-    files = {"train": str(runs.resolve_data_path(cfg.train_file)), "eval": str(runs.resolve_data_path(cfg.eval_file))}
-    results, problems = _check_files([(files["train"], "train"), (files["eval"], "eval")], cfg, tokenizer)
+    files = {split: str(runs.resolve_data_path(getattr(cfg, key))) for key, split in data_files(cfg)}
+    results, problems = _check_files([(path, split_kind(split)) for split, path in files.items()], cfg, tokenizer)
     if problems:
         raise DataError("\n".join(problems))
     summary = {"format": cfg.format, "loss_on_completion_only": loss_on_completion_only(cfg), "max_seq_length": cfg.max_seq_length}

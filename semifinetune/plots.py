@@ -30,13 +30,19 @@ def token_length_histogram(run_dir: str | os.PathLike):
 
 
 def plot_losses(log: dict, path: str | os.PathLike | None = None):
-    """Train loss per logging step and held-out loss per eval step (train_log.json's lists); saved to path if given."""
+    """Train loss per logging step, validation and held-out loss per eval step (train_log.json's lists), and the
+    step the adapter keeps; saved to path if given."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    train, held_out = log.get("train_loss", []), log.get("eval_loss", [])
+    train, held_out, validation = log.get("train_loss", []), log.get("eval_loss", []), log.get("validation_loss", [])
     ax.plot([e["step"] for e in train], [e["loss"] for e in train], marker=".", label="train loss")
     ax.plot([e["step"] for e in held_out], [e["loss"] for e in held_out], marker="o", label="held-out loss")
+    if validation:
+        ax.plot([e["step"] for e in validation], [e["loss"] for e in validation], marker="s", label="validation loss (chooses)")
+    kept = log.get("stats", {}).get("kept_step")
+    if validation and kept is not None:
+        ax.axvline(kept, color="grey", linestyle="--", linewidth=1, label=f"adapter kept: step {kept}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy per loss token")
     ax.set_title("Training and held-out loss")

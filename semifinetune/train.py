@@ -14,6 +14,7 @@ from .atomic import write_json_atomic
 from .config import ConfigError, RunConfig
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+BEST_METRIC = "eval_loss"  # with a validation file, the trainer evaluates on it alone
 SAVE_TOTAL_LIMIT = 2  # the latest checkpoint to resume from, and the one before it
 # A checkpoint is complete once the trainer wrote its state last (transformers writes trainer_state.json after the
 # weights, optimizer and scheduler); a folder without these files was cut off mid-write and is never resumed from.
@@ -39,7 +40,7 @@ def train(
     if resume:
         resume_checkpoint(cfg, run_dir)
     check_trackers(cfg)
-    training_datasets(run_dir)  # notebook 04's sets are there (else one line saying so), before the model loads
+    training_datasets(run_dir, cfg)  # notebook 04's sets are there (else one line saying so), before the model loads
     seed_everything(cfg.seed)
     report = environment_report()
     model, tokenizer = load_model(cfg, report)
@@ -87,19 +88,26 @@ def fit(
     except torch.OutOfMemoryError:
         raise TrainingMemoryError(out_of_memory_message(cfg, report, run_dir)) from None
     after = memory_snapshot()
+    held_out_loss = final_held_out_loss(trainer, cfg, run_dir)
     model.config.use_cache = True  # training turns the KV cache off; generation is ~18x slower without it
-    stats = run_stats(cfg, report, trainer, output.metrics, stats_callback, before, after)
+    stats = run_stats(cfg, report, trainer, output.metrics, stats_callback, before, after, held_out_loss)
     stats.update(adapter_dir=str(runs.run_path(run_dir, runs.ADAPTER)), resumed_from=str(checkpoint) if checkpoint else None)
     if trainer.is_world_process_zero():  # data-parallel runs: one process writes the run's files
-        save_adapter(trainer.model, tokenizer, run_dir)
-        write_json_atomic(runs.run_path(run_dir, runs.TRAIN_LOG), {**loss_history(trainer.state.log_history), "stats": stats})
+        print(kept_checkpoint_line(stats), flush=True)
+        save_adapter(trainer.model, tokenizer, run_dir)  # after load_best_model_at_end: the best step's weights
+        history = loss_history(trainer.state.log_history, bool(cfg.validation_file), stats)
+        write_json_atomic(runs.run_path(run_dir, runs.TRAIN_LOG), {**history, "stats": stats})
         plot_loss_curve(run_dir)
     return stats
 
 
 def build_trainer(model, tokenizer, cfg: RunConfig, run_dir, report: dict, callbacks: list | None = None, resume: bool = False):
-    """SFTTrainer over the run's tokenized train/eval sets, LoRA weights kept in fp32."""
-    train_set, eval_set = training_datasets(run_dir)
+    """SFTTrainer over the run's tokenized train set, evaluating on the validation set (else the held-out set), LoRA
+    weights kept in fp32."""
+    from transformers import EarlyStoppingCallback
+
+    train_set, eval_set = training_datasets(run_dir, cfg)
+    stopping = [EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else []
     cls = trainer_class(report)
     if cfg.cuda_graphs and report["cuda_available"]:
         from .graphed import graphed_trainer_class
@@ -112,7 +120,7 @@ def build_trainer(model, tokenizer, cfg: RunConfig, run_dir, report: dict, callb
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        callbacks=[*(callbacks or []), *tensorboard_callbacks(cfg, run_dir)],
+        callbacks=[*(callbacks or []), *stopping, *tensorboard_callbacks(cfg, run_dir)],
     )
     keep_adapter_fp32(trainer.model)
     return trainer
@@ -180,7 +188,11 @@ def sft_arguments(cfg: RunConfig, run_dir, report: dict, resume: bool = False) -
     from .env import choose_precision
 
     precision = choose_precision(report, cfg.precision)
+    # The adapter a run keeps is the step with the lowest validation loss (checkpoints fall on evaluations, which
+    # check_ranges makes sure of). The held-out loss is computed once, of the kept weights (final_held_out_loss).
+    choose = dict(load_best_model_at_end=True, metric_for_best_model=BEST_METRIC, greater_is_better=False) if cfg.validation_file else {}
     return dict(
+        **choose,
         output_dir=str(checkpoints_dir(run_dir)),
         # SFTConfig turns bf16 on unless told otherwise, which fails on a T4 and on CPU: always say both.
         bf16=precision == "bf16",
@@ -205,7 +217,7 @@ def sft_arguments(cfg: RunConfig, run_dir, report: dict, resume: bool = False) -
         logging_steps=cfg.logging_steps,
         eval_strategy="steps",
         eval_steps=cfg.eval_steps,
-        eval_on_start=not resume,  # held-out loss before training: the curve's start (a resumed run has it)
+        eval_on_start=not resume,  # the loss before training: the curve's start (a resumed run has it)
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=SAVE_TOTAL_LIMIT,
@@ -239,11 +251,23 @@ def keep_adapter_fp32(model) -> int:
 # --- data ---
 
 
-def training_datasets(run_dir):
-    """The run's tokenized (input_ids, completion_mask) train and held-out eval sets, as notebook 04 wrote them."""
+def training_datasets(run_dir, cfg: RunConfig):
+    """The run's tokenized (input_ids, completion_mask) train set, as notebook 04 wrote it, and the set the trainer
+    evaluates every eval_steps: the validation set where the run has one, else the held-out set."""
     from .data import load_prepared
 
-    return load_prepared(run_dir, "train"), load_prepared(run_dir, "eval")
+    return load_prepared(run_dir, "train"), load_prepared(run_dir, "validation" if cfg.validation_file else "eval")
+
+
+def final_held_out_loss(trainer, cfg: RunConfig, run_dir) -> float | None:
+    """The held-out loss of the weights the run keeps, where the trainer watched the validation set instead (one
+    pass over the held-out questions rather than one per evaluation: on 2 CPU cores each costs seconds)."""
+    from .data import load_prepared
+
+    if not cfg.validation_file:
+        return None
+    metrics = trainer.evaluate(load_prepared(run_dir, "eval"), metric_key_prefix="held_out")
+    return metrics["held_out_loss"]
 
 
 # --- checkpoints and the adapter ---
@@ -411,15 +435,19 @@ def save_adapter(model, tokenizer, run_dir) -> Path:
 # --- history and stats ---
 
 
-def loss_history(log_history: list[dict]) -> dict:
-    """Train loss per logging step and held-out loss per eval step, from the trainer's log history."""
+def loss_history(log_history: list[dict], validation: bool = False, stats: dict | None = None) -> dict:
+    """Train loss per logging step, and the loss per eval step: the validation loss where the run watched a
+    validation set (the held-out loss is then one point, of the kept step), else the held-out loss."""
     train = [
         {"step": e["step"], "loss": e["loss"], "learning_rate": e.get("learning_rate"), "grad_norm": e.get("grad_norm")}
         for e in log_history
         if "loss" in e
     ]
-    held_out = [{"step": e["step"], "loss": e["eval_loss"]} for e in log_history if "eval_loss" in e]
-    return {"train_loss": train, "eval_loss": held_out}
+    evaluated = [{"step": e["step"], "loss": e["eval_loss"]} for e in log_history if "eval_loss" in e]
+    if not validation:
+        return {"train_loss": train, "eval_loss": evaluated, "validation_loss": []}
+    kept = [{"step": stats["kept_step"], "loss": stats["held_out_loss"]}] if stats and stats.get("held_out_loss") is not None else []
+    return {"train_loss": train, "eval_loss": kept, "validation_loss": evaluated}
 
 
 def _StatsCallback():
@@ -447,7 +475,9 @@ def peak_rss_gib() -> float:
     return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 3)
 
 
-def run_stats(cfg: RunConfig, report: dict, trainer, metrics: dict, session, before: dict, after: dict) -> dict:
+def run_stats(
+    cfg: RunConfig, report: dict, trainer, metrics: dict, session, before: dict, after: dict, held_out_loss: float | None = None
+) -> dict:
     """Device, precision, runtime, samples/s, tokens/s and peak memory of this training session."""
     from .env import choose_precision
 
@@ -456,7 +486,7 @@ def run_stats(cfg: RunConfig, report: dict, trainer, metrics: dict, session, bef
     steps = state.global_step - session.start_step
     samples = steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * trainer.args.world_size
     tokens = state.num_input_tokens_seen - session.start_tokens
-    history = loss_history(state.log_history)
+    history = loss_history(state.log_history)  # every eval_loss: the validation loss where the run has a validation file
     stats = {
         "device": report["gpu_name"] if report["cuda_available"] else f"CPU ({report['cpu_count']} cores)",
         "backend": getattr(trainer.model, "semifinetune_backend", "transformers"),
@@ -474,6 +504,11 @@ def run_stats(cfg: RunConfig, report: dict, trainer, metrics: dict, session, bef
         "final_train_loss": history["train_loss"][-1]["loss"] if history["train_loss"] else None,
         "first_eval_loss": history["eval_loss"][0]["loss"] if history["eval_loss"] else None,
         "final_eval_loss": history["eval_loss"][-1]["loss"] if history["eval_loss"] else None,
+        # the step whose weights the adapter holds: the lowest validation loss, else the last step
+        "kept_step": state.best_global_step or state.global_step,
+        "best_validation_loss": round(state.best_metric, 4) if state.best_metric is not None else None,
+        "held_out_loss": round(held_out_loss, 4) if held_out_loss is not None else history["eval_loss"][-1]["loss"] if history["eval_loss"] else None,
+        "stopped_early": state.global_step < cfg.max_steps,
         "peak_process_rss_gib": peak_rss_gib(),
     }
     if "gpu_peak_reserved_gib" in after:
@@ -485,6 +520,15 @@ def run_stats(cfg: RunConfig, report: dict, trainer, metrics: dict, session, bef
             gpu_total_gib=report["gpu_memory_gib"],
         )
     return stats
+
+
+def kept_checkpoint_line(stats: dict) -> str:
+    """Which step's weights the adapter holds, and why."""
+    if stats["best_validation_loss"] is None:
+        return f"adapter: the weights after step {stats['global_step']} (no validation file: the last step is kept)"
+    stop = f", stopped early at step {stats['global_step']}" if stats["stopped_early"] else ""
+    return (f"adapter: the weights of step {stats['kept_step']}, the lowest validation loss "
+            f"({stats['best_validation_loss']:.4f}){stop}")
 
 
 def read_train_log(run_dir) -> dict:

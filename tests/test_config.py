@@ -26,8 +26,8 @@ def test_defaults_are_the_guides_recipe():
     assert (cfg.temperature, cfg.top_p) == (0.6, 0.95)  # DeepSeek's recommendation
 
 
-def test_t4_profile_keeps_the_recipes_meaning():
-    t4, recipe = make_config("t4").to_dict(), RunConfig().to_dict()
+def test_t4_profile_with_the_guide_recipe_keeps_the_guides_meaning():
+    t4, recipe = make_config("t4", {"recipe": "guide"}).to_dict(), RunConfig().to_dict()
     changed = {k for k in recipe if t4[k] != recipe[k]}
     # one pass of 4, not 4 of 1; AdamW with its moments in fp32, fused
     assert changed == {"per_device_train_batch_size", "gradient_accumulation_steps", "optim"}
@@ -37,10 +37,34 @@ def test_t4_profile_keeps_the_recipes_meaning():
 
 def test_profiles_change_only_what_must_differ():
     recipe = RunConfig().to_dict()
-    cpu = make_config("cpu").to_dict()
+    cpu = make_config("cpu", {"recipe": "guide"}).to_dict()
     changed = {k for k in recipe if recipe[k] != cpu[k]}
     assert "model_name" in changed and "load_in_4bit" in changed
-    assert {"seed", "weight_decay", "lr_scheduler_type", "lora_r", "lora_dropout"}.isdisjoint(changed)
+    # how it learns is the recipe's: the guide's on the cpu machine too
+    assert {"seed", "weight_decay", "lr_scheduler_type", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
+            "learning_rate", "max_steps", "warmup_steps"}.isdisjoint(changed)
+
+
+def test_recipes_are_chosen_apart_from_profiles():
+    from semifinetune.config import RECIPES, overrides_of
+
+    assert make_config("cpu").recipe == "facts" and make_config("t4").recipe == "facts"
+    facts, guide = make_config("cpu"), make_config("cpu", {"recipe": "guide"})
+    assert (guide.learning_rate, guide.lora_alpha, guide.max_steps) == (5e-5, 16, 100)
+    assert facts.to_dict() == {**make_config("cpu", {"recipe": "guide"}).to_dict(), **RECIPES["facts"]["cpu"], "recipe": "facts"}
+    assert make_config("cpu", '{"recipe": "guide", "max_steps": 7}').max_steps == 7  # overrides beat the recipe
+    assert overrides_of(guide) == {"recipe": "guide"} and overrides_of(facts) == {}
+    assert make_config("cpu", overrides_of(guide, max_steps=3)).to_dict() == {**guide.to_dict(), "max_steps": 3}
+    with pytest.raises(ConfigError, match="Unknown recipe 'fast'. Valid recipes: guide, facts"):
+        make_config("cpu", {"recipe": "fast"})
+
+
+def test_best_checkpoint_needs_saves_on_evaluations():
+    with pytest.raises(ConfigError, match="save_steps 5 is not a multiple of eval_steps 3"):
+        make_config("tiny", {"save_steps": 5})
+    assert make_config("tiny", {"save_steps": 5, "validation_file": ""}).save_steps == 5
+    with pytest.raises(ConfigError, match="early_stopping_patience needs a validation_file"):
+        make_config("tiny", {"early_stopping_patience": 2, "validation_file": ""})
 
 
 def test_overrides_from_dict_and_cli_text():

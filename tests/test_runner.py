@@ -254,7 +254,7 @@ def test_run_command_and_notebooks_give_the_same_results(tmp_path):
     assert json.loads((main / "config.json").read_text()) == json.loads((papermill / "config.json").read_text())
     logs = [json.loads((d / "train_log.json").read_text()) for d in (main, papermill)]
     assert len(logs[0]["train_loss"]) == 6  # tiny: 6 steps, a loss each
-    for key in ("train_loss", "eval_loss"):
+    for key in ("train_loss", "eval_loss", "validation_loss"):
         assert [e["loss"] for e in logs[0][key]] == pytest.approx([e["loss"] for e in logs[1][key]], abs=1e-6)
     weights = [load_file(d / "adapter" / "adapter_model.safetensors") for d in (main, papermill)]
     assert weights[0].keys() == weights[1].keys() and len(weights[0]) > 0

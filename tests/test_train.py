@@ -10,12 +10,12 @@ import pytest
 from semifinetune import runs
 from semifinetune.config import ConfigError, make_config
 
-# Losses of the tiny profile's 6-step run (seed 42): train loss at steps 1-6, held-out loss at steps 0, 3, 6
-# (random weights: ~ln(2048 tokens) = 7.62; the held-out loss falls). They change when data/*.jsonl changes (the
+# Losses of the tiny profile's 6-step run (seed 42): train loss at steps 1-6, validation loss at steps 0, 3, 6
+# (random weights: ~ln(2048 tokens) = 7.62; the validation loss falls). They change when data/*.jsonl changes (the
 # tiny tokenizer is trained on it), or the tiny model, formats or training settings do. To regenerate, set both to
 # None, run `pytest tests/test_train.py -k golden` and copy the values printed in the failure messages.
 GOLDEN_TRAIN_LOSS = [7.6371, 7.6382, 7.6592, 7.5813, 7.6134, 7.6308]
-GOLDEN_EVAL_LOSS = [7.6124, 7.5965, 7.5851]
+GOLDEN_VALIDATION_LOSS = [7.6124, 7.5965, 7.5851]
 
 
 def _prepared_run(run_dir, profile: str = "tiny"):
@@ -80,7 +80,8 @@ def test_log_holds_train_and_held_out_losses_and_stats(trained):
     log = json.loads(runs.run_path(run_dir, runs.TRAIN_LOG).read_text())
     cfg = make_config("tiny")
     assert [e["step"] for e in log["train_loss"]] == list(range(1, cfg.max_steps + 1))  # logging_steps 1
-    assert [e["step"] for e in log["eval_loss"]] == [0, 3, 6]  # before training, then every eval_steps
+    assert [e["step"] for e in log["validation_loss"]] == [0, 3, 6]  # before training, then every eval_steps
+    assert log["eval_loss"] == [{"step": stats["kept_step"], "loss": stats["held_out_loss"]}]  # once, of the kept weights
     assert log["stats"] == stats
     assert stats["global_step"] == cfg.max_steps and stats["session_steps"] == cfg.max_steps
     assert stats["device"].startswith("CPU") and stats["precision"] == "fp32"
@@ -90,17 +91,49 @@ def test_log_holds_train_and_held_out_losses_and_stats(trained):
     assert 12 / (runtime + 0.005) - 0.0005 <= stats["samples_per_s"] <= 12 / max(runtime - 0.005, 1e-9) + 0.0005
     assert 12 * 20 < stats["tokens_seen"] < 12 * cfg.max_seq_length
     assert stats["peak_process_rss_gib"] > 0.1
-    assert stats["first_eval_loss"] == log["eval_loss"][0]["loss"]
+    assert stats["first_eval_loss"] == log["validation_loss"][0]["loss"]
     assert runs.run_path(run_dir, runs.LOSS_PLOT).stat().st_size > 5_000
+
+
+def test_adapter_is_the_step_with_the_lowest_validation_loss(trained):
+    from safetensors.torch import load_file
+
+    run_dir, _, _, stats = trained
+    log = json.loads(runs.run_path(run_dir, runs.TRAIN_LOG).read_text())
+    validation = {e["step"]: e["loss"] for e in log["validation_loss"]}
+    assert sorted(validation) == [0, 3, 6]
+    best = min((loss, step) for step, loss in validation.items() if step > 0)[1]  # step 0 is before training: no checkpoint
+    assert stats["kept_step"] == best and stats["best_validation_loss"] == round(validation[best], 4)
+    assert stats["stopped_early"] is False
+    checkpoint = load_file(runs.run_path(run_dir, runs.CHECKPOINTS) / f"checkpoint-{best}" / "adapter_model.safetensors")
+    adapter = load_file(runs.run_path(run_dir, runs.ADAPTER) / "adapter_model.safetensors")
+    assert checkpoint.keys() == adapter.keys() and all((checkpoint[k] == adapter[k]).all() for k in adapter)
+
+
+def test_early_stopping_is_wired_to_the_validation_loss(tmp_path):
+    from transformers import EarlyStoppingCallback
+
+    from semifinetune.env import environment_report
+    from semifinetune.data import read_prepared
+    from semifinetune.train import BEST_METRIC, build_trainer
+
+    cfg, report = _prepared_run(tmp_path / "run")
+    cfg = make_config("tiny", {"early_stopping_patience": 2})
+    model, tokenizer = _lora_model(cfg, report)
+    trainer = build_trainer(model, tokenizer, cfg, tmp_path / "run", environment_report())
+    (stopping,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
+    assert stopping.early_stopping_patience == 2
+    assert trainer.args.metric_for_best_model == BEST_METRIC and trainer.args.load_best_model_at_end
+    assert trainer.eval_dataset.num_rows == len(read_prepared(tmp_path / "run", "validation"))  # never the held-out set
 
 
 def test_golden_losses(trained):
     run_dir = trained[0]
     log = json.loads(runs.run_path(run_dir, runs.TRAIN_LOG).read_text())
     train = [round(e["loss"], 4) for e in log["train_loss"]]
-    held_out = [round(e["loss"], 4) for e in log["eval_loss"]]
+    validation = [round(e["loss"], 4) for e in log["validation_loss"]]
     assert train == pytest.approx(GOLDEN_TRAIN_LOSS, abs=2e-3), f"train losses now {train}"
-    assert held_out == pytest.approx(GOLDEN_EVAL_LOSS, abs=2e-3), f"held-out losses now {held_out}"
+    assert validation == pytest.approx(GOLDEN_VALIDATION_LOSS, abs=2e-3), f"validation losses now {validation}"
 
 
 def test_model_ready_for_generation_and_adapter_fp32(trained):
@@ -150,7 +183,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(trained, tmp_path):
 
     full_dir = trained[0]
     full_log = json.loads(runs.run_path(full_dir, runs.TRAIN_LOG).read_text())
-    for key in ("train_loss", "eval_loss"):
+    for key in ("train_loss", "eval_loss", "validation_loss"):
         assert [e["step"] for e in resumed_log[key]] == [e["step"] for e in full_log[key]]
         assert [e["loss"] for e in resumed_log[key]] == pytest.approx([e["loss"] for e in full_log[key]], abs=1e-5)
     weights = "adapter_model.safetensors"
