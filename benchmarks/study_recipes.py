@@ -1,6 +1,7 @@
 """Which recipe teaches the embedded model the facts? Each candidate trained and scored the same way.
 
     python benchmarks/study_recipes.py --out benchmarks/results/recipes_cpu.json [--only NAME ...] [--jobs N]
+        [--set key=value ...]   # applied to every candidate (e.g. a quick check: --profile tiny --set max_steps=4)
 
 Per candidate: a fresh run of the `cpu` profile with the candidate's settings (setup, prepare, train; the adapter
 is the checkpoint with the lowest validation loss), then the tuned model on the 73 held-out questions and the 30
@@ -87,7 +88,7 @@ def answer_sets(cfg, model, tokenizer, which: str) -> dict:
     return results
 
 
-def run_candidate(name: str, overrides: dict, folder: Path) -> dict:
+def run_candidate(name: str, overrides: dict, folder: Path, profile: str = STUDY_PROFILE) -> dict:
     """Train one candidate in folder/name and score it; its figures."""
     from semifinetune.data import prepare_data
     from semifinetune.evaluate import load_base_and_tuned
@@ -99,7 +100,7 @@ def run_candidate(name: str, overrides: dict, folder: Path) -> dict:
     overrides["train_file"] = training_file(form, folder)
     run_dir = folder / name
     started = time.perf_counter()
-    cfg, _ = setup(run_dir, STUDY_PROFILE, overrides, overwrite=True)
+    cfg, _ = setup(run_dir, profile, overrides, overwrite=True)
     data = prepare_data(run_dir)
     stats = train(cfg, run_dir, overwrite=True)
     log = read_train_log(run_dir)
@@ -124,12 +125,12 @@ def run_candidate(name: str, overrides: dict, folder: Path) -> dict:
     }
 
 
-def run_base(folder: Path) -> dict:
+def run_base(profile: str = STUDY_PROFILE) -> dict:
     """The base model on the same questions, once."""
     from semifinetune.config import make_config
     from semifinetune.models import load_model
 
-    cfg = make_config(STUDY_PROFILE)
+    cfg = make_config(profile)
     model, tokenizer = load_model(cfg)
     from semifinetune.compare import question_sets
     from semifinetune.evaluate import evaluate_model, settings_from_config
@@ -141,14 +142,14 @@ def run_base(folder: Path) -> dict:
     return {"name": "base model", "held_out": results["held-out"], "general": results["general"]}
 
 
-def child(name: str, folder: Path) -> None:
+def child(name: str, folder: Path, profile: str, extra: dict) -> None:
     """One candidate (or the base model) in this process; its JSON into folder/NAME.json."""
     folder.mkdir(parents=True, exist_ok=True)
-    result = run_base(folder) if name == "base" else run_candidate(name, candidates()[name], folder)
+    result = run_base(profile) if name == "base" else run_candidate(name, {**candidates()[name], **extra}, folder, profile)
     (folder / f"{name}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
 
 
-def launch(names: list[str], folder: Path, jobs: int, cores_per_job: int) -> None:
+def launch(names: list[str], folder: Path, jobs: int, cores_per_job: int, passed: list[str]) -> None:
     """Run each name in its own process, `jobs` at a time, each pinned to its own cores."""
     pending, running = list(names), {}
     free = [list(range(i * cores_per_job, (i + 1) * cores_per_job)) for i in range(jobs)]
@@ -157,7 +158,7 @@ def launch(names: list[str], folder: Path, jobs: int, cores_per_job: int) -> Non
             name, cores = pending.pop(0), free.pop(0)
             env = {**os.environ, "OMP_NUM_THREADS": str(len(cores)), "MKL_NUM_THREADS": str(len(cores))}
             log = open(folder / f"{name}.log", "w")
-            command = [sys.executable, __file__, "--child", name, "--folder", str(folder)]
+            command = [sys.executable, __file__, "--child", name, "--folder", str(folder), *passed]
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                        preexec_fn=(lambda c=cores: os.sched_setaffinity(0, c)) if jobs > 1 else None)
             running[process] = (name, cores, log)
@@ -196,18 +197,24 @@ def main() -> None:
     parser.add_argument("--folder", default="runs/recipes", help="run directories and per-candidate JSON")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--cores-per-job", type=int, default=2)
+    parser.add_argument("--profile", default=STUDY_PROFILE)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = Path(args.folder).resolve()
+    from semifinetune.config import parse_assignments
+
+    extra = parse_assignments(args.set)
     if args.child:
-        child(args.child, folder)
+        child(args.child, folder, args.profile, extra)
         return
     folder.mkdir(parents=True, exist_ok=True)
     names = args.only or ["base", *candidates()]
     unknown = [n for n in names if n != "base" and n not in candidates()]
     if unknown:
         sys.exit(f"unknown candidates {unknown}; known: base, {', '.join(candidates())}")
-    launch(names, folder, args.jobs, args.cores_per_job)
+    passed = ["--profile", args.profile, *(f"--set={item}" for item in args.set)]
+    launch(names, folder, args.jobs, args.cores_per_job, passed)
     found = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
     base = found.pop("base", None)
     results = [found[n] for n in candidates() if n in found]
