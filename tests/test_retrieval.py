@@ -38,10 +38,10 @@ def index(tiny_cfg):
 
 def test_a_training_question_retrieves_its_own_pair(index):
     questions = [pair["input"] for pair in index.pairs]
-    notes = retrieve(index, questions, 3)
-    assert len(index.pairs) == 255  # data/semiconductor_train.jsonl
+    notes = retrieve(index, questions, 5)  # each fact is in several wordings: those compete for the first places
+    assert len(index.pairs) == len(read_examples(DATA / "semiconductor_train.jsonl", "train"))
     assert all(question in [note["input"] for note in given] for question, given in zip(questions, notes))
-    assert all(len(given) == 3 and given[0]["score"] >= given[1]["score"] >= given[2]["score"] for given in notes)
+    assert all(len(given) == 5 and all(a["score"] >= b["score"] for a, b in zip(given, given[1:])) for given in notes)
     (top,) = retrieve(index, ["Who founded TSMC and in which year?"], 1)[0]
     assert "TSMC" in top["input"] + top["output"]
 
