@@ -183,6 +183,16 @@ def test_no_eval_question_is_a_near_duplicate_of_a_training_question():
     assert _near_duplicates(REAL[2][0]) == []
 
 
+@needs_data
+def test_training_rows_name_their_form():
+    """The original pairs, then rewordings and reverse questions written from them, each keeping its pair's topic and source."""
+    train = read_examples(REAL[0][0], "train")
+    assert {e.get("form") for e in train} == {"original", "rewording", "reverse"}
+    originals = {(e["topic"], e["source"]) for e in train if e["form"] == "original"}
+    assert sum(e["form"] == "original" for e in train) == 255
+    assert all((e["topic"], e["source"]) in originals for e in train)
+
+
 VAL = DATA / "semiconductor_val.jsonl"
 
 
