@@ -163,11 +163,11 @@ def _words(text: str) -> str:
     return re.sub(r"[^\w\s]", " ", text.lower()).split()
 
 
-@needs_data
-def test_no_eval_question_is_a_near_duplicate_of_a_training_question():
+def _near_duplicates(path: Path) -> list[tuple]:
+    """(question, training question, ratio, jaccard) for each question of path too close to a training question."""
     train = [" ".join(_words(e["input"])) for e in read_examples(REAL[0][0], "train") + read_examples(REAL[1][0], "train")]
     close = []
-    for example in read_examples(REAL[2][0], "eval"):
+    for example in read_examples(path, "eval"):
         question = " ".join(_words(example["input"]))
         for seen in train:
             ratio = difflib.SequenceMatcher(None, question, seen).ratio()
@@ -175,7 +175,36 @@ def test_no_eval_question_is_a_near_duplicate_of_a_training_question():
             jaccard = len(a & b) / len(a | b)
             if ratio >= 0.75 or jaccard >= 0.6:
                 close.append((example["input"], seen, round(ratio, 2), round(jaccard, 2)))
-    assert close == []
+    return close
+
+
+@needs_data
+def test_no_eval_question_is_a_near_duplicate_of_a_training_question():
+    assert _near_duplicates(REAL[2][0]) == []
+
+
+@needs_data
+def test_training_rows_name_their_form():
+    """The original pairs, then rewordings and reverse questions written from them, each keeping its pair's topic and source."""
+    train = read_examples(REAL[0][0], "train")
+    assert {e.get("form") for e in train} == {"original", "rewording", "reverse"}
+    originals = {(e["topic"], e["source"]) for e in train if e["form"] == "original"}
+    assert sum(e["form"] == "original" for e in train) == 255
+    assert all((e["topic"], e["source"]) in originals for e in train)
+
+
+VAL = DATA / "semiconductor_val.jsonl"
+
+
+@needs_data
+@pytest.mark.skipif(not VAL.exists(), reason="data/semiconductor_val.jsonl not written yet")
+def test_validation_file_is_one_new_wording_per_topic():
+    """The checkpoint-choosing questions: eval-shaped, one per training topic, none a near-duplicate of a training question."""
+    val = read_examples(VAL, "eval")
+    train_topics = {e["topic"] for e in read_examples(REAL[0][0], "train")}
+    assert sorted(e["topic"] for e in val) == sorted(train_topics)
+    assert all(all(any(k.lower() in e["output"].lower() for k in group) for group in e["keywords"]) for e in val)
+    assert _near_duplicates(VAL) == []
 
 
 # --- the command line: no traceback, ever ---
