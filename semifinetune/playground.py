@@ -1,10 +1,12 @@
-"""An ipywidgets playground: one prompt, sampling sliders, retrieval on or off, base and tuned answers side by side
-(interactive sessions only)."""
+"""An ipywidgets playground: one prompt, sampling sliders, retrieval on or off, base and tuned answers side by side,
+each shown token by token as it is generated (interactive sessions only; streaming.py says how)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable
 
 from . import runs
 
@@ -60,18 +62,30 @@ def describe_notes(notes: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def answer_both(model, tokenizer, index, question: str, settings, k: int, cfg) -> tuple[list[dict], dict]:
-    """One click: the top k notes for the question (k 0: none), and base and tuned answers to it with those notes."""
+def answer_both(model, tokenizer, index, question: str, settings, k: int, cfg,
+                on_notes: Callable[[list[dict]], None] | None = None,
+                on_text: Callable[[str, str], None] | None = None) -> tuple[list[dict], dict]:
+    """One click: the top k notes for the question (k 0: none), and base and tuned answers to it with those notes.
+
+    `on_notes(notes)` is called before generating; `on_text(which, piece)` as each answer is generated, base first.
+    The answers are the same with or without on_text: the streamer only watches the tokens generate() chooses.
+    """
     from .evaluate import MODELS, as_model
-    from .generate import generate
+    from .generate import eos_token_ids, generate
     from .retrieval import retrieve, with_notes
+    from .streaming import answer_streamer
 
     (notes,) = retrieve(index, [question], k)
+    if on_notes is not None:
+        on_notes(notes)
     answers = {}
     for which in MODELS:
+        streamer = None
+        if on_text is not None:
+            streamer = answer_streamer(tokenizer, functools.partial(on_text, which), eos_token_ids(model, tokenizer))
         with as_model(model, which):
             (answers[which],) = generate(model, tokenizer, [with_notes(question, notes)], settings, seed=cfg.seed,
-                                         progress=False, cuda_graphs=cfg.cuda_graphs)
+                                         progress=False, cuda_graphs=cfg.cuda_graphs, streamer=streamer)
     return notes, answers
 
 
@@ -114,13 +128,25 @@ def playground(run_dir: str | os.PathLike, interactive: bool = True):
     notes_out = w.Output(layout=w.Layout(width="95%", border="1px solid #ccc", padding="4px"))
     outputs = {which: w.Output(layout=w.Layout(width="48%", border="1px solid #ccc", padding="4px")) for which in MODELS}
 
-    def on_click(_):
-        settings = SamplingSettings(temperature.value, top_p.value, max_new.value, cfg.repetition_penalty)
-        k = notes_k.value if retrieval.value else 0
-        notes, answers = answer_both(model, tokenizer, index, prompt.value, settings, k, cfg)
+    def show_notes(notes):
         notes_out.clear_output()
         with notes_out:
             print(describe_notes(notes))
+        for which in MODELS:
+            outputs[which].clear_output()
+            with outputs[which]:
+                print(f"{which.upper()}\n")
+
+    def show_piece(which, piece):
+        with outputs[which]:
+            print(piece, end="", flush=True)
+
+    def on_click(_):
+        settings = SamplingSettings(temperature.value, top_p.value, max_new.value, cfg.repetition_penalty)
+        k = notes_k.value if retrieval.value else 0
+        _, answers = answer_both(model, tokenizer, index, prompt.value, settings, k, cfg, show_notes, show_piece)
+        # The raw text streamed in order (reasoning, then answer); once both are done each box shows the answer
+        # first, with its reasoning and how it ended, as describe() lays it out.
         for which in MODELS:
             outputs[which].clear_output()
             with outputs[which]:

@@ -52,6 +52,31 @@ def test_adapter_export_writes_adapter_and_card_from_run_files(run_dir):
     assert not (run_dir / "export" / "adapter.partial").exists()
 
 
+def test_the_card_parses_back_with_its_hub_metadata(run_dir):
+    """ModelCard.load reads the header the hub reads: base model, library, tags, license; the body stays."""
+    from huggingface_hub import ModelCard
+
+    from semifinetune.config import load_config, make_config
+    from semifinetune.export import model_card
+
+    export_run(run_dir, "adapter")
+    tiny = ModelCard.load(export_path(run_dir, "adapter") / "README.md")
+    assert tiny.data.to_dict() == {"library_name": "peft", "pipeline_tag": "text-generation",
+                                   "tags": ["lora", "semiconductors", "semifinetune"], "license": "mit"}  # no hub base
+    assert tiny.text.startswith("\n# run: tiny:random-qwen2 fine-tuned on semiconductor Q&A") and "## Held-out results" in tiny.text
+    sampling = recommended_sampling(run_dir, load_config(run_dir))
+    cases = [("cpu", "adapter", "HuggingFaceTB/SmolLM2-135M-Instruct", "peft", "apache-2.0"),
+             ("t4", "adapter", "unsloth/DeepSeek-R1-Distill-Qwen-1.5B-bnb-4bit", "peft", "mit"),
+             ("t4", "merged16", "unsloth/DeepSeek-R1-Distill-Qwen-1.5B", "transformers", "mit")]  # merged on the 16-bit base
+    for profile, kind, base, library, license in cases:
+        path = run_dir / f"{profile}-{kind}.md"
+        model_card(make_config(profile), run_dir, sampling, kind, "fp16").save(path)
+        data = ModelCard.load(path).data
+        assert (data.base_model, data.library_name, data.license) == (base, library, license), (profile, kind)
+    other = model_card(make_config("tiny", {"model_name": "someone/their-model"}), run_dir, sampling, "adapter")
+    assert other.data.base_model == "someone/their-model" and other.data.license is None  # not known: not guessed
+
+
 def test_export_refuses_to_overwrite_unless_asked(run_dir):
     export_run(run_dir, "adapter")
     marker = export_path(run_dir, "adapter") / "README.md"
@@ -193,7 +218,11 @@ def test_gguf_export_writes_one_file_per_type_a_modelfile_and_a_card(gguf_run):
     assert not (folder / ".merged").exists() and not (run_dir / "export" / "gguf.partial").exists()
     assert result["files"]["model-Q8_0.gguf"] < 0.6 * result["files"]["model-F16.gguf"]  # 8.5 bits per weight, not 16
     assert "FROM ./model-Q8_0.gguf" in (folder / "Modelfile").read_text(encoding="utf-8").splitlines()
-    use = (folder / "README.md").read_text(encoding="utf-8").split("## Use", 1)[1]
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.tags == ["lora", "semiconductors", "semifinetune", "gguf"] and card.data.library_name == "transformers"
+    use = card.text.split("## Use", 1)[1]
     assert "| `model-F16.gguf` | F16 |" in use and "| `model-Q8_0.gguf` | Q8_0 |" in use
     assert "ollama create NAME -f Modelfile" in use
     assert "llama-cli -m model-Q8_0.gguf --jinja --temp 0.6 --top-p 0.95 --repeat-penalty 1.0 -n 16" in use

@@ -317,3 +317,23 @@ def test_playground_click_with_and_without_retrieval(index, rag_run):
     assert set(answers) == {"base", "tuned"} and all(NOTES_HEADER in a.prompt and a.prompt.endswith("<think>\n") for a in answers.values())
     none, plain = answer_both(model, tokenizer, index, question, GREEDY, 0, cfg)
     assert none == [] and plain["base"].prompt == chat_prompt(tokenizer, question)
+
+
+def test_playground_streams_both_answers_after_showing_the_notes(index, rag_run):
+    from semifinetune.evaluate import load_base_and_tuned
+    from semifinetune.playground import answer_both
+    from semifinetune.runs import open_run
+
+    cfg = open_run(rag_run)
+    model, tokenizer = load_base_and_tuned(cfg, rag_run)
+    events = []
+    settings = SamplingSettings(temperature=0.0, max_new_tokens=24)
+    notes, answers = answer_both(model, tokenizer, index, "Who founded TSMC?", settings, 2, cfg,
+                                 on_notes=lambda notes: events.append(("notes", notes)),
+                                 on_text=lambda which, piece: events.append((which, piece)))
+    assert events[0] == ("notes", notes) and [which for which, _ in events[1:]] == sorted(w for w, _ in events[1:])
+    for which in ("base", "tuned"):
+        assert "".join(piece for w, piece in events if w == which) == answers[which].text
+    _, quiet = answer_both(model, tokenizer, index, "Who founded TSMC?", settings, 2, cfg)
+    assert {w: a.text for w, a in quiet.items()} == {w: a.text for w, a in answers.items()}  # streaming changes nothing
+    assert answers["base"].text != answers["tuned"].text

@@ -271,7 +271,28 @@ def test_quantized_base_keeps_fp32_adapter(tmp_path, monkeypatch):
 
     assert lora_dtypes(keep_fp32=True) == {torch.float32}
     # TRL's cast, which the fix exists for: when this fails, TRL keeps fp32 adapters itself and keep_adapter_fp32 can go
-    assert lora_dtypes(keep_fp32=False) == {torch.bfloat16}, "TRL no longer casts LoRA weights to bf16"
+    import trl
+
+    assert lora_dtypes(keep_fp32=False) == {torch.bfloat16}, (
+        f"TRL {trl.__version__}'s SFTTrainer no longer casts a quantized base's LoRA weights to bf16: "
+        "train.keep_adapter_fp32, its call in build_trainer and this test's second half can go.")
+
+
+def test_trl_loss_kernel_only_where_it_runs(monkeypatch):
+    """SFTTrainer's own loss (TRL's Triton kernel) on CUDA with Triton installed; elsewhere the model's own loss."""
+    import importlib.util
+
+    from trl import SFTTrainer
+
+    from semifinetune.train import trainer_class
+
+    real_find_spec = importlib.util.find_spec
+    for cuda, triton, expected in ((True, True, "SFTTrainer"), (True, False, "PlainLossSFTTrainer"),
+                                   (False, True, "PlainLossSFTTrainer")):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: (object() if triton else None) if name == "triton" else real_find_spec(name, *a))
+        cls = trainer_class({"cuda_available": cuda})
+        assert cls.__name__ == expected and issubclass(cls, SFTTrainer), (cuda, triton)
 
 
 @pytest.mark.parametrize(
