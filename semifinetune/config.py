@@ -99,6 +99,17 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    # A notebook cell ending in `cfg` shows the settings table (tables.config_table), not a 1,000-character repr line.
+    def _repr_html_(self) -> str:
+        from .tables import config_table
+
+        return config_table(self)._repr_html_()
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        from .tables import config_table
+
+        printer.text(repr(self) if cycle else config_table(self).to_string())
+
 
 # Each profile changes only what must differ from the guide's recipe on that machine.
 PROFILES: dict[str, dict] = {

@@ -96,14 +96,15 @@ def answer_metrics(generation, groups: list[list[str]]) -> dict:
 
 
 def answer_or_why(answer, scored_on: str, max_new_tokens: int) -> str:
-    """An answer as tables show it: an empty one says why it is empty and what was scored instead."""
+    """An answer as tables show it: an empty one says why it is empty, in fewer than pandas' 50 shown characters
+    (the table's `scored on` column says what was scored instead)."""
     answer = "" if answer is None or answer != answer else str(answer)  # a CSV's empty cell reads back as NaN
     if answer:
         return answer
     if scored_on == UNFINISHED:
-        return f"(no answer: the reasoning did not finish within max_new_tokens={int(max_new_tokens)}; scored on the reasoning)"
+        return f"(reasoning did not finish in max_new_tokens={int(max_new_tokens)})"
     if scored_on == ANSWER:
-        return "(no answer: nothing after </think>)"
+        return "(empty: nothing after </think>)"
     return "(no output)"
 
 
