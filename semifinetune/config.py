@@ -99,15 +99,11 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    # A notebook cell ending in `cfg` shows the settings table (tables.config_table), not a 1,000-character repr line.
+    # A notebook cell ending in `cfg` shows the settings table (config_table), not a 1,000-character repr line.
     def _repr_html_(self) -> str:
-        from .tables import config_table
-
         return config_table(self)._repr_html_()
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
-        from .tables import config_table
-
         printer.text(repr(self) if cycle else config_table(self).to_string())
 
 
@@ -407,3 +403,15 @@ def load_config(run_dir: str | os.PathLike, overrides: dict | None = None) -> Ru
     values.update(overrides or {})
     check_types(values)
     return RunConfig(profile=profile, **values)
+
+
+def config_table(cfg):
+    """Each setting, the guide's recipe value, and whether the profile or an override changed it."""
+    import pandas as pd
+
+    recipe = RunConfig().to_dict()
+    rows = [
+        (key, value, recipe[key], "" if value == recipe[key] or key == "profile" else "changed")
+        for key, value in cfg.to_dict().items()
+    ]
+    return pd.DataFrame(rows, columns=["setting", "value", "guide's recipe", "note"]).set_index("setting")
