@@ -42,6 +42,7 @@ _EXPORTS = {
     "recommend_settings": "sweep",
     "export_run": "export",
     "push_to_hub": "export",
+    "export_and_push": "publish",
 }
 
 __all__ = sorted(_EXPORTS)

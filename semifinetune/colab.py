@@ -71,6 +71,20 @@ def use_drive() -> Path | None:
     return home
 
 
+def secret(name: str) -> str | None:
+    """A Colab secret's value, read in this kernel (google.colab.userdata); None off Colab, when unset or refused.
+
+    Only the notebook's own kernel can ask: a `!python ...` subprocess cannot, so the notebooks read secrets here."""
+    if not on_colab():
+        return None
+    from google.colab import userdata
+
+    try:
+        return userdata.get(name) or None
+    except Exception:  # SecretNotFoundError, NotebookAccessError (access refused), a timeout: no value from here
+        return None
+
+
 def gpu_hint() -> str:
     """What to do on a runtime without a GPU, where there is something to do (Colab); else empty."""
     return f" {GPU_HINT}" if on_colab() else ""

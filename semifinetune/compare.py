@@ -15,8 +15,8 @@ from .config import ConfigError
 
 SETS = ("held-out", "general")
 TABLE_COLUMNS = [
-    "questions", "correct", "recall", "eos_rate", "answer_words", "new_tokens", "prompt_tokens", "tokens_per_s",
-    "notes_hold_answer",
+    "questions", "correct", "recall", "eos_rate", "scored_on_reasoning", "answer_words", "new_tokens", "prompt_tokens",
+    "tokens_per_s", "notes_hold_answer",
 ]
 
 
@@ -115,8 +115,8 @@ def retrieval_table(table):
 
     summary = summarize(table, ["set", "model", "retrieval"])
     extra = table.groupby(["set", "model", "retrieval"], sort=True).agg(
-        prompt_tokens=("prompt_tokens", "mean"),
-        notes_hold_answer=("notes_hold_answer", lambda s: _rate(s)),
+        prompt_tokens=("prompt_tokens", lambda s: round(s.mean(), 1)),
+        notes_hold_answer=("notes_hold_answer", lambda s: round(_rate(s), 3)),
         correct=("correct", lambda s: int(s.astype(bool).sum())),
     ).reset_index()
     summary = summary.merge(extra, on=["set", "model", "retrieval"]).rename(columns={"answers": "questions"})

@@ -105,6 +105,13 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    # A notebook cell ending in `cfg` shows the settings table (config_table), not a 1,000-character repr line.
+    def _repr_html_(self) -> str:
+        return config_table(self)._repr_html_()
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(repr(self) if cycle else config_table(self).to_string())
+
 
 # Each profile changes only what the machine needs; how the model learns is the recipe's (RECIPES below).
 PROFILES: dict[str, dict] = {
@@ -447,3 +454,15 @@ def load_config(run_dir: str | os.PathLike, overrides: dict | None = None) -> Ru
     values.update(overrides or {})
     check_types(values)
     return RunConfig(profile=profile, **values)
+
+
+def config_table(cfg):
+    """Each setting, the guide's recipe value, and whether the profile or an override changed it."""
+    import pandas as pd
+
+    recipe = RunConfig().to_dict()
+    rows = [
+        (key, value, recipe[key], "" if value == recipe[key] or key == "profile" else "changed")
+        for key, value in cfg.to_dict().items()
+    ]
+    return pd.DataFrame(rows, columns=["setting", "value", "guide's recipe", "note"]).set_index("setting")

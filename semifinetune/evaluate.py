@@ -1,7 +1,10 @@
 """Per-answer metrics (keyword recall, EOS stop, repetition, length, think block) and base vs tuned on held-out questions.
 
-Every metric reads the ANSWER part for correctness (text after `</think>` for R1) and the whole output for
-repetition, since rambling inside the reasoning block costs as much as rambling in the answer.
+Correctness reads the ANSWER part (text after `</think>` for R1) and repetition the whole output, since rambling
+inside the reasoning block costs as much as rambling in the answer. One exception keeps base vs tuned fair: an R1
+output whose think block never closed within max_new_tokens has no answer, so it is scored on its unfinished
+reasoning instead of counting as 0 (the base model reasons at length, the tuned one closes the block at once). Each
+row's `scored_on` says which rule applied: "answer", "unfinished reasoning", or "whole output" (no think block).
 """
 
 from __future__ import annotations
@@ -15,13 +18,22 @@ from . import runs
 from .config import ConfigError, RunConfig
 
 NOT_APPLICABLE = "n/a"  # think metrics of a model without a reasoning block: not 0, which would read as "never closed"
+ANSWER, UNFINISHED, WHOLE = "answer", "unfinished reasoning", "whole output"  # the `scored_on` values
 MODELS = ("base", "tuned")
 
 # Aggregated columns, what each is the mean of (see score_generations for the per-answer columns).
 SUMMARY_COLUMNS = [
     "answers", "recall", "correct_rate", "eos_rate", "repeat_4gram", "distinct_2",
-    "answer_words", "new_tokens", "think_closed_rate", "tokens_per_s",
+    "answer_words", "new_tokens", "think_closed_rate", "scored_on_reasoning", "tokens_per_s",
 ]
+
+
+# Summary figures rounded to what a reader can tell apart: shares to 3 decimals (1 answer in 1,000), lengths and
+# throughput to 1. The recommendation (sweep.py) reads these same values, so a tie in the table is a tie for its rule.
+DECIMALS = {
+    "recall": 3, "correct_rate": 3, "eos_rate": 3, "repeat_4gram": 3, "distinct_2": 3, "think_closed_rate": 3,
+    "scored_on_reasoning": 3, "answer_words": 1, "new_tokens": 1, "tokens_per_s": 1,
+}
 
 
 def words(text: str) -> list[str]:
@@ -56,10 +68,22 @@ def distinct_2(text: str) -> float:
     return len(set(grams)) / len(grams) if grams else 1.0
 
 
+def scored_text(generation) -> tuple[str, str]:
+    """(the text keywords are read from, which rule chose it): the answer; for an R1 output whose think block never
+    closed, the unfinished reasoning (its answer is empty); for a model without a think block, its whole output."""
+    if generation.think_closed is None:
+        return generation.answer, WHOLE
+    if generation.think_closed:
+        return generation.answer, ANSWER
+    return generation.reasoning or "", UNFINISHED
+
+
 def answer_metrics(generation, groups: list[list[str]]) -> dict:
     """The metrics of one Generation against its question's keyword groups."""
-    hits = keyword_hits(generation.answer, groups)
+    text, rule = scored_text(generation)
+    hits = keyword_hits(text, groups)
     return {
+        "scored_on": rule,
         "keyword_hits": hits,
         "keyword_groups": len(groups),
         "recall": hits / len(groups) if groups else float("nan"),
@@ -69,6 +93,19 @@ def answer_metrics(generation, groups: list[list[str]]) -> dict:
         "distinct_2": distinct_2(generation.text),
         "answer_words": len(words(generation.answer)),  # words of the answer part, not tokens
     }
+
+
+def answer_or_why(answer, scored_on: str, max_new_tokens: int) -> str:
+    """An answer as tables show it: an empty one says why it is empty, in fewer than pandas' 50 shown characters
+    (the table's `scored on` column says what was scored instead)."""
+    answer = "" if answer is None or answer != answer else str(answer)  # a CSV's empty cell reads back as NaN
+    if answer:
+        return answer
+    if scored_on == UNFINISHED:
+        return f"(reasoning did not finish in max_new_tokens={int(max_new_tokens)})"
+    if scored_on == ANSWER:
+        return "(empty: nothing after </think>)"
+    return "(no output)"
 
 
 def notes_hold_answer(notes: list[dict], groups: list[list[str]]) -> bool:
@@ -123,8 +160,20 @@ def think_closed_rate(values) -> float | str:
     return float(known.map(lambda v: v is True or str(v).lower() == "true").mean())
 
 
+def scored_on_reasoning(values) -> float | str:
+    """Share of answers scored on their unfinished reasoning; "n/a" where no answer had a reasoning block."""
+    import pandas as pd
+
+    rules = pd.Series(list(values), dtype=object).dropna()  # a CSV written before the column existed: all missing
+    known = rules[rules != WHOLE]
+    if known.empty:
+        return NOT_APPLICABLE
+    return float((known == UNFINISHED).mean())
+
+
 def summarize(table, by: list[str]):
-    """Per group of `by`: answers, mean recall, correct/EOS/think-closed rates, repetition, lengths, tokens/s."""
+    """Per group of `by`: answers, mean recall, correct/EOS/think-closed rates, repetition, lengths, tokens/s, and the
+    share of answers scored on unfinished reasoning. Rounded as shown (see DECIMALS)."""
     import pandas as pd
 
     rows = []
@@ -143,11 +192,19 @@ def summarize(table, by: list[str]):
                 "answer_words": group["answer_words"].mean(),
                 "new_tokens": group["new_tokens"].mean(),  # generated tokens per answer, reasoning included
                 "think_closed_rate": think_closed_rate(group["think_closed"]),
+                "scored_on_reasoning": scored_on_reasoning(group.get("scored_on", [])),
                 # seconds are each row's share of its batch, so this is the batched throughput
                 "tokens_per_s": group["new_tokens"].sum() / seconds if seconds > 0 else float("nan"),
             }
         )
+        rows[-1] = rounded(rows[-1])
     return pd.DataFrame(rows, columns=[*by, *SUMMARY_COLUMNS])
+
+
+def rounded(row: dict) -> dict:
+    """Each DECIMALS column rounded; "n/a" and NaN stay as they are."""
+    return {key: round(value, DECIMALS[key]) if key in DECIMALS and isinstance(value, float) else value
+            for key, value in row.items()}
 
 
 def evaluate_model(

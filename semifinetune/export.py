@@ -648,28 +648,37 @@ def _cell(value) -> str:
 # --- the hub ---
 
 
+TOKEN_PAGE = "https://huggingface.co/settings/tokens"
+NO_TOKEN = (f"No Hugging Face token: set HF_TOKEN to a write token ({TOKEN_PAGE}) or run `hf auth login`, then run "
+            "the export again (--push-to-hub, or push_to_hub_repo in notebook 06).")
+NO_TOKEN_COLAB = ("No Hugging Face token: add a Colab secret (the key icon in the left sidebar > Add new secret) named "
+                  f"HF_TOKEN holding a write token from {TOKEN_PAGE}, turn on its notebook access, then run this cell again.")
+
+
 def hub_token() -> str:
-    """The Hugging Face token from HF_TOKEN or `hf auth login`; a PushError without one. Never printed."""
+    """The Hugging Face token, read in this process: on Colab the secret HF_TOKEN, else the HF_TOKEN environment
+    variable or `hf auth login`'s; a PushError without one. Never printed, written or returned anywhere else."""
     from huggingface_hub import get_token
 
-    token = os.environ.get("HF_TOKEN") or get_token()
+    from .colab import on_colab, secret
+
+    token = secret("HF_TOKEN") or os.environ.get("HF_TOKEN") or get_token()
     if not token:
-        raise PushError(
-            "No Hugging Face token: set HF_TOKEN to a write token (https://huggingface.co/settings/tokens) "
-            "or run `hf auth login`, then run the export again with --push-to-hub."
-        )
+        raise PushError(NO_TOKEN_COLAB if on_colab() else NO_TOKEN)
     return token
 
 
-def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = True) -> str:
-    """Upload an export folder to the hub model repo `repo_id` (created private if new); returns the repo URL."""
+def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = True,
+                path_in_repo: str = "") -> str:
+    """Upload an export folder to the hub model repo `repo_id` (created private if new), at its root or under
+    `path_in_repo`; returns the repo URL."""
     from huggingface_hub import HfApi
 
     token = token or hub_token()
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", path_in_repo=path_in_repo or None,
                           commit_message=f"Upload {Path(folder).name} export from semifinetune")
     except Exception as err:  # network, permission, bad repo id: one line, token scrubbed
         message = (str(err).strip().splitlines() or [type(err).__name__])[0].replace(token, "***")

@@ -61,6 +61,7 @@ def generate(
     from tqdm.auto import tqdm
 
     from .formats import chat_prompt
+    from .quiet import progress_bars_off
 
     per_row = settings if isinstance(settings, list) else [settings] * len(questions)
     if len(per_row) != len(questions):
@@ -73,7 +74,8 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: (_batch_key(per_row[i]), -len(prompts[i])))
     results: list[Generation | None] = [None] * len(prompts)
     start, size = 0, max(1, batch_size or default_batch_size(model))
-    with _inference_mode(model, tokenizer), tqdm(total=len(prompts), desc="generate", disable=not progress) as bar:
+    bar_off = not progress or progress_bars_off()
+    with _inference_mode(model, tokenizer), tqdm(total=len(prompts), desc="generate", disable=bar_off) as bar:
         while start < len(order):
             key = _batch_key(per_row[order[start]])
             rows = [i for i in order[start : start + size] if _batch_key(per_row[i]) == key]

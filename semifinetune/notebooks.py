@@ -120,7 +120,8 @@ def execute(src: Path, dst: Path, parameters: dict, cwd: str | os.PathLike, prog
     try:
         with project_importable():
             papermill.execute_notebook(
-                str(src), str(running), parameters=parameters, kernel_name=KERNEL, cwd=str(cwd), progress_bar=progress
+                str(src), str(running), parameters=parameters, kernel_name=KERNEL, cwd=str(cwd), progress_bar=progress,
+                kernel_manager_class=headless_kernel_manager(),
             )
     except PapermillExecutionError as err:
         os.replace(running, failed)
@@ -138,14 +139,35 @@ def execute(src: Path, dst: Path, parameters: dict, cwd: str | os.PathLike, prog
     return time.perf_counter() - start
 
 
+def headless_kernel_manager():
+    """jupyter_client's kernel manager, quiet: over local sockets (IPC) instead of TCP, so the kernel talks to this
+    process only and ipykernel's "Kernel is running over TCP without encryption" warning at every start has no cause;
+    and no SIGINT before the shutdown request, which an idle kernel logs as "KeyboardInterrupt caught in kernel" after
+    a run that succeeded (papermill shuts kernels down idle; a busy one still gets SIGTERM, then SIGKILL)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class HeadlessKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "tcp" if os.name == "nt" else "ipc"  # ZeroMQ has no IPC transport on Windows
+
+        async def _async_interrupt_kernel(self) -> None:
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return HeadlessKernelManager
+
+
 @contextmanager
 def project_importable():
     """Kernels inherit the environment: the project root on PYTHONPATH, so `import semifinetune` works from any cwd,
-    installed or not; and no Google Drive mount (the run directory is passed as an absolute path)."""
-    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "SEMIFINETUNE_DRIVE")}
+    installed or not; no Google Drive mount (the run directory is passed as an absolute path); no progress bars."""
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "SEMIFINETUNE_DRIVE", *NO_PROGRESS_BARS)}
     old = saved["PYTHONPATH"]
     os.environ["PYTHONPATH"] = os.pathsep.join([str(runs.PROJECT_ROOT), *([old] if old else [])])
     os.environ["SEMIFINETUNE_DRIVE"] = "off"
+    os.environ.update(NO_PROGRESS_BARS)
     try:
         yield
     finally:
@@ -278,12 +300,17 @@ IGNORE_OUTPUT = {
     ("06_inference_sweep", "summary"),
     ("06_inference_sweep", "retrieval_table(rag)"),  # tokens/s; the counts are checked in the statement cell below it
 }
-# Golden notebooks and their nbval re-runs hold no progress bars (a cold cache shows more of them than a warm one)
-# and no library warnings on stderr (they come and go with versions and file-system timing).
-QUIET = {
-    "TQDM_DISABLE": "1",
+# Kernels run headless hold no progress bars: an executed notebook saves a bar widget as its first state, "0%", so
+# every finished step would read as stuck at the start.
+NO_PROGRESS_BARS = {
+    "TQDM_DISABLE": "1",  # tqdm's bars, generate()'s included (quiet.progress_bars_off)
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' own bars (loading weights, writing shards)
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # TRL's dataset preparation
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # datasets' passes
+}
+# Golden notebooks and their nbval re-runs also hold no library warnings on stderr (they come and go with versions
+# and file-system timing).
+QUIET = {
+    **NO_PROGRESS_BARS,
     "TRANSFORMERS_VERBOSITY": "error",
     "PYTHONWARNINGS": "ignore",
 }

@@ -6,6 +6,7 @@ Only the messages listed are dropped; everything else those loggers say (errors 
 from __future__ import annotations
 
 import logging
+import os
 
 # logger name -> the start of each message dropped
 NOISE = {
@@ -31,3 +32,9 @@ def drop_known_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise(prefixes))
+
+
+def progress_bars_off() -> bool:
+    """TQDM_DISABLE is set (the notebooks runner, CI): then the project's own bars stay off too. tqdm's environment
+    setting changes only its default, and generate() passes `disable` explicitly."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes")

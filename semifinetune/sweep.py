@@ -2,7 +2,8 @@
 
 Recommendation rule (recommend_settings): among the grid's settings, take the highest mean keyword recall of
 the tuned model; break ties by the higher EOS-stop rate, then the lower repeated-4-gram share, then the
-setting closest to DeepSeek's recommendation (temperature 0.6, top_p 0.95).
+setting closest to DeepSeek's recommendation (temperature 0.6, top_p 0.95). It reads the summary's figures as shown,
+rounded to 3 decimals (evaluate.DECIMALS): a difference too small to see in the table is a tie.
 """
 
 from __future__ import annotations
@@ -160,12 +161,12 @@ def temperature_comparison(table, low: float = 0.3, high: float = 0.6, boot: int
                 {
                     "model": model,
                     "metric": label,
-                    f"T={low}": at[low][metric].astype(float).mean(),
-                    f"T={high}": at[high][metric].astype(float).mean(),
-                    "difference": diffs.mean(),
-                    "ci95_low": ci_low,
-                    "ci95_high": ci_high,
-                    "beyond_noise": bool(ci_low > 0 or ci_high < 0),
+                    f"T={low}": round(at[low][metric].astype(float).mean(), 3),
+                    f"T={high}": round(at[high][metric].astype(float).mean(), 3),
+                    "difference": round(diffs.mean(), 3),
+                    "ci95_low": round(ci_low, 3),
+                    "ci95_high": round(ci_high, 3),
+                    "beyond_noise": bool(ci_low > 0 or ci_high < 0),  # from the interval before rounding
                     "questions": len(diffs),
                     "answers_each": len(at[low]),
                 }
@@ -199,8 +200,11 @@ def temperature_statement(comparison, low: float = 0.3, high: float = 0.6) -> st
 
 
 def side_by_side(table, recommendation: dict | None = None, questions: int = 5, width: int = 200):
-    """The first `questions` questions, base vs tuned answers at one setting (default: the recommended), sample 0."""
+    """The first `questions` questions, base vs tuned answers at one setting (default: the recommended), sample 0;
+    what each was scored on, and for an empty answer, why it is empty."""
     import numpy as np
+
+    from .evaluate import answer_or_why
 
     rows = table[table["sample"] == table["sample"].min()]
     if recommendation:
@@ -210,10 +214,12 @@ def side_by_side(table, recommendation: dict | None = None, questions: int = 5, 
         first = rows.iloc[0]
         for col in SETTING_COLUMNS:
             rows = rows[np.isclose(rows[col], first[col])]
+    rows = rows.assign(answer=[answer_or_why(a, rule, n) for a, rule, n in
+                               zip(rows["answer"], rows["scored_on"], rows["max_new_tokens"])])
     wide = rows.pivot_table(index=["question_id", "question", "keywords"], columns="model",
-                            values=["answer", "correct"], aggfunc="first")
-    wide.columns = [f"{model} {field}" for field, model in wide.columns]
+                            values=["answer", "correct", "scored_on"], aggfunc="first")
+    wide.columns = [f"{model} {field.replace('_', ' ')}" for field, model in wide.columns]
     wide = wide.reset_index().drop(columns="question_id").head(questions)
     for col in [c for c in wide.columns if c.endswith(" answer")]:
-        wide[col] = wide[col].fillna("").astype(str).str.slice(0, width)
+        wide[col] = wide[col].astype(str).str.slice(0, width)
     return wide.set_index("question")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .config import config_table  # noqa: F401  (notebook 01 imports it from here; it lives with RunConfig, which shows itself with it)
+
 
 def key_value_table(values: dict, value_name: str = "value"):
     """A dict as a two-column table; nested dicts are flattened to `outer.inner`."""
@@ -14,20 +16,6 @@ def key_value_table(values: dict, value_name: str = "value"):
         else:
             rows.append((key, value))
     return pd.DataFrame(rows, columns=["name", value_name]).set_index("name")
-
-
-def config_table(cfg):
-    """Each setting, the guide's recipe value, and whether the profile or an override changed it."""
-    import pandas as pd
-
-    from .config import RunConfig
-
-    recipe = RunConfig().to_dict()
-    rows = [
-        (key, value, recipe[key], "" if value == recipe[key] or key == "profile" else "changed")
-        for key, value in cfg.to_dict().items()
-    ]
-    return pd.DataFrame(rows, columns=["setting", "value", "guide's recipe", "note"]).set_index("setting")
 
 
 def environment_table(report: dict):

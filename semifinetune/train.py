@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import runs
@@ -101,6 +102,21 @@ def fit(
     return stats
 
 
+@contextmanager
+def dataset_bars_off():
+    """No datasets progress bars while TRL prepares the sets: six passes (labels, truncation, masked rows, for train
+    and eval) of well under a second each over data 04 has tokenized, whose bars read as six steps of work."""
+    from datasets.utils import logging as datasets_logging
+
+    was_on = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets_logging.enable_progress_bar()
+
+
 def build_trainer(model, tokenizer, cfg: RunConfig, run_dir, report: dict, callbacks: list | None = None, resume: bool = False):
     """SFTTrainer over the run's tokenized train set, evaluating on the validation set (else the held-out set), LoRA
     weights kept in fp32."""
@@ -114,14 +130,15 @@ def build_trainer(model, tokenizer, cfg: RunConfig, run_dir, report: dict, callb
 
         longest = max(len(ids) for ids in train_set["input_ids"])
         cls = graphed_trainer_class(cls, min(longest, cfg.max_seq_length), tokenizer.pad_token_id)
-    trainer = cls(
-        model=model,
-        args=sft_config(cfg, run_dir, report, resume),
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-        callbacks=[*(callbacks or []), *stopping, *tensorboard_callbacks(cfg, run_dir)],
-    )
+    with dataset_bars_off():
+        trainer = cls(
+            model=model,
+            args=sft_config(cfg, run_dir, report, resume),
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            processing_class=tokenizer,
+            callbacks=[*(callbacks or []), *stopping, *tensorboard_callbacks(cfg, run_dir)],
+        )
     keep_adapter_fp32(trainer.model)
     return trainer
 
@@ -539,19 +556,53 @@ def read_train_log(run_dir) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def shown(value) -> str:
+    """A figure as tables show it: floats to 4 decimals (losses differ in the third), counts with thousands
+    separators, lists as comma-separated names, None as "none"."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return str(value)
+    if isinstance(value, float):
+        return f"{round(value, 4)}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return "none" if value is None else str(value)
+
+
 def stats_table(stats: dict):
-    """The stats as a two-column table, one row per figure."""
+    """The stats as a two-column table, one row per figure, rounded as shown()."""
     import pandas as pd
 
-    return pd.DataFrame({"value": [str(v) for v in stats.values()]}, index=pd.Index(list(stats), name="stat"))
+    return pd.DataFrame({"value": [shown(v) for v in stats.values()]}, index=pd.Index(list(stats), name="stat"))
 
 
-def adapter_files(run_dir) -> dict:
-    """What run_dir/adapter holds: file name -> size in KB."""
+def eval_loss_table(run_dir):
+    """The held-out loss at each evaluation step, from run_dir/train_log.json, to 4 decimals."""
+    import pandas as pd
+
+    rows = [(entry["step"], round(entry["loss"], 4)) for entry in read_train_log(run_dir)["eval_loss"]]
+    return pd.DataFrame(rows, columns=["step", "held-out loss"]).set_index("step")
+
+
+def adapter_files(run_dir):
+    """What run_dir/adapter holds: one row per file with its size (KB or MB); the folder names the index."""
+    import pandas as pd
+
     folder = runs.run_path(run_dir, runs.ADAPTER)
     if not folder.is_dir():
         raise ConfigError(f"{folder} does not exist. Run notebook 05_train (or `python -m semifinetune train`) first.")
-    return {p.name: round(p.stat().st_size / 1024, 1) for p in sorted(folder.iterdir()) if p.is_file()}
+    rows = [(p.name, file_size(p.stat().st_size)) for p in sorted(folder.iterdir()) if p.is_file()]
+    return pd.DataFrame(rows, columns=["file", "size"]).set_index("file").rename_axis(f"{folder}/")
+
+
+def file_size(size: int) -> str:
+    """Bytes with a unit: "5.1 KB", "17.4 MB", "1.20 GB" (binary: 1 KB = 1,024 bytes)."""
+    if size < 2**20:
+        return f"{size / 2**10:.1f} KB"
+    if size < 2**30:
+        return f"{size / 2**20:.1f} MB"
+    return f"{size / 2**30:.2f} GB"
 
 
 def plot_loss_curve(run_dir):

@@ -7,6 +7,7 @@ import pytest
 
 from semifinetune.evaluate import (
     answer_metrics,
+    answer_or_why,
     compare_base_tuned,
     distinct_2,
     evaluate_model,
@@ -57,9 +58,31 @@ def test_answer_metrics_score_the_answer_not_the_reasoning():
     g = gen("It is in Hsinchu.", text="TSMC 1987 hmm\n</think>\n\nIt is in Hsinchu.", reasoning="TSMC 1987 hmm", think_closed=True)
     m = answer_metrics(g, GROUPS)
     assert (m["keyword_hits"], m["keyword_groups"], m["correct"], m["eos_stop"], m["answer_words"]) == (1, 3, False, True, 4)
-    assert m["recall"] == pytest.approx(1 / 3)
-    assert answer_metrics(gen("TSMC in Hsinchu since 1987", finish="length"), GROUPS)["correct"] is True
+    assert m["recall"] == pytest.approx(1 / 3) and m["scored_on"] == "answer"
+    whole = answer_metrics(gen("TSMC in Hsinchu since 1987", finish="length"), GROUPS)  # no think block (SmolLM2)
+    assert whole["correct"] is True and whole["scored_on"] == "whole output"
     assert answer_metrics(gen("x", finish="length"), GROUPS)["eos_stop"] is False
+
+
+def test_reasoning_cut_at_max_new_tokens_is_scored_on_the_reasoning():
+    """R1's base model often runs out of tokens mid-reasoning: no answer, yet not a 0 for that alone."""
+    cut = gen("", text="TSMC was founded in 1987 in Hsinchu, so", reasoning="TSMC was founded in 1987 in Hsinchu, so",
+              think_closed=False, finish="length")
+    m = answer_metrics(cut, GROUPS)
+    assert (m["scored_on"], m["keyword_hits"], m["correct"], m["answer_words"], m["eos_stop"]) == (
+        "unfinished reasoning", 3, True, 0, False)
+    half = gen("", text="Maybe TSMC", reasoning="Maybe TSMC", think_closed=False, finish="length")
+    assert answer_metrics(half, GROUPS)["recall"] == pytest.approx(1 / 3)
+    assert answer_metrics(gen("", reasoning=None, think_closed=False), GROUPS)["recall"] == 0.0  # nothing at all
+
+
+def test_an_empty_answer_says_why():
+    assert answer_or_why("", "unfinished reasoning", 512) == "(reasoning did not finish in max_new_tokens=512)"
+    assert answer_or_why(math.nan, "unfinished reasoning", 16.0) == "(reasoning did not finish in max_new_tokens=16)"  # CSV
+    assert len(answer_or_why("", "unfinished reasoning", 32768)) <= 50  # pandas shows 50 characters of a cell
+    assert answer_or_why("", "answer", 512) == "(empty: nothing after </think>)"
+    assert answer_or_why("", "whole output", 512) == "(no output)"
+    assert answer_or_why("Hsinchu.", "answer", 512) == "Hsinchu."
 
 
 def _table(think_closed):
@@ -74,13 +97,23 @@ def test_summary_of_a_hand_made_table():
     row = summarize(_table([True, False]), ["model"]).iloc[0]
     assert row["answers"] == 2
     assert row["recall"] == 0.5 and row["correct_rate"] == 0.5 and row["eos_rate"] == 0.5
-    assert row["think_closed_rate"] == 0.5
+    assert row["think_closed_rate"] == 0.5 and row["scored_on_reasoning"] == 0.5  # the second never closed
     assert row["tokens_per_s"] == pytest.approx(40 / 4.0)  # all tokens over all seconds, not a mean of ratios
     assert row["answer_words"] == 2.5  # 3 and 2 words
 
 
+def test_summary_figures_are_rounded_as_shown():
+    rows = [gen("TSMC", tokens=7, seconds=3.0), gen("TSMC 1987", tokens=8, seconds=3.0), gen("no", tokens=9, seconds=3.0)]
+    from semifinetune.evaluate import score_generations
+
+    table = score_generations(rows, [{"input": f"q{i}", "keywords": GROUPS} for i in range(3)]).assign(model="m")
+    row = summarize(table, ["model"]).iloc[0]
+    assert (row["recall"], row["correct_rate"], row["answer_words"], row["tokens_per_s"]) == (0.333, 0.0, 1.3, 2.7)
+
+
 def test_think_metrics_read_not_applicable_without_reasoning_block():
     assert summarize(_table([None, None]), ["model"]).iloc[0]["think_closed_rate"] == "n/a"
+    assert summarize(_table([None, None]), ["model"]).iloc[0]["scored_on_reasoning"] == "n/a"
     assert think_closed_rate([None, True, False, True]) == pytest.approx(2 / 3)  # unknowns left out, not counted as 0
     assert think_closed_rate(pd.Series([math.nan, math.nan])) == "n/a"  # as read back from a CSV
 
@@ -118,6 +151,10 @@ def test_compare_base_tuned_writes_both_models_on_every_question(tiny_run, tiny_
     assert list(summary.index) == ["base", "tuned"]
     assert summary.loc["base", "correct_rate"] * questions == pytest.approx(result["base_correct"])
     assert isinstance(summary.loc["tuned", "think_closed_rate"], float)  # R1 template: applicable
+    unfinished = table["think_closed"].astype(str).str.lower() == "false"
+    assert unfinished.any()  # 8 new tokens: the random model never closes its think block
+    assert set(table.loc[unfinished, "scored_on"]) == {"unfinished reasoning"}
+    assert summary.loc["base", "scored_on_reasoning"] == round(unfinished[table["model"] == "base"].mean(), 3)
 
 
 def test_missing_adapter_says_to_train_first(tmp_path):

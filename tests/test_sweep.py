@@ -106,7 +106,14 @@ def test_side_by_side_at_the_recommended_setting(swept):
     summary = summarize_sweep(swept)
     wide = side_by_side(swept, recommend_settings(summary), questions=3)
     assert len(wide) == 3
-    assert {"base answer", "tuned answer", "base correct", "tuned correct", "keywords"} <= set(wide.columns)
+    assert {"base answer", "tuned answer", "base correct", "tuned correct", "base scored on", "tuned scored on",
+            "keywords"} <= set(wide.columns)
+    n = recommend_settings(summary)["max_new_tokens"]
+    for model in ("base", "tuned"):  # an empty answer says why: the tiny model's reasoning never finishes
+        cut = wide[f"{model} scored on"] == "unfinished reasoning"
+        assert list(wide.loc[cut, f"{model} answer"]) == [
+            f"(reasoning did not finish in max_new_tokens={n})"] * int(cut.sum())
+    assert (wide[["base scored on", "tuned scored on"]] == "unfinished reasoning").any(axis=None)
 
 
 def test_heatmaps_have_one_panel_per_model_and_metric(swept):
