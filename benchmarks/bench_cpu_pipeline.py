@@ -3,7 +3,8 @@
     python benchmarks/bench_cpu_pipeline.py --out benchmarks/results/cpu_pipeline.json
 
 Runs `python -m semifinetune run --profile cpu` in a fresh process (the embedded model's cache already built),
-then reads the run's own files: training time, held-out correct base vs tuned, the sweep's time.
+then reads the run's own files: training time, held-out correct base vs tuned, the sweep's time; and the time of
+each step, from the pipeline's `== step` lines.
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ sys.path.insert(0, str(ROOT))
 from record import record  # noqa: E402
 
 
+def step_seconds(command: list[str], start: float) -> dict:
+    """Run the pipeline, passing its output through; the seconds from each `== step` line to the next."""
+    marks = [("setup", start)]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as process:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            if line.startswith("== "):
+                marks.append((line[3:].strip(), time.perf_counter()))
+    if process.returncode:
+        sys.exit(f"the pipeline failed (exit {process.returncode})")
+    ends = [t for _, t in marks[1:]] + [time.perf_counter()]
+    return {name: round(end - begin, 1) for (name, begin), end in zip(marks, ends)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -37,8 +52,7 @@ def main() -> None:
     shutil.rmtree(args.run_dir, ignore_errors=True)
     start = time.perf_counter()
     overrides = [item for assignment in args.set for item in ("--set", assignment)]
-    subprocess.run([sys.executable, "-m", "semifinetune", "run", "--profile", "cpu", "--run-dir", args.run_dir, *overrides],
-                   check=True, cwd=ROOT)
+    steps = step_seconds([sys.executable, "-m", "semifinetune", "run", "--profile", "cpu", "--run-dir", args.run_dir, *overrides], start)
     total = time.perf_counter() - start
     run = Path(args.run_dir)
     stats = json.loads((run / "train_log.json").read_text())["stats"]
@@ -53,6 +67,7 @@ def main() -> None:
         "machine": f"CPU, {os.cpu_count()} cores",
         "settings": json.loads((run / "config.json").read_text()),
         "total_s": round(total, 1),
+        "step_s": steps,
         "train_s": stats["train_runtime_s"],
         "steps": stats["global_step"],
         "held_out_questions": int(len(evaluation) / 2),

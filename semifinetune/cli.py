@@ -13,7 +13,15 @@ def _add_run_args(parser: argparse.ArgumentParser, profile: bool = True) -> None
     if profile:
         parser.add_argument("--profile", default="auto",
                             help="auto (default: t4 on a CUDA GPU, cpu elsewhere), t4 (GPU + hub), cpu (embedded model), tiny (tests)")
+    parser.add_argument("--recipe", help="how the model learns: facts (the profiles' default, chosen by a study) or guide "
+                        "(the guide's exact hyperparameters); a --grid over recipe=guide,facts compares them")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+
+
+def _overrides(args) -> dict:
+    """--set assignments, with --recipe among them (make_config takes the recipe from the overrides)."""
+    overrides = parse_assignments(args.set)
+    return {**overrides, "recipe": args.recipe} if args.recipe else overrides
 
 
 def cmd_env(args) -> int:
@@ -26,8 +34,8 @@ def cmd_env(args) -> int:
 def cmd_setup(args) -> int:
     from .pipeline import setup
 
-    cfg, report = setup(args.run_dir, args.profile, parse_assignments(args.set), overwrite=args.overwrite)
-    print(f"{args.run_dir}/config.json: profile {cfg.profile}, model {cfg.model_name}, backend {report['backend']}, "
+    cfg, report = setup(args.run_dir, args.profile, _overrides(args), overwrite=args.overwrite)
+    print(f"{args.run_dir}/config.json: profile {cfg.profile}, recipe {cfg.recipe}, model {cfg.model_name}, backend {report['backend']}, "
           f"precision {report['precision']}")
     return 0
 
@@ -35,7 +43,7 @@ def cmd_setup(args) -> int:
 def cmd_run(args) -> int:
     from .pipeline import run_pipeline
 
-    result = run_pipeline(args.run_dir, args.profile, parse_assignments(args.set), overwrite=args.overwrite)
+    result = run_pipeline(args.run_dir, args.profile, _overrides(args), overwrite=args.overwrite)
     evaluation, stats, best = result["evaluation"], result["train"], result["recommended"]
     retrieval = f"; with retrieval, correct: {result['retrieval']}" if result.get("retrieval") else ""
     print(f"trained {stats['global_step']} steps in {stats['train_runtime_s']:.0f} s; "
@@ -159,7 +167,7 @@ def cmd_notebooks(args) -> int:
         write_golden(args.golden, args.run_dir, args.profile)
         return 0
     params = {key: literal(value) for key, value in args.param}
-    overrides = parse_assignments(args.set)
+    overrides = _overrides(args)
     if args.grid:
         key, values = parse_grid(args.grid)
         table = run_grid(args.run_dir, args.profile, key, values, params, overrides, overwrite=args.overwrite)

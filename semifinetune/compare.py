@@ -24,14 +24,16 @@ def retrieval_label(k: int) -> str:
     return f"top {k}" if k else "off"
 
 
-def question_sets(cfg) -> dict[str, list[dict]]:
-    """The held-out questions (eval_file) and the general ones (general_eval_file), validated."""
+def question_sets(cfg, limit: int = 0) -> dict[str, list[dict]]:
+    """The held-out questions (eval_file) and the general ones (general_eval_file), validated; the first `limit`
+    of each if limit > 0."""
     from .data import read_examples
 
-    return {
+    sets = {
         "held-out": read_examples(runs.resolve_data_path(cfg.eval_file), "eval"),
         "general": read_examples(runs.resolve_data_path(cfg.general_eval_file), "eval"),
     }
+    return {name: rows[:limit] if limit > 0 else rows for name, rows in sets.items()}
 
 
 def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings=None, batch_size: int | None = None,
@@ -54,7 +56,7 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
     if k == 0:
         raise ConfigError("The 2 x 2 needs notes: set retrieval_compare_k (or pass k) to 1 or more.")
     settings = settings or settings_from_config(cfg)
-    sets = question_sets(cfg)
+    sets = question_sets(cfg, cfg.retrieval_compare_questions)
     index = index_training_pairs(cfg)  # train_file only: the held-out answers are never among the notes
     notes = {name: retrieve(index, [row["input"] for row in rows], k) for name, rows in sets.items()}
     reused = _evaluation_without_notes(run_dir, cfg, sets["held-out"]) if reuse_evaluation else None
@@ -75,15 +77,19 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
 
 
 def _evaluation_without_notes(run_dir, cfg, rows: list[dict]):
-    """evaluation.csv where it holds both models' answers without notes to exactly these questions, else None."""
+    """evaluation.csv's rows for these questions where it holds both models' answers without notes to them (as its
+    first questions, in order), else None."""
+    import pandas as pd
+
     from .evaluate import MODELS, read_evaluation
 
     if cfg.retrieval_k or not runs.run_path(run_dir, runs.EVALUATION).exists():
         return None
     table = read_evaluation(run_dir)
     questions = [row["input"] for row in rows]
-    same = all(list(table.loc[table["model"] == which, "question"]) == questions for which in MODELS)
-    return table if same and "notes_k" not in table else None
+    kept = [table[table["model"] == which].head(len(questions)) for which in MODELS]
+    same = all(list(frame["question"]) == questions for frame in kept)
+    return pd.concat(kept) if same and "notes_k" not in table else None
 
 
 def _as_retrieval_rows(frame, tokenizer):

@@ -14,8 +14,12 @@ from .runs import open_run  # noqa: F401 - notebooks 02-06 import it from here
 GUIDE_QUESTION = "What does NVIDIA Corporation primarily manufacture?"
 
 
-def setup(run_dir: str | os.PathLike, profile: str = "auto", overrides: dict | str | None = None, overwrite: bool = False):
+def setup(
+    run_dir: str | os.PathLike, profile: str = "auto", overrides: dict | str | None = None, overwrite: bool = False, recipe: str = ""
+):
     """Notebook 01: resolve the config, check the machine and the data files, write config.json and env.json.
+
+    recipe '' keeps the profile's own (or the one named among the overrides); 'guide' or 'facts' chooses one.
 
     profile 'auto' is resolved here, once, by the machine (t4 with a CUDA GPU, cpu elsewhere); config.json keeps the
     resolved name, which notebooks 02-06 read. Returns (cfg, report).
@@ -27,6 +31,10 @@ def setup(run_dir: str | os.PathLike, profile: str = "auto", overrides: dict | s
 
     report = environment_report()
     resolved = choose_profile(report, profile)
+    if recipe:
+        from .config import parse_overrides
+
+        overrides = {**parse_overrides(overrides), "recipe": recipe}
     cfg = make_config(resolved, overrides)
     if profile != resolved:
         print(f"profile {profile} -> {resolved} ({'a CUDA GPU' if report['cuda_available'] else 'no CUDA GPU'} here)")

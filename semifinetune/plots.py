@@ -39,8 +39,16 @@ def plot_losses(log: dict, path: str | os.PathLike | None = None):
     ax.plot([e["step"] for e in train], [e["loss"] for e in train], marker=".", label="train loss")
     ax.plot([e["step"] for e in held_out], [e["loss"] for e in held_out], marker="o", label="held-out loss")
     if validation:
-        ax.plot([e["step"] for e in validation], [e["loss"] for e in validation], marker="s", label="validation loss (chooses)")
+        ax.plot([e["step"] for e in validation], [e["loss"] for e in validation], marker="s", label="validation loss")
     kept = log.get("stats", {}).get("kept_step")
+    recall = log.get("validation_recall", [])
+    if recall:  # what chooses the kept step, on its own 0-1 axis
+        right = ax.twinx()
+        right.plot([e["step"] for e in recall], [e["recall"] for e in recall], color="tab:red", marker="^",
+                   label="validation recall (chooses)")
+        right.set_ylim(0, 1)
+        right.set_ylabel("validation keyword recall")
+        right.legend(loc="upper center", fontsize=8)
     if validation and kept is not None:
         ax.axvline(kept, color="grey", linestyle="--", linewidth=1, label=f"adapter kept: step {kept}")
     ax.set_xlabel("optimizer step")

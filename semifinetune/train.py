@@ -15,7 +15,6 @@ from .atomic import write_json_atomic
 from .config import ConfigError, RunConfig
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-BEST_METRIC = "eval_loss"  # with a validation file, the trainer evaluates on it alone
 SAVE_TOTAL_LIMIT = 2  # the latest checkpoint to resume from, and the one before it
 # A checkpoint is complete once the trainer wrote its state last (transformers writes trainer_state.json after the
 # weights, optimizer and scheduler); a folder without these files was cut off mid-write and is never resumed from.
@@ -122,7 +121,11 @@ def build_trainer(model, tokenizer, cfg: RunConfig, run_dir, report: dict, callb
     weights kept in fp32."""
     from transformers import EarlyStoppingCallback
 
+    from .validation import validation_callback
+
     train_set, eval_set = training_datasets(run_dir, cfg)
+    # the validation check first: best-checkpoint choice and early stopping read the metrics it adds
+    checks = [validation_callback(cfg, run_dir, tokenizer)] if cfg.validation_file else []
     stopping = [EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else []
     cls = trainer_class(report)
     if cfg.cuda_graphs and report["cuda_available"]:
@@ -137,7 +140,7 @@ def build_trainer(model, tokenizer, cfg: RunConfig, run_dir, report: dict, callb
             train_dataset=train_set,
             eval_dataset=eval_set,
             processing_class=tokenizer,
-            callbacks=[*(callbacks or []), *stopping, *tensorboard_callbacks(cfg, run_dir)],
+            callbacks=[*(callbacks or []), *checks, *stopping, *tensorboard_callbacks(cfg, run_dir)],
         )
     keep_adapter_fp32(trainer.model)
     return trainer
@@ -203,11 +206,13 @@ def sft_config(cfg: RunConfig, run_dir, report: dict, resume: bool = False):
 def sft_arguments(cfg: RunConfig, run_dir, report: dict, resume: bool = False) -> dict:
     """SFTConfig's arguments (SFTConfig itself refuses fp16/bf16 on a machine without a GPU, so tests read these)."""
     from .env import choose_precision
+    from .validation import VALIDATION_METRIC
 
     precision = choose_precision(report, cfg.precision)
-    # The adapter a run keeps is the step with the lowest validation loss (checkpoints fall on evaluations, which
-    # check_ranges makes sure of). The held-out loss is computed once, of the kept weights (final_held_out_loss).
-    choose = dict(load_best_model_at_end=True, metric_for_best_model=BEST_METRIC, greater_is_better=False) if cfg.validation_file else {}
+    # The adapter a run keeps is the step whose greedy answers to the validation questions score best (checkpoints
+    # fall on evaluations, which check_ranges makes sure of; on a tie the earlier step). The held-out loss is
+    # computed once, of the kept weights (final_held_out_loss).
+    choose = dict(load_best_model_at_end=True, metric_for_best_model=VALIDATION_METRIC, greater_is_better=True) if cfg.validation_file else {}
     return dict(
         **choose,
         output_dir=str(checkpoints_dir(run_dir)),
@@ -462,9 +467,15 @@ def loss_history(log_history: list[dict], validation: bool = False, stats: dict 
     ]
     evaluated = [{"step": e["step"], "loss": e["eval_loss"]} for e in log_history if "eval_loss" in e]
     if not validation:
-        return {"train_loss": train, "eval_loss": evaluated, "validation_loss": []}
+        return {"train_loss": train, "eval_loss": evaluated, "validation_loss": [], "validation_recall": []}
+    from .validation import VALIDATION_METRIC
+
     kept = [{"step": stats["kept_step"], "loss": stats["held_out_loss"]}] if stats and stats.get("held_out_loss") is not None else []
-    return {"train_loss": train, "eval_loss": kept, "validation_loss": evaluated}
+    recall = [
+        {"step": e["step"], "recall": e[VALIDATION_METRIC], "correct": e["eval_validation_correct"]}
+        for e in log_history if VALIDATION_METRIC in e
+    ]
+    return {"train_loss": train, "eval_loss": kept, "validation_loss": evaluated, "validation_recall": recall}
 
 
 def _StatsCallback():
@@ -521,9 +532,9 @@ def run_stats(
         "final_train_loss": history["train_loss"][-1]["loss"] if history["train_loss"] else None,
         "first_eval_loss": history["eval_loss"][0]["loss"] if history["eval_loss"] else None,
         "final_eval_loss": history["eval_loss"][-1]["loss"] if history["eval_loss"] else None,
-        # the step whose weights the adapter holds: the lowest validation loss, else the last step
+        # the step whose weights the adapter holds: the best validation recall, else the last step
         "kept_step": state.best_global_step or state.global_step,
-        "best_validation_loss": round(state.best_metric, 4) if state.best_metric is not None else None,
+        "best_validation_recall": round(state.best_metric, 4) if state.best_metric is not None else None,
         "held_out_loss": round(held_out_loss, 4) if held_out_loss is not None else history["eval_loss"][-1]["loss"] if history["eval_loss"] else None,
         "stopped_early": state.global_step < cfg.max_steps,
         "peak_process_rss_gib": peak_rss_gib(),
@@ -541,11 +552,11 @@ def run_stats(
 
 def kept_checkpoint_line(stats: dict) -> str:
     """Which step's weights the adapter holds, and why."""
-    if stats["best_validation_loss"] is None:
+    if stats["best_validation_recall"] is None:
         return f"adapter: the weights after step {stats['global_step']} (no validation file: the last step is kept)"
     stop = f", stopped early at step {stats['global_step']}" if stats["stopped_early"] else ""
-    return (f"adapter: the weights of step {stats['kept_step']}, the lowest validation loss "
-            f"({stats['best_validation_loss']:.4f}){stop}")
+    return (f"adapter: the weights of step {stats['kept_step']}, the best validation recall "
+            f"({stats['best_validation_recall']:.3f}){stop}")
 
 
 def read_train_log(run_dir) -> dict:
@@ -578,11 +589,22 @@ def stats_table(stats: dict):
 
 
 def eval_loss_table(run_dir):
-    """The held-out loss at each evaluation step, from run_dir/train_log.json, to 4 decimals."""
+    """One row per evaluation step from run_dir/train_log.json: the loss on the set the trainer watched (validation,
+    else held-out) and, with a validation file, its recall and correct answers, the kept step marked."""
     import pandas as pd
 
-    rows = [(entry["step"], round(entry["loss"], 4)) for entry in read_train_log(run_dir)["eval_loss"]]
-    return pd.DataFrame(rows, columns=["step", "held-out loss"]).set_index("step")
+    log = read_train_log(run_dir)
+    if not log.get("validation_loss"):
+        rows = [(e["step"], round(e["loss"], 4)) for e in log["eval_loss"]]
+        return pd.DataFrame(rows, columns=["step", "held-out loss"]).set_index("step")
+    recall = {e["step"]: e for e in log.get("validation_recall", [])}
+    kept = log["stats"]["kept_step"]
+    rows = [
+        (e["step"], round(e["loss"], 4), recall.get(e["step"], {}).get("recall"), recall.get(e["step"], {}).get("correct"),
+         "kept" if e["step"] == kept else "")
+        for e in log["validation_loss"]
+    ]
+    return pd.DataFrame(rows, columns=["step", "validation loss", "validation recall", "validation correct", "adapter"]).set_index("step")
 
 
 def adapter_files(run_dir):

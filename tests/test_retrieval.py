@@ -179,7 +179,10 @@ def test_reused_evaluation_gives_the_same_2x2(rag, rag_run, tmp_path):
     pd.testing.assert_frame_equal(retrieval_table(again)[columns], retrieval_table(rag)[columns])
     cfg = open_run(run_dir)
     held_out = question_sets(cfg)["held-out"]
-    assert _evaluation_without_notes(run_dir, cfg, held_out[:3]) is None  # other questions: generated afresh
+    first = _evaluation_without_notes(run_dir, cfg, held_out[:3])  # retrieval_compare_questions 3: the first 3 reused
+    assert list(first["question"]) == [row["input"] for row in held_out[:3]] * 2
+    assert _evaluation_without_notes(run_dir, cfg, held_out[1:4]) is None  # other questions: generated afresh
+    assert [len(rows) for rows in question_sets(cfg, 3).values()] == [3, 3]
     noted = _with_settings(run_dir, tmp_path / "noted", retrieval_k=1)
     assert _evaluation_without_notes(noted, open_run(noted), held_out) is None  # written with notes
 

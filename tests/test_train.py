@@ -15,7 +15,7 @@ from semifinetune.config import ConfigError, make_config
 # tiny tokenizer is trained on it), or the tiny model, formats or training settings do. To regenerate, set both to
 # None, run `pytest tests/test_train.py -k golden` and copy the values printed in the failure messages.
 GOLDEN_TRAIN_LOSS = [7.6, 7.5992, 7.6435, 7.6065, 7.6221, 7.6107]
-GOLDEN_VALIDATION_LOSS = [7.6275, 7.6123, 7.6025]
+GOLDEN_VALIDATION_LOSS = [7.6147, 7.6019, 7.5934]
 
 
 def _prepared_run(run_dir, profile: str = "tiny"):
@@ -95,19 +95,43 @@ def test_log_holds_train_and_held_out_losses_and_stats(trained):
     assert runs.run_path(run_dir, runs.LOSS_PLOT).stat().st_size > 5_000
 
 
-def test_adapter_is_the_step_with_the_lowest_validation_loss(trained):
+def test_adapter_is_the_step_with_the_best_validation_recall(trained):
     from safetensors.torch import load_file
 
     run_dir, _, _, stats = trained
     log = json.loads(runs.run_path(run_dir, runs.TRAIN_LOG).read_text())
-    validation = {e["step"]: e["loss"] for e in log["validation_loss"]}
-    assert sorted(validation) == [0, 3, 6]
-    best = min((loss, step) for step, loss in validation.items() if step > 0)[1]  # step 0 is before training: no checkpoint
-    assert stats["kept_step"] == best and stats["best_validation_loss"] == round(validation[best], 4)
+    assert [e["step"] for e in log["validation_loss"]] == [0, 3, 6]
+    recall = {e["step"]: e["recall"] for e in log["validation_recall"]}
+    assert sorted(recall) == [3, 6] and all(0 <= r <= 1 for r in recall.values())  # not at step 0: no checkpoint there
+    best = max((r, -step) for step, r in recall.items())  # a tie keeps the earlier step
+    assert stats["kept_step"] == -best[1] and stats["best_validation_recall"] == best[0]
     assert stats["stopped_early"] is False
-    checkpoint = load_file(runs.run_path(run_dir, runs.CHECKPOINTS) / f"checkpoint-{best}" / "adapter_model.safetensors")
+    checkpoint = load_file(runs.run_path(run_dir, runs.CHECKPOINTS) / f"checkpoint-{stats['kept_step']}" / "adapter_model.safetensors")
     adapter = load_file(runs.run_path(run_dir, runs.ADAPTER) / "adapter_model.safetensors")
     assert checkpoint.keys() == adapter.keys() and all((checkpoint[k] == adapter[k]).all() for k in adapter)
+
+
+def test_the_kept_step_follows_the_validation_recall(tmp_path, monkeypatch):
+    """With recall rising at step 3 and falling at step 6, the adapter is step 3's, whatever the loss does."""
+    from safetensors.torch import load_file
+
+    from semifinetune import validation
+
+    scores = iter([0.5, 0.25])
+
+    def fake_score(answers, rows):
+        import pandas as pd
+
+        value = next(scores)
+        return pd.DataFrame({"recall": [value] * len(rows), "correct": [value == 1.0] * len(rows)})
+
+    monkeypatch.setattr("semifinetune.evaluate.score_generations", fake_score)
+    _, _, stats = _fresh_run(tmp_path / "run")
+    assert stats["kept_step"] == 3 and stats["best_validation_recall"] == 0.5
+    checkpoint = load_file(runs.run_path(tmp_path / "run", runs.CHECKPOINTS) / "checkpoint-3" / "adapter_model.safetensors")
+    adapter = load_file(runs.run_path(tmp_path / "run", runs.ADAPTER) / "adapter_model.safetensors")
+    assert all((checkpoint[k] == adapter[k]).all() for k in adapter)
+    assert validation.VALIDATION_METRIC == "eval_validation_recall"
 
 
 def test_early_stopping_is_wired_to_the_validation_loss(tmp_path):
@@ -115,7 +139,8 @@ def test_early_stopping_is_wired_to_the_validation_loss(tmp_path):
 
     from semifinetune.env import environment_report
     from semifinetune.data import read_prepared
-    from semifinetune.train import BEST_METRIC, build_trainer
+    from semifinetune.train import build_trainer
+    from semifinetune.validation import VALIDATION_METRIC
 
     cfg, report = _prepared_run(tmp_path / "run")
     cfg = make_config("tiny", {"early_stopping_patience": 2})
@@ -123,7 +148,8 @@ def test_early_stopping_is_wired_to_the_validation_loss(tmp_path):
     trainer = build_trainer(model, tokenizer, cfg, tmp_path / "run", environment_report())
     (stopping,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
     assert stopping.early_stopping_patience == 2
-    assert trainer.args.metric_for_best_model == BEST_METRIC and trainer.args.load_best_model_at_end
+    assert trainer.args.metric_for_best_model == VALIDATION_METRIC and trainer.args.load_best_model_at_end
+    assert trainer.args.greater_is_better
     assert trainer.eval_dataset.num_rows == len(read_prepared(tmp_path / "run", "validation"))  # never the held-out set
 
 

@@ -1,0 +1,45 @@
+"""The validation check that chooses the checkpoint: the model answers the validation questions at each evaluation.
+
+Why answers, not the loss: on the embedded model the validation loss bottoms out after 40-60 steps while the
+answers keep getting right for longer (benchmarks/study_recipes.py: every candidate kept step 40 or 60 by the loss,
+and its kept weights answered fewer held-out questions than the last step's). The loss also punishes a right answer
+in other words. The check is greedy (no sampling noise between checkpoints) and scores answers the way the
+held-out evaluation does (keyword groups), on questions that are never reported.
+"""
+
+from __future__ import annotations
+
+VALIDATION_METRIC = "eval_validation_recall"  # mean keyword recall over the validation questions
+
+
+def validation_callback(cfg, run_dir, tokenizer):
+    """A TrainerCallback that adds validation recall and correct count to the metrics of each evaluation on the
+    validation set, before the trainer compares checkpoints and early stopping reads them."""
+    from transformers import TrainerCallback
+
+    from .data import read_prepared
+    from .evaluate import score_generations
+    from .generate import SamplingSettings, generate
+
+    rows = read_prepared(run_dir, "validation")
+    greedy = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
+
+    class ValidationRecall(TrainerCallback):
+        def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+            if metrics is None or "eval_loss" not in metrics:  # the held-out pass after training: not a check
+                return
+            if state.global_step == 0:  # before training: no checkpoint to choose, and the base model's answers cost time
+                return
+            # The graphed decoding loop would record graphs beside the training step's: the eager path is enough.
+            answers = generate(model, tokenizer, [row["input"] for row in rows], greedy, cfg.seed, progress=False, cuda_graphs=False)
+            if getattr(model, "semifinetune_backend", "transformers") == "unsloth":
+                from unsloth import FastLanguageModel
+
+                FastLanguageModel.for_training(model)  # generate() switched it to Unsloth's inference path
+            table = score_generations(answers, rows)
+            found = {VALIDATION_METRIC: round(float(table["recall"].mean()), 4), "eval_validation_correct": int(table["correct"].sum())}
+            metrics.update(found)  # the dict the trainer then reads for the best checkpoint and early stopping
+            if state.log_history and state.log_history[-1].get("eval_loss") == metrics["eval_loss"]:
+                state.log_history[-1].update(found)  # the evaluation's own log line, written just before
+
+    return ValidationRecall()
