@@ -178,19 +178,20 @@ RECIPES: dict[str, dict[str, dict]] = {
     "facts": {
         # Rank 64 (alpha 2r) on every linear layer at lr 2e-3 over the 766 rows with rewordings and reverse questions
         # answered 43 of 73 held-out questions after 200 steps (general questions 20 of 30, base 19), 33 of 73 after 100;
-        # the guide's recipe 4 (BENCHMARKS.md, "Teaching the facts"). On 2 CPU cores a step takes about 5 s, so the
-        # main command's 10 minutes hold 60 of them.
+        # the guide's recipe 4 (BENCHMARKS.md, "Teaching the facts"). On 2 CPU cores a step takes 5-7 s and the rest of
+        # the main command about 5 minutes, so its 10 minutes hold 40 steps; --set max_steps=200 --set save_steps=40
+        # --set eval_steps=40 is the 43-of-73 run (about 25 minutes).
         "cpu": {
             "lora_r": 64,
             "lora_alpha": 128,
             "target_modules": [ALL_LINEAR],
             "per_device_train_batch_size": 8,
             "learning_rate": 2e-3,
-            "max_steps": 60,
+            "max_steps": 40,
             "warmup_steps": 5,
             "logging_steps": 5,
-            "save_steps": 30,
-            "eval_steps": 30,
+            "save_steps": 20,
+            "eval_steps": 20,
         },
         # R1-1.5B: the same shape of recipe at a 1.5B model's LoRA learning rate (about 10x a full fine-tune's
         # 2e-5: Schulman et al. 2025, "LoRA Without Regret"; Biderman et al. 2405.09673), rank 16 (alpha 2r; rank

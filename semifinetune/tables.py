@@ -38,3 +38,27 @@ def memory_table(before: dict, after: dict):
     import pandas as pd
 
     return pd.DataFrame({"before load": before, "after load": after})
+
+
+RECIPE_STUDY = "benchmarks/results/recipes_cpu.json"  # benchmarks/study_recipes.py's records, under the project
+
+
+def recipe_study_table(path: str | None = None):
+    """The recipe study on the embedded model, one row per candidate of every recorded round: how each was chosen,
+    its training rows, steps, kept step, held-out and general correct (BENCHMARKS.md reads the same records)."""
+    import json
+
+    import pandas as pd
+
+    from .runs import PROJECT_ROOT
+
+    rounds = json.loads((PROJECT_ROOT / (path or RECIPE_STUDY)).read_text(encoding="utf-8"))
+    rows = [("base model", "", "", "", "", rounds[0]["base"]["held_out"]["correct"], rounds[0]["base"]["general"]["correct"])]
+    for entry in rounds:
+        chosen = "validation answers" if "answers" in entry["chosen_by"] else "validation loss"
+        rows += [
+            (c["name"], chosen, c["train_rows"], c["global_step"], c["kept_step"], c["held_out"]["correct"], c["general"]["correct"])
+            for c in entry["candidates"]
+        ]
+    columns = ["candidate", "checkpoint chosen by", "training rows", "steps", "kept step", "held-out correct of 73", "general correct of 30"]
+    return pd.DataFrame(rows, columns=columns).set_index("candidate")

@@ -210,7 +210,7 @@ def sft_arguments(cfg: RunConfig, run_dir, report: dict, resume: bool = False) -
 
     precision = choose_precision(report, cfg.precision)
     # The adapter a run keeps is the step whose greedy answers to the validation questions score best (checkpoints
-    # fall on evaluations, which check_ranges makes sure of; on a tie the earlier step). The held-out loss is
+    # fall on evaluations, which check_ranges makes sure of; on a tie, the lower validation loss). The held-out loss is
     # computed once, of the kept weights (final_held_out_loss).
     choose = dict(load_best_model_at_end=True, metric_for_best_model=VALIDATION_METRIC, greater_is_better=True) if cfg.validation_file else {}
     return dict(
@@ -472,7 +472,7 @@ def loss_history(log_history: list[dict], validation: bool = False, stats: dict 
 
     kept = [{"step": stats["kept_step"], "loss": stats["held_out_loss"]}] if stats and stats.get("held_out_loss") is not None else []
     recall = [
-        {"step": e["step"], "recall": e[VALIDATION_METRIC], "correct": e["eval_validation_correct"]}
+        {"step": e["step"], "recall": e["eval_validation_recall"], "correct": e["eval_validation_correct"]}
         for e in log_history if VALIDATION_METRIC in e
     ]
     return {"train_loss": train, "eval_loss": kept, "validation_loss": evaluated, "validation_recall": recall}
@@ -534,7 +534,7 @@ def run_stats(
         "final_eval_loss": history["eval_loss"][-1]["loss"] if history["eval_loss"] else None,
         # the step whose weights the adapter holds: the best validation recall, else the last step
         "kept_step": state.best_global_step or state.global_step,
-        "best_validation_recall": round(state.best_metric, 4) if state.best_metric is not None else None,
+        "best_validation_recall": best_validation_recall(state),
         "held_out_loss": round(held_out_loss, 4) if held_out_loss is not None else history["eval_loss"][-1]["loss"] if history["eval_loss"] else None,
         "stopped_early": state.global_step < cfg.max_steps,
         "peak_process_rss_gib": peak_rss_gib(),
@@ -548,6 +548,14 @@ def run_stats(
             gpu_total_gib=report["gpu_memory_gib"],
         )
     return stats
+
+
+def best_validation_recall(state) -> float | None:
+    """The validation recall of the kept step (the trainer's best_metric is the score: recall with its tie-break)."""
+    from .validation import VALIDATION_METRIC
+
+    kept = [e for e in state.log_history if VALIDATION_METRIC in e and e["step"] == state.best_global_step]
+    return kept[-1]["eval_validation_recall"] if kept else None
 
 
 def kept_checkpoint_line(stats: dict) -> str:
@@ -604,7 +612,8 @@ def eval_loss_table(run_dir):
          "kept" if e["step"] == kept else "")
         for e in log["validation_loss"]
     ]
-    return pd.DataFrame(rows, columns=["step", "validation loss", "validation recall", "validation correct", "adapter"]).set_index("step")
+    table = pd.DataFrame(rows, columns=["step", "validation loss", "validation recall", "validation correct", "adapter"])
+    return table.astype({"validation correct": "Int64"}).set_index("step")  # a count; empty at step 0 (no check)
 
 
 def adapter_files(run_dir):

@@ -9,12 +9,15 @@ held-out evaluation does (keyword groups), on questions that are never reported.
 
 from __future__ import annotations
 
-VALIDATION_METRIC = "eval_validation_recall"  # mean keyword recall over the validation questions
+# What chooses: the mean keyword recall over the validation questions, ties (common: 44 questions move it in steps of
+# 1/44) going to the lower validation loss, which moves it by at most 0.004, a fifth of one question.
+VALIDATION_METRIC = "eval_validation_score"
+LOSS_TIE_BREAK = 1e-3
 
 
 def validation_callback(cfg, run_dir, tokenizer):
-    """A TrainerCallback that adds validation recall and correct count to the metrics of each evaluation on the
-    validation set, before the trainer compares checkpoints and early stopping reads them."""
+    """A TrainerCallback that adds validation recall, correct count and score to the metrics of each evaluation on
+    the validation set, before the trainer compares checkpoints and early stopping reads them."""
     from transformers import TrainerCallback
 
     from .data import read_prepared
@@ -37,7 +40,9 @@ def validation_callback(cfg, run_dir, tokenizer):
 
                 FastLanguageModel.for_training(model)  # generate() switched it to Unsloth's inference path
             table = score_generations(answers, rows)
-            found = {VALIDATION_METRIC: round(float(table["recall"].mean()), 4), "eval_validation_correct": int(table["correct"].sum())}
+            recall = round(float(table["recall"].mean()), 4)
+            found = {"eval_validation_recall": recall, "eval_validation_correct": int(table["correct"].sum()),
+                     VALIDATION_METRIC: recall - LOSS_TIE_BREAK * metrics["eval_loss"]}
             metrics.update(found)  # the dict the trainer then reads for the best checkpoint and early stopping
             if state.log_history and state.log_history[-1].get("eval_loss") == metrics["eval_loss"]:
                 state.log_history[-1].update(found)  # the evaluation's own log line, written just before

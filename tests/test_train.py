@@ -102,9 +102,10 @@ def test_adapter_is_the_step_with_the_best_validation_recall(trained):
     log = json.loads(runs.run_path(run_dir, runs.TRAIN_LOG).read_text())
     assert [e["step"] for e in log["validation_loss"]] == [0, 3, 6]
     recall = {e["step"]: e["recall"] for e in log["validation_recall"]}
+    loss = {e["step"]: e["loss"] for e in log["validation_loss"]}
     assert sorted(recall) == [3, 6] and all(0 <= r <= 1 for r in recall.values())  # not at step 0: no checkpoint there
-    best = max((r, -step) for step, r in recall.items())  # a tie keeps the earlier step
-    assert stats["kept_step"] == -best[1] and stats["best_validation_recall"] == best[0]
+    best = max(recall, key=lambda step: (recall[step], -loss[step]))  # a tie goes to the lower validation loss
+    assert stats["kept_step"] == best and stats["best_validation_recall"] == recall[best]
     assert stats["stopped_early"] is False
     checkpoint = load_file(runs.run_path(run_dir, runs.CHECKPOINTS) / f"checkpoint-{stats['kept_step']}" / "adapter_model.safetensors")
     adapter = load_file(runs.run_path(run_dir, runs.ADAPTER) / "adapter_model.safetensors")
@@ -131,7 +132,7 @@ def test_the_kept_step_follows_the_validation_recall(tmp_path, monkeypatch):
     checkpoint = load_file(runs.run_path(tmp_path / "run", runs.CHECKPOINTS) / "checkpoint-3" / "adapter_model.safetensors")
     adapter = load_file(runs.run_path(tmp_path / "run", runs.ADAPTER) / "adapter_model.safetensors")
     assert all((checkpoint[k] == adapter[k]).all() for k in adapter)
-    assert validation.VALIDATION_METRIC == "eval_validation_recall"
+    assert validation.VALIDATION_METRIC == "eval_validation_score"
 
 
 def test_early_stopping_is_wired_to_the_validation_loss(tmp_path):
