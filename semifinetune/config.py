@@ -73,7 +73,7 @@ class RunConfig:
     seed: int = 42
     logging_steps: int = 10
     save_steps: int = 50
-    eval_steps: int = 25  # validation and held-out loss every 25 steps: 4 points over the guide's 100 steps
+    eval_steps: int = 25  # the validation check (loss and answers) every 25 steps: 4 points over the guide's 100 steps
     # Stop once the validation recall has not improved for this many evaluations in a row; 0: train all max_steps.
     early_stopping_patience: int = 0
     # Experiment tracking through transformers' integrations: "tensorboard" (logs in run_dir/tensorboard), "wandb",

@@ -94,7 +94,7 @@ def r1_lora_report(cfg: RunConfig | None = None) -> dict:
     from .config import make_config
     from .models import r1_distill_config
 
-    cfg = cfg or make_config("t4")
+    cfg = cfg or make_config("t4", {"recipe": "guide"})
     lora_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=peft_target_modules(cfg), bias="none", task_type="CAUSAL_LM")
     with torch.device("meta"):  # shapes only: 1.78B parameters cost no memory
         model = get_peft_model(Qwen2ForCausalLM(r1_distill_config()), lora_config)

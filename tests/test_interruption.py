@@ -50,7 +50,7 @@ def test_sigkill_mid_run_then_resume_finishes(tmp_path):
     from semifinetune.train import checkpoint_complete, latest_checkpoint
 
     run_dir = tmp_path / "run"
-    setup(run_dir, "tiny", {"max_steps": 12, "save_steps": 3, "eval_steps": 6})
+    setup(run_dir, "tiny", {"max_steps": 12, "save_steps": 3, "eval_steps": 3})
     prepare_data(run_dir)
     proc = subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, "train", "--run-dir", str(run_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env_with_project(), cwd=tmp_path)

@@ -368,7 +368,7 @@ def test_training_out_of_memory_names_memory_and_settings(cuda, tmp_path, monkey
 
     from semifinetune import train as train_module
 
-    cfg = make_config("t4")
+    cfg = make_config("t4", {"recipe": "guide"})
     report = {"cuda_available": cuda, "bf16_supported": False, "gpu_name": "Tesla T4", "gpu_memory_gib": 14.7,
               "ram_gib": 12.7, "cpu_count": 2}
     monkeypatch.setattr(train_module, "build_trainer", lambda *a, **k: _fake_trainer(torch.OutOfMemoryError("CUDA out of memory")))
