@@ -80,17 +80,15 @@ def score(frame) -> dict:
     }
 
 
-def answer_sets(cfg, model, tokenizer, which: str) -> dict:
-    """`which` model ("base" or "tuned") on the held-out and the general questions at the run's settings."""
+def answer_sets(cfg, model, tokenizer) -> dict:
+    """The model as it is on the held-out and the general questions at the run's settings."""
     from semifinetune.compare import question_sets
-    from semifinetune.evaluate import as_model, evaluate_model, settings_from_config
+    from semifinetune.evaluate import evaluate_model, settings_from_config
 
-    results = {}
-    with as_model(model, which):
-        for name, rows in question_sets(cfg).items():
-            frame = evaluate_model(model, tokenizer, rows, settings_from_config(cfg), cfg.seed, progress=False, cuda_graphs=False)
-            results[name] = score(frame)
-    return results
+    return {
+        name: score(evaluate_model(model, tokenizer, rows, settings_from_config(cfg), cfg.seed, progress=False, cuda_graphs=False))
+        for name, rows in question_sets(cfg).items()
+    }
 
 
 def run_candidate(name: str, overrides: dict, folder: Path, profile: str = STUDY_PROFILE) -> dict:
@@ -110,7 +108,7 @@ def run_candidate(name: str, overrides: dict, folder: Path, profile: str = STUDY
     stats = train(cfg, run_dir, overwrite=True)
     log = read_train_log(run_dir)
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
-    tuned = answer_sets(cfg, model, tokenizer, "tuned")
+    tuned = answer_sets(cfg, model, tokenizer)  # the adapter on
     return {
         "name": name,
         "overrides": {**overrides, "data": form, "train_file": Path(overrides["train_file"]).name},
@@ -136,15 +134,9 @@ def run_base(profile: str = STUDY_PROFILE) -> dict:
     from semifinetune.config import make_config
     from semifinetune.models import load_model
 
-    from semifinetune.compare import question_sets
-    from semifinetune.evaluate import evaluate_model, settings_from_config
-
     cfg = make_config(profile)
     model, tokenizer = load_model(cfg)
-    results = {}
-    for name, rows in question_sets(cfg).items():
-        frame = evaluate_model(model, tokenizer, rows, settings_from_config(cfg), cfg.seed, progress=False, cuda_graphs=False)
-        results[name] = score(frame)
+    results = answer_sets(cfg, model, tokenizer)
     return {"name": "base model", "held_out": results["held-out"], "general": results["general"]}
 
 
