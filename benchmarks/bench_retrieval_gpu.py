@@ -34,7 +34,8 @@ def main() -> None:
     from semifinetune.data import read_examples
     from semifinetune.env import environment_report
     from semifinetune.formats import chat_prompt
-    from semifinetune.generate import SamplingSettings, default_batch_size, generate
+    from semifinetune.batch_plan import default_batch_size
+    from semifinetune.generate import SamplingSettings, generate
     from semifinetune.models import load_model
     from semifinetune.retrieval import notes_for, with_notes
 

@@ -7,7 +7,9 @@ at least one), then a multinomial draw; temperature 0 is greedy.
 
 `static_decode` is transformers' `generate()` for left-padded prompts (same positions, same masking, same
 sampling), written over a StaticCache so that every decoding step has the same shapes: on CUDA the step is
-recorded once as a CUDA graph and replayed, which removes the per-token launch overhead of a 4-bit model.
+recorded as a CUDA graph and replayed, which removes the per-token launch overhead of a 4-bit model. Attention
+reads the filled part of the cache, in lengths of KV_BUCKET slots (one graph each), through
+decode_attention.grouped_attention.
 transformers 5.17's static cache layers write where their own counter (`cumulative_length`) points and ignore
 `cache_position`; each step sets that counter to its slot first, so the warm-up run before recording and every
 replay write the slot the mask expects.
@@ -16,36 +18,71 @@ replay write the slot the mask expects.
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 
+from .decode_attention import decode_attention
+
 FINISHED_CHECK_EVERY = 16  # decoding steps between checks that every row has ended (each check waits for the GPU)
+TOP_P_CANDIDATES = 1024  # the most likely tokens per row among which top_p looks for its cut before sorting all
+KV_BUCKET = 64  # attention reads the cache up to the filled slots rounded up to this; one CUDA graph per length
 
 
 def warp_scores(logits, temperature, top_p):
     """Float32 scores of `logits` (B, V) after each row's temperature and top_p; -inf where a token is cut.
 
-    Rows with temperature 0 keep only their argmax (greedy), so a multinomial draw returns it.
+    Rows with temperature 0 keep only their argmax (greedy), so a draw returns it.
     """
     import torch
 
     scores = logits.float()
     greedy = temperature <= 0
     scores = scores / torch.where(greedy, 1.0, temperature).unsqueeze(1)
-    sorted_scores, sorted_ids = torch.sort(scores, descending=False, dim=-1)
-    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-    remove_sorted = cumulative <= (1 - top_p).unsqueeze(1)
-    remove_sorted[:, -1] = False  # the most likely token always stays
-    remove = remove_sorted.scatter(1, sorted_ids, remove_sorted)
+    remove = _top_p_removed(scores, torch.where(greedy, 1.0, top_p))  # a greedy row's cut comes below
     argmax = torch.zeros_like(remove).scatter_(1, scores.argmax(dim=-1, keepdim=True), True)
     remove = torch.where(greedy.unsqueeze(1), ~argmax, remove)
     return scores.masked_fill(remove, float("-inf"))
 
 
-def sample_next(logits, temperature, top_p):
-    """One token per row, drawn from warp_scores."""
+def _top_p_removed(scores, top_p, candidates: int = TOP_P_CANDIDATES):
+    """(B, V) True where top_p cuts a token: TopPLogitsWarper's rule without sorting the vocabulary where avoidable.
+
+    A token stays when the tokens more likely than it hold less than top_p of the probability (the most likely always
+    stays). That cut is found among each row's `candidates` most likely tokens when they hold top_p or more; else the
+    whole batch is sorted, as the warper does. Rows with top_p 1 cut nothing. Tokens tied with the last kept one all
+    stay (the warper's sort keeps an arbitrary part of a tie).
+    """
     import torch
 
-    return torch.multinomial(warp_scores(logits, temperature, top_p).softmax(dim=-1), num_samples=1).squeeze(1)
+    keep_all = top_p >= 1
+    top = scores.topk(min(candidates, scores.shape[-1]), dim=-1)
+    probs = (top.values - scores.logsumexp(dim=-1, keepdim=True)).exp()
+    covered = keep_all | (probs.sum(dim=-1) >= top_p)
+    if not bool(covered.all()):
+        return _top_p_removed_by_sorting(scores, top_p)
+    kept = (probs.cumsum(dim=-1) - probs) < top_p.unsqueeze(1)
+    kept[:, 0] = True
+    last_kept = top.values.masked_fill(~kept, float("inf")).amin(dim=-1, keepdim=True)
+    return (scores < last_kept) & ~keep_all.unsqueeze(1)
+
+
+def _top_p_removed_by_sorting(scores, top_p):
+    """TopPLogitsWarper's cut over the sorted vocabulary."""
+    sorted_scores, sorted_ids = scores.sort(descending=False, dim=-1)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cumulative <= (1 - top_p).unsqueeze(1)
+    remove_sorted[:, -1] = False  # the most likely token always stays
+    return remove_sorted.scatter(1, sorted_ids, remove_sorted)
+
+
+def sample_next(logits, temperature, top_p):
+    """One token per row, drawn from warp_scores as torch.multinomial draws one sample: the argmax of p / q with one
+    q ~ Exp(1) per token (its own algorithm, so the same seed draws the same token), without multinomial's check
+    that the probabilities are finite, which waits for the GPU every step."""
+    import torch
+
+    probs = warp_scores(logits, temperature, top_p).softmax(dim=-1)
+    return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
 
 
 def row_sampling_processor(temperatures: list[float], top_ps: list[float]):
@@ -76,7 +113,7 @@ def static_decode(model, input_ids, attention_mask, temperatures, top_ps, max_ne
 
     device = input_ids.device
     rows, prompt_len = input_ids.shape
-    total = prompt_len + max_new_tokens
+    total = -(-(prompt_len + max_new_tokens) // KV_BUCKET) * KV_BUCKET  # every attention length a whole bucket
     temperature = torch.tensor(temperatures, device=device, dtype=torch.float32)
     top_p = torch.tensor(top_ps, device=device, dtype=torch.float32)
     eos = torch.tensor(sorted(eos_ids), device=device)
@@ -91,64 +128,73 @@ def static_decode(model, input_ids, attention_mask, temperatures, top_ps, max_ne
 
     # Prefill: causal over the real prompt tokens; a padding query sees everything (its output is never used, and a
     # row with nothing to attend to would give NaN).
-    allowed = prompt_slots.unsqueeze(1) & (slots.view(1, 1, -1) <= torch.arange(prompt_len, device=device).view(1, -1, 1))
-    allowed |= ~allowed.any(dim=-1, keepdim=True)
     positions = (attention_mask.long().cumsum(dim=-1) - 1).masked_fill(attention_mask == 0, 1)
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=_additive(allowed.unsqueeze(1), dtype, min_value),
-        position_ids=positions,
-        cache_position=torch.arange(prompt_len, device=device),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits[:, -1]
-
-    token = torch.zeros((rows, 1), dtype=torch.long, device=device)
-    cache_position = torch.zeros(1, dtype=torch.long, device=device)
-    write_counters = [layer.cumulative_length for layer in cache.layers]  # on the device since the prefill
-
-    def step():
-        """One token per row at slot cache_position: sees its real prompt tokens and every generated slot so far."""
-        for counter in write_counters:
-            counter.copy_(cache_position[0])  # the slot this step writes, however often it has run
-        seen = prompt_slots | ((slots >= prompt_len) & (slots <= cache_position)).unsqueeze(0)
-        return model(
-            input_ids=token,
-            attention_mask=_additive(seen[:, None, None, :], dtype, min_value),
-            position_ids=real_tokens + (cache_position - prompt_len),
-            cache_position=cache_position,
+    with decode_attention(model) as keys_cut_to_mask:
+        width = prompt_len if keys_cut_to_mask else total
+        allowed = prompt_slots[:, :width].unsqueeze(1) & (slots[:width].view(1, 1, -1) <= slots[:prompt_len].view(1, -1, 1))
+        allowed |= ~allowed.any(dim=-1, keepdim=True)
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=_additive(allowed.unsqueeze(1), dtype, min_value),
+            position_ids=positions,
+            cache_position=torch.arange(prompt_len, device=device),
             past_key_values=cache,
             use_cache=True,
+            logits_to_keep=1,
         ).logits[:, -1]
 
-    if streamer is not None:
-        streamer.put(input_ids.cpu())
-    replay = None
-    new_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    for k in range(max_new_tokens):
-        chosen = sample_next(logits, temperature, top_p).masked_fill(finished, pad_id)
-        new_ids[:, k] = chosen
-        finished |= torch.isin(chosen, eos)
-        if streamer is not None:  # the host waits for each token anyway, so the loop may stop right at the end
-            streamer.put(chosen.cpu())
-            if bool(finished.all()):
+        token = torch.zeros((rows, 1), dtype=torch.long, device=device)
+        cache_position = torch.zeros(1, dtype=torch.long, device=device)
+        write_counters = [layer.cumulative_length for layer in cache.layers]  # on the device since the prefill
+
+        def step(length: int):
+            """One token per row at slot cache_position (below `length`): sees its real prompt tokens and every
+            generated slot so far; attention reads the first `length` slots of the cache."""
+            for counter in write_counters:
+                counter.copy_(cache_position[0])  # the slot this step writes, however often it has run
+            seen = prompt_slots[:, :length] | ((slots[:length] >= prompt_len) & (slots[:length] <= cache_position)).unsqueeze(0)
+            return model(
+                input_ids=token,
+                attention_mask=_additive(seen[:, None, None, :], dtype, min_value),
+                position_ids=real_tokens + (cache_position - prompt_len),
+                cache_position=cache_position,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[:, -1]
+
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        graphs, pool = {}, None  # attention length -> its replay; the recordings share one memory pool
+        graph_logits = torch.empty_like(logits)  # every recording writes its logits here: one copy, not one per graph
+        new_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        for k in range(max_new_tokens):
+            chosen = sample_next(logits, temperature, top_p).masked_fill(finished, pad_id)
+            new_ids[:, k] = chosen
+            finished |= torch.isin(chosen, eos)
+            if streamer is not None:  # the host waits for each token anyway, so the loop may stop right at the end
+                streamer.put(chosen.cpu())
+                if bool(finished.all()):
+                    break
+            if k == max_new_tokens - 1 or (k % FINISHED_CHECK_EVERY == FINISHED_CHECK_EVERY - 1 and bool(finished.all())):
                 break
-        if k == max_new_tokens - 1 or (k % FINISHED_CHECK_EVERY == FINISHED_CHECK_EVERY - 1 and bool(finished.all())):
-            break
-        token.copy_(chosen.unsqueeze(1))
-        cache_position.fill_(prompt_len + k)
-        if cuda_graph and _graphs_supported(device):
-            if replay is None:
-                replay, graph_logits = _record(step)
-            replay()
-            logits = graph_logits
-        else:
-            logits = step()
+            token.copy_(chosen.unsqueeze(1))
+            cache_position.fill_(prompt_len + k)
+            length = min(total, (prompt_len + k) // KV_BUCKET * KV_BUCKET + KV_BUCKET) if keys_cut_to_mask else total
+            if cuda_graph and _graphs_supported(device):
+                if length not in graphs:
+                    graphs[length], _, pool = _record(functools.partial(_into, graph_logits, step, length), pool)
+                graphs[length]()
+                logits = graph_logits
+            else:
+                logits = step(length)
     if streamer is not None:
         streamer.end()
     return new_ids
+
+
+def _into(out, function, *args):
+    return out.copy_(function(*args))
 
 
 def _graphs_supported(device) -> bool:
@@ -163,8 +209,11 @@ def _additive(allowed, dtype, min_value):
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, min_value)
 
 
-def _record(step):
-    """(replay, output): `step` recorded as a CUDA graph after one warm-up run; replay() rewrites output in place."""
+def _record(step, pool=None):
+    """(replay, output, pool): `step` recorded as a CUDA graph after one warm-up run; replay() rewrites output in place.
+
+    Graphs recorded into one `pool` (None: a new one, returned) must replay in the order they were recorded: the loop
+    records the next length only once it is done with the shorter ones."""
     import torch
 
     side = torch.cuda.Stream()
@@ -173,45 +222,64 @@ def _record(step):
         step()  # warm-up: same inputs as the first replay, which rewrites the same cache slot
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         output = step()
-    return graph.replay, output
+    return graph.replay, output, pool if pool is not None else graph.pool()
 
 
 @contextmanager
-def dequantized_weights(model, keep_free_bytes: int = 2 * 2**30):
-    """Inside the block, every bitsandbytes 4-bit layer computes from a dequantized copy of its weight.
+def dequantized_weights(model):
+    """Inside the block, every bitsandbytes 4-bit layer computes from a dequantized copy of its weight, with the LoRA
+    adapters that apply now folded in (W + scaling * B @ A, rounded once to the compute dtype).
 
     For a few rows (a decoding step) bitsandbytes computes from the packed weight in a fused 4-bit kernel; the copy
-    holds the same weight values for a dense matmul, 1.2x faster for the sweep on an H200 (BENCHMARKS.md). Another
-    kernel rounds differently: results agree to bf16 rounding, not bit for bit (the GPU suite measures how closely:
-    the copy is no farther than the 4-bit kernel from the same matmuls in fp32). It costs 2.6 GB of GPU memory for
-    R1-1.5B while sampling, and is skipped when it would leave less than `keep_free_bytes` free.
+    holds the same weight values for a dense matmul, 1.2x faster for the sweep on an H200 (BENCHMARKS.md), and the
+    folded adapter saves each layer's two small matmuls, casts and copies. Other kernels round differently: results
+    agree to bf16 rounding, not bit for bit (the GPU suite measures how closely: the copy is no farther than the
+    4-bit kernel from the same matmuls in fp32). The adapters' state is read on entry: the block must not span a
+    switch such as peft's disable_adapter(). It costs 2.6 GB of GPU memory for R1-1.5B while sampling, and is
+    skipped where it would leave too little free (batch_plan.copy_fits). The value of the block: a list of
+    (module whose forward is shadowed, its 4-bit layer, the copy); empty where no copy was made.
     """
-    import functools
-
-    import torch
-
-    from .lora import stored_param_count
+    from .batch_plan import copy_fits
     from .models import four_bit_layers
 
-    layers = four_bit_layers(model)
-    needed = sum(stored_param_count(m.weight) * m.weight.quant_state.dtype.itemsize for m in layers)
-    on_gpu = bool(layers) and layers[0].weight.device.type == "cuda"
-    if not layers or (on_gpu and torch.cuda.mem_get_info()[0] - needed < keep_free_bytes):
-        yield False
+    if not copy_fits(model):
+        yield []
         return
     from bitsandbytes.functional import dequantize_4bit
 
-    for layer in layers:
+    wrappers = {id(m.base_layer): m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
+    copies = []
+    for layer in four_bit_layers(model):
         # in the dtype the layer computes in: no cast per call (a pre-quantized checkpoint stores bf16 state)
-        weight = dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(layer.compute_dtype or layer.weight.quant_state.dtype)
-        layer.forward = functools.partial(_dense_forward, layer, weight)  # shadows the class's forward
+        weight = dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        dtype = layer.compute_dtype or layer.weight.quant_state.dtype
+        wrapper = wrappers.get(id(layer))
+        delta = None if wrapper is None else _adapter_delta(wrapper)
+        shadowed = layer if delta is None else wrapper
+        weight = (weight.float() + delta).to(dtype) if delta is not None else weight.to(dtype)
+        shadowed.forward = functools.partial(_dense_forward, layer, weight)  # shadows the class's forward
+        copies.append((shadowed, layer, weight))
     try:
-        yield True
+        yield copies
     finally:
-        for layer in layers:
-            del layer.forward
+        for shadowed, _, _ in copies:
+            del shadowed.forward
+
+
+def _adapter_delta(wrapper):
+    """scaling * B @ A (float32) summed over the adapters a peft LoRA layer applies now, or None where it applies none
+    or one that folding would change (DoRA and other variants, a LoRA bias, dropout while training)."""
+    if wrapper.disable_adapters or wrapper.merged or wrapper.training:
+        return None
+    active = [name for name in wrapper.active_adapters if name in wrapper.lora_A]
+    if not active or any(name in getattr(wrapper, "lora_variant", {}) for name in active):
+        return None
+    if any(getattr(wrapper.lora_B[name], "bias", None) is not None for name in active):
+        return None
+    return sum(wrapper.scaling[name] * (wrapper.lora_B[name].weight.float() @ wrapper.lora_A[name].weight.float())
+               for name in active)
 
 
 def _dense_forward(layer, weight, x):

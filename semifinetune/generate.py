@@ -7,6 +7,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from .batch_plan import default_batch_size
 from .config import ConfigError
 
 
@@ -53,8 +54,8 @@ def generate(
     `settings` is one SamplingSettings for every question, or one per question: rows whose temperature or top_p
     differ share a batch (a whole sweep grid decodes together); rows differing in max_new_tokens or
     repetition_penalty do not. With `cuda_graphs` on a CUDA GPU (transformers backend, no repetition penalty)
-    decoding runs over a static KV cache with the step replayed as a CUDA graph. `batch_size` None: see
-    default_batch_size. `streamer` (transformers' put/end interface, e.g. streaming.answer_streamer) receives the
+    decoding runs over a static KV cache with the step replayed as a CUDA graph. `batch_size` None: as many rows
+    as fit (batch_plan.default_batch_size). `streamer` (transformers' put/end interface, e.g. streaming.answer_streamer) receives the
     tokens as they are chosen, on either decoding path; streamers take one row, so then one question only.
     """
     import torch
@@ -73,12 +74,17 @@ def generate(
     # batch (less padding), and an OOM shows up on the first batch.
     order = sorted(range(len(prompts)), key=lambda i: (_batch_key(per_row[i]), -len(prompts[i])))
     results: list[Generation | None] = [None] * len(prompts)
-    start, size = 0, max(1, batch_size or default_batch_size(model))
+    if batch_size is None:
+        batch_size = default_batch_size(model, _longest_row_tokens(tokenizer, prompts, per_row))
+    start, size = 0, max(1, batch_size)
+    tokens, started = 0, time.perf_counter()
     bar_off = not progress or progress_bars_off()
     with _inference_mode(model, tokenizer), tqdm(total=len(prompts), desc="generate", disable=bar_off) as bar:
         while start < len(order):
             key = _batch_key(per_row[order[start]])
-            rows = [i for i in order[start : start + size] if _batch_key(per_row[i]) == key]
+            left = sum(1 for i in order[start:] if _batch_key(per_row[i]) == key)
+            # this group's rows split evenly: 3,285 rows at 1,024 a batch decode as 4 x 822, not 3 x 1,024 + 213
+            rows = order[start : start + -(-left // -(-left // size))]
             try:
                 generated = _generate_batch(
                     model, tokenizer, [prompts[i] for i in rows], [per_row[i] for i in rows], seed, cuda_graphs, streamer
@@ -89,15 +95,16 @@ def generate(
             for i, row in zip(rows, generated):
                 results[i] = row
             start += len(rows)
+            tokens += sum(row.new_tokens for row in generated)
+            bar.set_postfix_str(f"{tokens / (time.perf_counter() - started):,.0f} tokens/s", refresh=False)
             bar.update(len(rows))
     return results
 
 
-def default_batch_size(model) -> int:
-    """Rows per batch: 64 on a GPU, where a decoding step costs about the same for 16 rows as for 64 (it reads
-    every weight once either way); 48 on CPU, where each step's fixed cost still outweighs the rows' own at this
-    model size (48 held-out answers from the embedded model: 140 s at batch 48, 200 s at 16, on 2 shared cores)."""
-    return 64 if model.device.type == "cuda" else 48
+def _longest_row_tokens(tokenizer, prompts: list[str], settings: list[SamplingSettings]) -> int:
+    """The most cache slots a row can need: the longest prompt in tokens plus the longest answer allowed."""
+    prompt_tokens = tokenizer(sorted(set(prompts)), add_special_tokens=False)["input_ids"]
+    return max(map(len, prompt_tokens), default=0) + max((s.max_new_tokens for s in settings), default=0)
 
 
 def _batch_key(settings: SamplingSettings) -> tuple:

@@ -8,7 +8,7 @@ import os
 from . import runs
 from .atomic import write_json_atomic
 from .colab import GPU_HINT, on_colab
-from .config import ConfigError, RunConfig, make_config, save_config
+from .config import ConfigError, RunConfig, make_config, parse_overrides, save_config
 from .runs import open_run  # noqa: F401 - notebooks 02-06 import it from here
 
 GUIDE_QUESTION = "What does NVIDIA Corporation primarily manufacture?"
@@ -28,14 +28,16 @@ def setup(
     from .env import choose_profile, environment_report
     from .models import check_loadable
     from .train import check_trackers
+    from .workload import fit_to_card
 
     report = environment_report()
     resolved = choose_profile(report, profile)
     if recipe:
-        from .config import parse_overrides
-
         overrides = {**parse_overrides(overrides), "recipe": recipe}
     cfg = make_config(resolved, overrides)
+    cfg, fitted = fit_to_card(cfg, report.get("gpu_name") or "", set(parse_overrides(overrides)))
+    if fitted:
+        print(fitted)
     if profile != resolved:
         print(f"profile {profile} -> {resolved} ({'a CUDA GPU' if report['cuda_available'] else 'no CUDA GPU'} here)")
     if not report["cuda_available"] and on_colab():
@@ -127,6 +129,7 @@ def run_pipeline(run_dir: str | os.PathLike, profile: str = "auto", overrides: d
     from .evaluate import compare_base_tuned
     from .sweep import run_sweep
     from .train import refuse_to_overwrite, train
+    from .workload import workload_line
 
     cfg, _ = setup(run_dir, profile, overrides, overwrite=overwrite)  # 01
     refuse_to_overwrite(run_dir, resume=False, overwrite=overwrite, cfg=cfg)  # same config, results kept: stop now, not at 05
@@ -137,6 +140,7 @@ def run_pipeline(run_dir: str | os.PathLike, profile: str = "auto", overrides: d
     _step("05 train")
     stats = train(cfg, run_dir)
     _step("06 evaluate base vs tuned")
+    print(workload_line(run_dir), flush=True)
     evaluation = compare_base_tuned(run_dir)
     retrieval = ""
     if cfg.retrieval_compare_k > 0:

@@ -1,5 +1,7 @@
 """Per-row sampling (transformers' warpers, row by row) and the static-cache decoding loop, run eagerly on CPU."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -31,6 +33,45 @@ def test_temperature_zero_rows_are_greedy():
         assert (~torch.isinf(scores[row])).sum() == 1 and scores[row].argmax() == logits[row].argmax()
 
 
+def _sorted_warp(logits, temperature, top_p):
+    """warp_scores with top_p's cut found by sorting the whole vocabulary (TopPLogitsWarper's way)."""
+    import semifinetune.decode as decode
+
+    scores = logits.float() / torch.where(temperature <= 0, 1.0, temperature).unsqueeze(1)
+    return scores.masked_fill(decode._top_p_removed_by_sorting(scores, top_p), float("-inf"))
+
+
+def test_top_p_cut_among_the_candidates_equals_the_sorted_cut():
+    """Peaked rows (their cut among the 1,024 candidates) and flat ones (sorted): the same tokens kept either way."""
+    from semifinetune.decode import _top_p_removed
+
+    generator = torch.Generator().manual_seed(3)
+    for spread in (8.0, 0.5):  # 8: a model's peaked next-token distribution; 0.5: nearly uniform, cut by sorting
+        logits = torch.randn(16, 20_000, generator=generator) * spread
+        top_p = torch.tensor([0.5, 0.9, 0.95, 1.0] * 4)
+        temperature = torch.tensor([0.3, 0.6, 1.0, 1.5] * 4)
+        scores = logits / temperature.unsqueeze(1)
+        expected = torch.isinf(_sorted_warp(logits, temperature, top_p))
+        assert torch.equal(_top_p_removed(scores, top_p), expected)
+        assert 0 < expected[top_p < 1].sum() and not expected[top_p >= 1].any()
+
+
+def test_sampling_draws_what_torch_multinomial_draws_for_the_same_seed():
+    from semifinetune.decode import sample_next
+
+    logits = torch.randn(32, 5_000, generator=torch.Generator().manual_seed(4)) * 6
+    temperature = torch.tensor([0.0, 0.3, 0.6, 1.0] * 8)
+    top_p = torch.tensor([0.9, 0.95, 1.0, 0.5] * 8)
+    torch.manual_seed(11)
+    drawn = torch.stack([sample_next(logits, temperature, top_p) for _ in range(20)])
+    torch.manual_seed(11)
+    probs = _sorted_warp(logits, temperature.clamp_min(1e-6), top_p).softmax(dim=-1)
+    probs[temperature <= 0] = torch.nn.functional.one_hot(logits[temperature <= 0].argmax(-1), 5_000).float()
+    expected = torch.stack([torch.multinomial(probs, 1).squeeze(1) for _ in range(20)])
+    assert torch.equal(drawn, expected)
+    assert len(set(drawn[:, 2].tolist())) > 1  # the rows really sampled
+
+
 def _encoded(tokenizer, questions):
     from semifinetune.formats import chat_prompt
 
@@ -52,15 +93,38 @@ def test_static_decode_matches_transformers_generate_greedy(tiny):
     assert got.tolist() == torch.nn.functional.pad(expected, (0, 10 - expected.shape[1]), value=tokenizer.pad_token_id).tolist()
 
 
+def test_attention_over_the_filled_slots_changes_no_token(tiny, monkeypatch):
+    """Attention lengths of 4 slots: the loop crosses a dozen of them and still decodes what generate() does."""
+    import semifinetune.decode as decode
+    import semifinetune.decode_attention as attention
+
+    calls = []
+    grouped = attention.grouped_attention
+    monkeypatch.setattr(decode, "KV_BUCKET", 4)
+    monkeypatch.setattr(attention, "grouped_attention", lambda m, q, k, *a, **kw: calls.append((q.shape[2], a[1].shape[-1])) or grouped(m, q, k, *a, **kw))
+    model, tokenizer = tiny
+    encoded = _encoded(tokenizer, QUESTIONS)
+    eos = eos_token_ids(model, tokenizer)
+    with torch.inference_mode():
+        expected = model.generate(**encoded, do_sample=False, max_new_tokens=40, min_new_tokens=40, eos_token_id=sorted(eos),
+                                  pad_token_id=tokenizer.pad_token_id)[:, encoded["input_ids"].shape[1]:]
+        got = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 40, [-1],
+                            tokenizer.pad_token_id, cuda_graph=False)
+    assert got.tolist() == expected.tolist()
+    assert model.config._attn_implementation == "sdpa"  # restored after the loop
+    lengths = [length for queries, length in calls if queries == 1]
+    assert len(set(lengths)) >= 10 and all(n % 4 == 0 for n in lengths)
+
+
 def test_the_recorded_steps_extra_runs_write_the_same_cache_slot(tiny, monkeypatch):
     """The CUDA-graph path on CPU: the step runs as a warm-up before it is recorded, then once per replay, each time
     at the slot it was given. transformers' static cache layers keep their own write counter, which the loop pins."""
     import semifinetune.decode as decode
 
-    def record_on_cpu(step):
+    def record_on_cpu(step, pool=None):
         step()  # the warm-up
         output = step()  # the recording (a CUDA graph records without running; running it again must not matter)
-        return (lambda: output.copy_(step())), output
+        return (lambda: output.copy_(step())), output, "pool"
 
     monkeypatch.setattr(decode, "_graphs_supported", lambda device: True)
     monkeypatch.setattr(decode, "_record", record_on_cpu)
@@ -104,29 +168,44 @@ def test_settings_list_must_match_questions(tiny):
         generate(model, tokenizer, QUESTIONS, [SamplingSettings()] * 2, progress=False)
 
 
-def test_dequantized_weights_give_the_same_outputs_and_keep_lora():
-    """A 4-bit layer inside peft's LoRA wrapper (whose class is also named Linear4bit) computes from the copy; the
-    wrapper keeps its forward, so the adapter still applies."""
+def _lora_4bit_layer():
     bnb = pytest.importorskip("bitsandbytes")
     from peft import LoraConfig
     from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
-
-    from semifinetune.decode import dequantized_weights
-    from semifinetune.models import four_bit_layers
 
     torch.manual_seed(0)
     base_layer = bnb.nn.Linear4bit(64, 32, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
     lora = LoraLinear4bit(base_layer, "default", config=LoraConfig(r=4), r=4, lora_alpha=8)
     torch.nn.init.normal_(lora.lora_B["default"].weight)  # a trained adapter: B no longer zero
-    model = torch.nn.Sequential(lora)
+    return torch.nn.Sequential(lora).eval(), lora, base_layer
+
+
+def test_dequantized_weights_fold_the_adapter_in_and_give_the_same_outputs():
+    """A 4-bit layer inside peft's LoRA wrapper (whose class is also named Linear4bit): the copy holds W + the adapter
+    and shadows the wrapper; with the adapter switched off, the copy is W alone."""
+    from semifinetune.decode import dequantized_weights
+    from semifinetune.models import four_bit_layers
+
+    model, lora, base_layer = _lora_4bit_layer()
     assert four_bit_layers(model) == [base_layer]
     x = torch.randn(5, 64)
     with torch.no_grad():
         tuned, base = model(x), base_layer(x)
-        with dequantized_weights(model) as applied:
-            tuned_dense, base_dense = model(x), base_layer(x)
+        with dequantized_weights(model) as copies:
+            tuned_dense = model(x)
+        with _adapter_off(lora), dequantized_weights(model) as base_copies:
+            base_dense = model(x)
         after = model(x)
-    assert applied
+    assert [c[0] for c in copies] == [lora] and [c[0] for c in base_copies] == [base_layer]
     assert torch.allclose(tuned_dense, tuned, atol=1e-4) and torch.allclose(base_dense, base, atol=1e-4)
-    assert not torch.allclose(tuned, base, atol=1e-2)  # the adapter matters, so it was not bypassed
-    assert torch.equal(after, tuned)  # the 4-bit forward is back after the block
+    assert not torch.allclose(tuned, base, atol=1e-2)  # the adapter matters, so it was folded in, not dropped
+    assert torch.equal(after, tuned)  # the 4-bit forward and the adapter are back after the block
+
+
+@contextmanager
+def _adapter_off(lora):
+    lora.enable_adapters(False)
+    try:
+        yield
+    finally:
+        lora.enable_adapters(True)

@@ -13,11 +13,16 @@ from gpu_helpers import QUESTIONS, greedy_ids, mean_agreement
 # LoRA adapter, 16 questions), teacher-forced over generate()'s answers: 92.6% of next-token argmaxes equal and a
 # relative logit error of 0.035; one layer's copy zeroed gives 0.995.
 COPY_ARGMAX_AGREEMENT_BOUND = 0.8
-# With retrieved notes (prompts ~180 tokens instead of ~22) on the same model, measured on an H200, 16 answers of 32
-# tokens: graphed vs eager 8 identical (mean share of tokens before the first difference 0.81), eager vs generate()
-# 10 (0.83), graphed vs generate() 7 (0.73). A cache written one slot off parts every answer within a few tokens.
-RETRIEVAL_AGREEMENT_BOUND = 0.5
+# With retrieved notes (prompts ~180 tokens instead of ~22) on the same model, 16 answers of 32 tokens, measured on an
+# H200 with the decoding attention (grouped heads, filled slots): graphed vs eager 16 identical, eager vs generate()
+# 3 (mean share of tokens before the first difference 0.48), graphed vs generate() 3 (0.48); with transformers' SDPA
+# over the whole cache it was 8 (0.81), 10 (0.83), 7 (0.73). A cache written one slot off parts every answer within
+# a few tokens (about 0.1); the tiny fp32 test on these prompts holds the loop to generate() token for token.
+RETRIEVAL_AGREEMENT_BOUND = 0.3
 COPY_RELATIVE_ERROR_BOUND = 0.05
+# The decoding attention against SDPA over copied keys, 4-bit R1, 16 greedy answers of 32 tokens: measured on an
+# H200, one answer differed, at its last token (mean agreement 0.998).
+GROUPED_ATTENTION_AGREEMENT_BOUND = 0.9
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +94,19 @@ def r1_tuned(r1_random):
     torch.cuda.empty_cache()
 
 
-def test_r1_4bit_graphed_decoding_equals_generate_token_for_token(r1_tuned):
-    """Same 4-bit kernels as generate(): the static cache and the replayed step change no token."""
+def test_r1_4bit_graphed_decoding_equals_its_eager_run_and_agrees_with_generate(r1_tuned):
+    """Same kernels recorded and run eagerly: the replayed step changes no token. Against generate(): the decoding
+    attention (grouped heads, filled slots) rounds bf16 differently from SDPA over copied keys, and random weights'
+    near-ties turn that into another token now and then; the tiny fp32 tests hold the logic token for token."""
     model, tokenizer = r1_tuned
     questions, tokens = QUESTIONS[:16], 32
     reference = greedy_ids(model, tokenizer, questions, tokens, "generate")
-    assert greedy_ids(model, tokenizer, questions, tokens, "graphed") == reference
-    assert greedy_ids(model, tokenizer, questions, tokens, "eager") == reference
+    graphed = greedy_ids(model, tokenizer, questions, tokens, "graphed")
+    assert greedy_ids(model, tokenizer, questions, tokens, "eager") == graphed
+    agreement = mean_agreement(reference, graphed)
+    print(f"4-bit R1, graphed loop vs generate(): {sum(a == b for a, b in zip(reference, graphed))} of 16 identical, "
+          f"mean agreement {agreement:.3f}")
+    assert agreement >= GROUPED_ATTENTION_AGREEMENT_BOUND
     with model.disable_adapter():
         base = greedy_ids(model, tokenizer, questions, tokens, "graphed")
     assert mean_agreement(reference, base) < 0.5  # the adapter is applied on this path
@@ -121,8 +132,8 @@ def test_r1_4bit_graphed_decoding_with_retrieved_notes(r1_tuned):
     """Prompts of ~180 tokens on the 4-bit R1 architecture: the graphed loop against its eager run and generate().
 
     The tiny fp32 test above holds the cache and mask logic to generate() token for token on these prompts; here
-    bf16 kernels recorded in the graph and run eagerly can round differently, which random weights' near-ties turn
-    into a different token, so the bound is on agreement."""
+    the decoding attention rounds bf16 differently from generate()'s, which random weights' near-ties turn into a
+    different token, so the bound is on agreement."""
     model, tokenizer = r1_tuned
     prompted = _with_retrieved_notes(QUESTIONS[:16])
     graphed = greedy_ids(model, tokenizer, prompted, 32, "graphed")
@@ -132,6 +143,7 @@ def test_r1_4bit_graphed_decoding_with_retrieved_notes(r1_tuned):
     for name, (a, b) in found.items():
         print(f"with retrieved notes, {name}: {sum(x == y for x, y in zip(a, b))} of 16 identical, "
               f"mean agreement {mean_agreement(a, b):.3f}")
+    assert graphed == eager  # the same kernels, recorded or not
     assert min(mean_agreement(a, b) for a, b in found.values()) >= RETRIEVAL_AGREEMENT_BOUND
 
 
@@ -158,23 +170,27 @@ def _teacher_forced_logits(model, tokenizer, questions, answers) -> tuple:
 
 
 def test_r1_dequantized_copy_agrees_to_rounding(r1_tuned):
-    """Teacher-forced over generate()'s answers: the copy's logits against the 4-bit layers' at every step."""
-    from semifinetune.decode import dequantized_weights
-    from semifinetune.models import four_bit_layers
+    """Teacher-forced over generate()'s answers: the copy's logits (the adapter folded in) against the 4-bit layers'
+    and the adapter's own matmuls at every step."""
+    from bitsandbytes.functional import dequantize_4bit
+
+    from semifinetune.decode import _adapter_delta, dequantized_weights
 
     model, tokenizer = r1_tuned
     questions = QUESTIONS[:16]
     answers = greedy_ids(model, tokenizer, questions, 32, "generate")
     quantized, scored = _teacher_forced_logits(model, tokenizer, questions, answers)
-    with dequantized_weights(model) as copied:
+    with dequantized_weights(model) as copies:
         dense, _ = _teacher_forced_logits(model, tokenizer, questions, answers)
-        four_bit_layers(model)[0].forward.args[1].zero_()  # the control: one layer's copy wrong
+        copies[0][2].zero_()  # the control: one layer's copy wrong
         broken, _ = _teacher_forced_logits(model, tokenizer, questions, answers)
-    with dequantized_weights(model):
-        for layer in four_bit_layers(model):  # the same weights, each matmul in fp32: what both paths round
-            layer.forward = functools.partial(_fp32_linear, layer, layer.forward.args[1].float())
+    with dequantized_weights(model) as copies:
+        for shadowed, layer, _ in copies:  # W + the adapter in fp32, each matmul in fp32: what both paths round
+            weight = dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+            delta = _adapter_delta(shadowed) if shadowed is not layer else 0
+            shadowed.forward = functools.partial(_fp32_linear, layer, weight + delta)
         exact, _ = _teacher_forced_logits(model, tokenizer, questions, answers)
-    assert copied
+    assert copies
     centred = (quantized - quantized.mean(dim=-1, keepdim=True))[scored].norm()
 
     def error(a, b) -> float:
@@ -196,14 +212,32 @@ def _fp32_linear(layer, weight, x):
 
 def test_dequantized_copy_is_made_in_the_compute_dtype(r1_tuned):
     from semifinetune.decode import dequantized_weights
-    from semifinetune.models import four_bit_layers
 
     model, _ = r1_tuned
-    layer = four_bit_layers(model)[0]
-    x = torch.randn(3, layer.in_features, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode(), dequantized_weights(model) as copies:
+        shadowed, layer, weight = copies[0]
+        assert weight.dtype == layer.compute_dtype and shadowed is not layer  # the LoRA wrapper, adapter folded in
+        x = torch.randn(3, layer.in_features, device="cuda", dtype=torch.bfloat16)
+        dense = shadowed(x)
     with torch.inference_mode():
-        quantized = layer(x)
-        with dequantized_weights(model):
-            assert layer.forward.args[1].dtype == layer.compute_dtype
-            dense = layer(x)
+        quantized = shadowed(x)
     assert torch.allclose(dense.float(), quantized.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_sampling_on_the_gpu_draws_what_torch_multinomial_draws():
+    """The exponential race, the candidates' top_p cut and the sorted one, on CUDA's generator and kernels."""
+    from semifinetune import decode
+
+    generator = torch.Generator(device="cuda").manual_seed(5)
+    for spread in (8.0, 0.5):  # peaked rows: cut among the candidates; flat rows: by sorting
+        logits = torch.randn(64, 151936, device="cuda", generator=generator) * spread
+        temperature = torch.tensor([0.3, 0.6, 1.0, 0.0] * 16, device="cuda")
+        top_p = torch.tensor([0.9, 0.95, 1.0, 0.5] * 16, device="cuda")
+        torch.manual_seed(3)
+        drawn = torch.stack([decode.sample_next(logits, temperature, top_p) for _ in range(10)])
+        scores = logits / torch.where(temperature <= 0, 1.0, temperature).unsqueeze(1)
+        probs = scores.masked_fill(decode._top_p_removed_by_sorting(scores, top_p), float("-inf")).softmax(-1)
+        probs[temperature <= 0] = torch.nn.functional.one_hot(logits[temperature <= 0].argmax(-1), 151936).float()
+        torch.manual_seed(3)
+        expected = torch.stack([torch.multinomial(probs, 1).squeeze(1) for _ in range(10)])
+        assert torch.equal(drawn, expected)

@@ -1,0 +1,55 @@
+"""Attention for the static-cache decoding loop: over the filled slots only, and without copying the keys per head.
+
+transformers' SDPA attention, given a mask, copies each key and value head once per query head that shares it
+(grouped-query attention: R1-1.5B has 12 query heads over 2 key heads, so 6 copies of the whole cache a step) and
+attends over the cache's full length. Here a decoding step's single query per row becomes, for each key head, the
+6 queries of the heads that share it: the same scores and softmax, one read of the cache. The keys are cut to the
+mask's length, which the loop sets to the filled slots rounded up to a bucket (decode.KV_BUCKET), so early steps
+do not read the empty end of the cache.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+NAME = "semifinetune_decode"
+
+
+def grouped_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """transformers' attention-function interface: (attention output (B, q, heads, dim), None)."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    filled = attention_mask.shape[-1]
+    key, value = key[:, :, :filled], value[:, :, :filled]
+    rows, heads, queries, dim = query.shape
+    key_heads = key.shape[1]
+    if queries != 1 or heads == key_heads:  # the prefill: transformers' own SDPA over the cut keys
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    # Query head h reads key head h // (heads / key_heads) (transformers' repeat_kv order), so the heads that share a
+    # key head are consecutive: (B, heads, 1, dim) -> (B, key_heads, heads / key_heads, dim).
+    grouped = query.reshape(rows, key_heads, heads // key_heads, dim)
+    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.reshape(rows, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def decode_attention(model):
+    """Inside the block the model's SDPA attention layers call grouped_attention, and the block's value is True; SDPA
+    again after. A model loaded with another implementation (eager, flash-attention) keeps it: the value is False,
+    and masks must then span the whole cache."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, grouped_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)  # looked up by name; the loop passes its own 4-D masks
+    config = model.config
+    previous = config._attn_implementation
+    if previous != "sdpa":
+        yield False
+        return
+    config._attn_implementation = NAME
+    try:
+        yield True
+    finally:
+        config._attn_implementation = previous
