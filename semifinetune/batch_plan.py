@@ -12,8 +12,8 @@ CPU_BATCH = 48  # each step's fixed cost still outweighs the rows' own here (48 
 GPU_MAX_BATCH = 1024
 # Cards under SMALL_CARD_BYTES (a T4's 15 GB) keep the 64 rows they decoded before the batch came from memory: held
 # to 15 GB on an H200, the planned ~350 rows failed while recording the decoding step's CUDA graph (an allocation
-# the limit refused inside the recording, which the out-of-memory fallback cannot catch). On a T4 the step is
-# compute-bound well before that: about 1.4x the tokens/s at 350 rows, by the estimate in BENCHMARKS.md.
+# the limit refused inside the recording, which the out-of-memory fallback cannot catch). By the estimate in
+# BENCHMARKS.md a T4 would decode about 1.8x the tokens/s at 350 rows: what this costs until that is fixed.
 SMALL_CARD_BYTES = 24 * 2**30
 SMALL_CARD_BATCH = 64
 # Bytes per vocabulary entry and row while sampling: the logits, float32 scores, probabilities, noise, their ratio,

@@ -217,12 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrieval", nargs="?", const="config", metavar="K",
                    help="instead: base and tuned, each without and with the top K training pairs in the prompt, on the "
                         "held-out and the general questions (K default: retrieval_compare_k), RUN_DIR/retrieval.csv")
-    p.add_argument("--batch-size", type=int, default=None, help="answers per generate() batch (default 64 on a GPU, 16 on CPU; halved on GPU out-of-memory)")
+    p.add_argument("--batch-size", type=int, default=None, help="answers per generate() batch (default: as many as GPU memory holds, at most 1024, 64 on a T4-sized card; 48 on CPU; halved on GPU out-of-memory)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sweep", help="notebook 06: sampling grid, base vs tuned, RUN_DIR/sweep.csv, heatmaps, recommendation")
     p.add_argument("--run-dir", required=True, help="run directory with a trained adapter")
-    p.add_argument("--batch-size", type=int, default=None, help="answers per generate() batch (default 64 on a GPU, 16 on CPU; halved on GPU out-of-memory)")
+    p.add_argument("--batch-size", type=int, default=None, help="answers per generate() batch (default: as many as GPU memory holds, at most 1024, 64 on a T4-sized card; 48 on CPU; halved on GPU out-of-memory)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("export", help="RUN_DIR/export/FORMAT: adapter + model card, merged 16-bit safetensors, or GGUF; Ollama Modelfile")

@@ -13,7 +13,8 @@ decode_attention.grouped_attention.
 transformers 5.17's static cache layers write where their own counter (`cumulative_length`) points and ignore
 `cache_position`; each step sets that counter to its slot first, so the warm-up run before recording and every
 replay write the slot the mask expects.
-`dequantized_weights` lets the 4-bit layers compute from a bf16 copy while decoding, where GPU memory allows.
+`dequantized_weights` lets the 4-bit layers compute from a 16-bit copy while decoding, the LoRA adapter folded in,
+where GPU memory allows.
 """
 
 from __future__ import annotations

@@ -126,3 +126,10 @@ def test_sampling_arguments():
     assert sampled["do_sample"] and sampled["temperature"] == 0.6 and sampled["top_p"] == 0.95
     assert sampled["top_k"] == 0  # no hidden top-50 cut on top of top_p
     assert sampled["repetition_penalty"] == 1.1
+
+
+def test_a_group_splits_into_even_batches():
+    from semifinetune.generate import _even_batch
+
+    assert [_even_batch(n, 1024) for n in (3285, 2463, 1642, 821)] == [822, 821, 821, 821]
+    assert _even_batch(10, 16) == 10 and _even_batch(17, 16) == 9
