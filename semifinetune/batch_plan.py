@@ -1,4 +1,4 @@
-"""How many answers decode together: on a GPU as many as its free memory holds, up to where speed stops growing.
+"""How many answers decode together: on a GPU as many as its free memory holds, up to the largest batch measured.
 
 A row of the static-cache loop holds its KV cache (every layer's keys and values for its prompt and answer) and its
 sampling work (a few float32 copies of the vocabulary's scores); the weights and their dequantized copy are shared.
@@ -7,8 +7,8 @@ sampling work (a few float32 copies of the vocabulary's scores); the weights and
 from __future__ import annotations
 
 CPU_BATCH = 48  # each step's fixed cost still outweighs the rows' own here (48 answers: 140 s at 48, 200 s at 16)
-# Rows beyond which a decoding step of R1-1.5B costs as much per row as it saves (BENCHMARKS.md, notebook 06's
-# workload on an H200): the step reads the weights once for all rows, but attention and sampling grow with them.
+# The largest batch measured: 26,758 tokens/s at 1,024 rows of 512 new tokens on an H200, 3.6x the 512 rows of the
+# loop before (BENCHMARKS.md, "Notebook 06 at its real size"); larger batches have not been tried.
 GPU_MAX_BATCH = 1024
 # Cards under SMALL_CARD_BYTES (a T4's 15 GB) keep the 64 rows they decoded before the batch came from memory: held
 # to 15 GB on an H200, the planned ~350 rows failed while recording the decoding step's CUDA graph (an allocation

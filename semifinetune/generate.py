@@ -55,8 +55,9 @@ def generate(
     differ share a batch (a whole sweep grid decodes together); rows differing in max_new_tokens or
     repetition_penalty do not. With `cuda_graphs` on a CUDA GPU (transformers backend, no repetition penalty)
     decoding runs over a static KV cache with the step replayed as a CUDA graph. `batch_size` None: as many rows
-    as fit (batch_plan.default_batch_size). `streamer` (transformers' put/end interface, e.g. streaming.answer_streamer) receives the
-    tokens as they are chosen, on either decoding path; streamers take one row, so then one question only.
+    as fit (batch_plan.default_batch_size). `streamer` (transformers' put/end interface, e.g.
+    streaming.answer_streamer) receives the tokens as they are chosen, on either decoding path; streamers take one
+    row, so then one question only.
     """
     import torch
     from tqdm.auto import tqdm
