@@ -7,7 +7,7 @@ sampling work (a few float32 copies of the vocabulary's scores); the weights and
 from __future__ import annotations
 
 CPU_BATCH = 48  # each step's fixed cost still outweighs the rows' own here (48 answers: 140 s at 48, 200 s at 16)
-# The largest batch measured: 26,758 tokens/s at 1,024 rows of 512 new tokens on an H200, 3.6x the 512 rows of the
+# The largest batch measured: 26,758 tokens/s at 1,024 rows of 512 new tokens on an H200, 4.1x the 512 rows of the
 # loop before (BENCHMARKS.md, "Notebook 06 at its real size"); larger batches have not been tried.
 GPU_MAX_BATCH = 1024
 # Cards under SMALL_CARD_BYTES (a T4's 15 GB) keep the 64 rows they decoded before the batch came from memory: held
