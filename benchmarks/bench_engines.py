@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import itertools
 import json
 import sys
 import time
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "gpu"))
 
-from gpu_helpers import QUESTIONS, greedy_ids, mean_agreement  # noqa: E402
+from gpu_helpers import QUESTIONS, greedy_ids, mean_agreement, r1_with_random_adapter  # noqa: E402
 from record import record  # noqa: E402
 
 NEW_TOKENS = 512
@@ -43,10 +42,10 @@ REPRO_ROWS = 64
 def workload(rows: int):
     """(questions, settings): the t4 grid's rows in sweep order, cut to `rows`."""
     from semifinetune.config import make_config
-    from semifinetune.generate import SamplingSettings
+    from semifinetune.sweep import sweep_settings
 
     cfg = make_config("t4")
-    grid = [SamplingSettings(t, p, NEW_TOKENS) for t, p in itertools.product(cfg.sweep_temperatures, cfg.sweep_top_ps)]
+    grid = sweep_settings(cfg)  # every row at cfg.max_new_tokens, NEW_TOKENS
     pairs = [(q, s) for s in grid for _ in range(cfg.sweep_samples) for q in QUESTIONS]
     pairs = (pairs * (rows // len(pairs) + 1))[:rows]
     return [q for q, _ in pairs], [s for _, s in pairs]
@@ -195,22 +194,12 @@ def main() -> None:
     import torch
 
     from semifinetune.batch_plan import default_batch_size
-    from semifinetune.config import make_config
-    from semifinetune.env import environment_report
     from semifinetune.decode import dequantized_weights
+    from semifinetune.env import environment_report
     from semifinetune.generate import SamplingSettings
-    from semifinetune.lora import add_lora
-    from semifinetune.models import load_model
 
-    cfg = make_config("t4", {"model_name": args.model})
     report = environment_report()
-    model, tokenizer = load_model(cfg, report)
-    model = add_lora(model, cfg)
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, device=param.device, generator=generator) * 0.05)
+    model, tokenizer = r1_with_random_adapter(args.model)
     model.eval()
     questions, settings = workload(args.rows)
     reference = greedy_reference(model, tokenizer)

@@ -29,10 +29,15 @@ def default_batch_size(model, tokens_per_row: int | None = None) -> int:
     the size of a T4), at least 1."""
     if model.device.type != "cuda":
         return CPU_BATCH
-    free = available_gpu_bytes() - (dequantized_copy_bytes(model) if copy_fits(model) else 0) - HEADROOM_BYTES
-    per_row = row_bytes(model.config, tokens_per_row or 1024, model.get_input_embeddings().weight.element_size())
     most = SMALL_CARD_BATCH if usable_gpu_bytes() < SMALL_CARD_BYTES else GPU_MAX_BATCH
-    return max(1, min(most, free // per_row))
+    return max(1, min(most, rows_that_fit(model, tokens_per_row or 1024)))
+
+
+def rows_that_fit(model, tokens_per_row: int) -> int:
+    """Rows of `tokens_per_row` cache slots whose cache and sampling fit in the GPU memory left after the
+    dequantized copy (where it is made) and HEADROOM_BYTES."""
+    free = available_gpu_bytes() - (dequantized_copy_bytes(model) if copy_fits(model) else 0) - HEADROOM_BYTES
+    return free // row_bytes(model.config, tokens_per_row, model.get_input_embeddings().weight.element_size())
 
 
 def row_bytes(config, tokens: int, element_size: int) -> int:

@@ -1,4 +1,5 @@
-"""Helpers shared by the GPU tests: a short training run, greedy token ids three ways, how far two answers agree."""
+"""Helpers shared by the GPU tests and benchmarks: a short training run, the R1 architecture with a trained-looking
+adapter, greedy token ids three ways, how far two answers agree."""
 
 from __future__ import annotations
 
@@ -20,6 +21,26 @@ def trained_run(run_dir: Path, profile: str, overrides: dict) -> dict:
     prepare_data(run_dir)
     train(cfg, run_dir)
     return json.loads(runs.run_path(run_dir, runs.TRAIN_LOG).read_text(encoding="utf-8"))
+
+
+def r1_with_random_adapter(model_path) -> tuple:
+    """(model, tokenizer): the checkpoint at model_path in 4-bit (the t4 profile) with a LoRA adapter whose B weights
+    are random instead of zero, so that the adapter changes the answers as a trained one does."""
+    import torch
+
+    from semifinetune.config import make_config
+    from semifinetune.lora import add_lora
+    from semifinetune.models import load_model
+
+    cfg = make_config("t4", {"model_name": str(model_path)})
+    model, tokenizer = load_model(cfg)
+    model = add_lora(model, cfg)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, device=param.device, generator=generator) * 0.05)
+    return model, tokenizer
 
 
 def prefix_agreement(a: list[int], b: list[int]) -> float:

@@ -6,7 +6,7 @@ import functools
 
 import pytest
 import torch
-from gpu_helpers import QUESTIONS, greedy_ids, mean_agreement
+from gpu_helpers import QUESTIONS, greedy_ids, mean_agreement, r1_with_random_adapter
 
 # The dequantized copy computes the same weights with a dense matmul instead of bitsandbytes' fused 4-bit kernel, so
 # it agrees to bf16 rounding, not bit for bit. Measured on an H200 (4-bit R1 architecture, random weights, a random
@@ -77,18 +77,7 @@ def test_graphed_sampling_draws_what_the_eager_loop_draws(tiny_fp32):
 @pytest.fixture(scope="module")
 def r1_tuned(r1_random):
     """The R1 architecture in 4-bit (bf16 compute) with a LoRA adapter whose B weights are no longer zero."""
-    from semifinetune.config import make_config
-    from semifinetune.lora import add_lora
-    from semifinetune.models import load_model
-
-    cfg = make_config("t4", {"model_name": str(r1_random)})
-    model, tokenizer = load_model(cfg)
-    model = add_lora(model, cfg)
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, device=param.device, generator=generator) * 0.05)
+    model, tokenizer = r1_with_random_adapter(r1_random)
     yield model, tokenizer
     del model
     torch.cuda.empty_cache()

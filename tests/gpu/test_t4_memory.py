@@ -33,8 +33,7 @@ def t4_sized(r1_random):
 def test_the_planned_batch_fits_a_t4_and_a_larger_one_falls_back(t4_sized, capsys):
     """A T4-sized card keeps batch_plan.SMALL_CARD_BATCH rows; batches of twice the rows the memory plan would give
     must fall back by halving, not fail."""
-    from semifinetune.batch_plan import (HEADROOM_BYTES, available_gpu_bytes, default_batch_size, dequantized_copy_bytes,
-                                         row_bytes)
+    from semifinetune.batch_plan import available_gpu_bytes, default_batch_size, rows_that_fit
     from semifinetune.formats import chat_prompt
     from semifinetune.generate import SamplingSettings, _longest_row_tokens, generate
 
@@ -44,8 +43,7 @@ def test_the_planned_batch_fits_a_t4_and_a_larger_one_falls_back(t4_sized, capsy
     prompts = [chat_prompt(tokenizer, q) for q in QUESTIONS]
     tokens = _longest_row_tokens(tokenizer, prompts, [settings])
     planned = default_batch_size(model, tokens)  # as generate() plans
-    by_memory = (available_gpu_bytes() - dequantized_copy_bytes(model) - HEADROOM_BYTES) // row_bytes(
-        model.config, tokens, model.get_input_embeddings().weight.element_size())
+    by_memory = rows_that_fit(model, tokens)
     questions = (QUESTIONS * 20)[: 2 * by_memory]
     torch.cuda.reset_peak_memory_stats()
     rows = generate(model, tokenizer, questions[:planned], settings, progress=False)
