@@ -12,7 +12,8 @@ weights almost never emit EOS: every answer runs to 512 tokens, the worst case. 
 - continuous: transformers' continuous batching (`init_continuous_batching`: paged cache, finished requests
   replaced by queued ones), per-request temperature and top_p (`per_request_processors=True`);
   continuous_small: the same on 32 requests x 32 tokens, with every thread's stack printed after 2 minutes;
-- breakdown: milliseconds a decoding step takes (tuned, the adapter not folded, base) and sampling alone.
+- breakdown: milliseconds a decoding step takes (tuned, the adapter not folded, base) and sampling alone, at 73
+  rows (an evaluation's batch) and at --rows.
 Each engine's greedy answers to 16 questions (64 tokens) are compared with transformers' generate(), and one small
 sampled workload is run twice with the same seed to see whether it reproduces.
 """
@@ -145,7 +146,7 @@ def step_breakdown(model, tokenizer, questions, settings, rows: int) -> dict:
         for label, context in (("tuned", nullcontext()), ("tuned_adapter_not_folded", unfolded()),
                                ("base", model.disable_adapter())):
             with context, decode.dequantized_weights(model):
-                decode_for(66)()  # the first run records the graphs
+                found[f"first_run_s_{label}"] = round(seconds_of(decode_for(66)), 2)  # records the graphs (2 lengths)
                 found[f"step_ms_{label}"] = round((seconds_of(decode_for(66)) - seconds_of(decode_for(2))) / 64 * 1e3, 2)
         t = torch.tensor(temperature, device="cuda")
         p = torch.tensor(top_p, device="cuda")
@@ -154,6 +155,14 @@ def step_breakdown(model, tokenizer, questions, settings, rows: int) -> dict:
             logits = (torch.randn(rows, vocab, device="cuda") * spread).to(torch.bfloat16)
             found[f"sampling_ms_{label}"] = round(seconds_of(lambda: decode.sample_next(logits, t, p), 10) * 1e3, 2)
         found["sort_cut_ms"] = round(seconds_of(lambda: decode._top_p_removed_by_sorting(logits.float(), p), 10) * 1e3, 2)
+        scores = logits.float()
+        parts = {"float_and_temperature": lambda: logits.float() / t.unsqueeze(1),
+                 "topk_candidates": lambda: scores.topk(decode.TOP_P_CANDIDATES, dim=-1),
+                 "logsumexp": lambda: scores.logsumexp(dim=-1, keepdim=True),
+                 "softmax": lambda: scores.softmax(dim=-1),
+                 "exponential_noise": lambda: torch.empty_like(scores).exponential_(1),
+                 "argmax": lambda: scores.argmax(dim=-1)}
+        found["sampling_parts_ms"] = {name: round(seconds_of(part, 10) * 1e3, 2) for name, part in parts.items()}
     return found
 
 
@@ -209,7 +218,8 @@ def main() -> None:
         repro = None  # two runs of one sampled workload, where the way makes them
         try:
             if name == "breakdown":
-                found = step_breakdown(model, tokenizer, questions, settings, min(args.rows, 1024))
+                found = {f"rows_{n}": step_breakdown(model, tokenizer, questions, settings, n)
+                         for n in (73, min(args.rows, 1024))}
             elif name == "continuous_small":
                 cb_stacks_after(120)
                 found, _ = timed(continuous, model, tokenizer, questions[:32], [SamplingSettings(0.6, 0.95, 32)] * 32)

@@ -61,16 +61,25 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
     notes = {name: retrieve(index, [row["input"] for row in rows], k) for name, rows in sets.items()}
     reused = _evaluation_without_notes(run_dir, cfg, sets["held-out"]) if reuse_evaluation else None
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
+    cells = [(name, notes_k, rows, given) for name, rows in sets.items()
+             for notes_k, given in ((0, [[] for _ in rows]), (k, notes[name]))]  # no notes: the model-alone prompt
+    fresh = [cell for cell in cells if reused is None or cell[:2] != ("held-out", 0)]
     frames = []
     for which in MODELS:
         with as_model(model, which):
-            for name, rows in sets.items():
-                for notes_k, given in ((0, [[] for _ in rows]), (k, notes[name])):  # no notes: the model-alone prompt
-                    if reused is not None and name == "held-out" and notes_k == 0:
-                        frame = _as_retrieval_rows(reused[reused["model"] == which], tokenizer)
-                    else:
-                        frame = evaluate_model(model, tokenizer, rows, settings, cfg.seed, batch_size, progress, cfg.cuda_graphs, given)
-                    frames.append(frame.assign(set=name, model=which, retrieval=retrieval_label(notes_k)))
+            # One generate() call for all of this model's cells: their rows share batches (on a GPU usually one)
+            # instead of each cell's few rows decoding through max_new_tokens on their own.
+            answered = evaluate_model(model, tokenizer, [row for cell in fresh for row in cell[2]], settings, cfg.seed,
+                                      batch_size, progress, cfg.cuda_graphs, [n for cell in fresh for n in cell[3]])
+            start, by_cell = 0, {}
+            for name, notes_k, rows, _ in fresh:
+                by_cell[name, notes_k] = answered.iloc[start : start + len(rows)].assign(question_id=range(len(rows)))
+                start += len(rows)
+            for name, notes_k, _, _ in cells:
+                frame = by_cell.get((name, notes_k))
+                if frame is None:
+                    frame = _as_retrieval_rows(reused[reused["model"] == which], tokenizer)
+                frames.append(frame.assign(set=name, model=which, retrieval=retrieval_label(notes_k)))
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(runs.run_path(run_dir, runs.RETRIEVAL), index=False)  # rewritten each call, like evaluation.csv
     return read_retrieval(run_dir)  # read back: reused and new rows alike typed as the CSV holds them

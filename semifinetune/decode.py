@@ -3,7 +3,7 @@
 Per-row settings let one batch hold a whole sweep grid (every temperature x top_p x sample), so the GPU decodes
 many rows per step instead of one setting's few. The warping is transformers' own, row by row:
 TemperatureLogitsWarper, then TopPLogitsWarper (keep the smallest set of tokens whose probability reaches top_p,
-at least one), then a multinomial draw; temperature 0 is greedy.
+at least one), then a draw from what they keep; temperature 0 is greedy.
 
 `static_decode` is transformers' `generate()` for left-padded prompts (same positions, same masking, same
 sampling), written over a StaticCache so that every decoding step has the same shapes: on CUDA the step is
@@ -26,6 +26,7 @@ from .decode_attention import decode_attention
 
 FINISHED_CHECK_EVERY = 16  # decoding steps between checks that every row has ended (each check waits for the GPU)
 TOP_P_CANDIDATES = 1024  # the most likely tokens per row among which top_p looks for its cut before sorting all
+MAX_DRAWS = 8  # draws per row before sample_next takes the token from the cut distribution
 KV_BUCKET = 64  # attention reads the cache up to the filled slots rounded up to this; one CUDA graph per length
 
 
@@ -77,13 +78,45 @@ def _top_p_removed_by_sorting(scores, top_p):
 
 
 def sample_next(logits, temperature, top_p):
-    """One token per row, drawn from warp_scores as torch.multinomial draws one sample: the argmax of p / q with one
-    q ~ Exp(1) per token (its own algorithm, so the same seed draws the same token), without multinomial's check
-    that the probabilities are finite, which waits for the GPU every step."""
+    """One token per row from warp_scores' distribution, without cutting the vocabulary at every step.
+
+    Each row draws from its whole tempered distribution, as torch.multinomial draws one sample (the argmax of p / q,
+    one q ~ Exp(1) per token; without multinomial's finiteness check, which waits for the GPU), and keeps the token
+    where top_p keeps it: the tokens more likely than it hold less than top_p (warp_scores' rule). Rows whose token
+    top_p cuts draw again. A kept draw follows the tempered distribution restricted to top_p's tokens, which is
+    warp_scores' distribution; each draw is kept with probability top_p or more, so few rows draw twice. Rows still
+    without a token after MAX_DRAWS draws take one from warp_scores itself (same distribution). Greedy rows
+    (temperature 0) take the argmax. The cut by sorting the vocabulary cost 13 ms of a 29 ms step at 822 rows on an
+    H200 where a distribution is flat (BENCHMARKS.md).
+    """
     import torch
 
-    probs = warp_scores(logits, temperature, top_p).softmax(dim=-1)
-    return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
+    greedy = temperature <= 0
+    probs = (logits.float() / torch.where(greedy, 1.0, temperature).unsqueeze(1)).softmax(dim=-1)
+    drawn, kept = _draw(probs, top_p)
+    chosen = torch.where(greedy, logits.argmax(dim=-1), drawn)
+    pending = ~(greedy | kept)
+    for _ in range(MAX_DRAWS - 1):
+        if not bool(pending.any()):
+            return chosen
+        rows = pending.nonzero().squeeze(1)
+        chosen[rows], kept = _draw(probs[rows], top_p[rows])
+        pending[rows] = ~kept
+    if bool(pending.any()):
+        rows = pending.nonzero().squeeze(1)
+        warped = warp_scores(logits[rows], temperature[rows], top_p[rows]).softmax(dim=-1)
+        chosen[rows] = (warped / torch.empty_like(warped).exponential_(1)).argmax(dim=-1)
+    return chosen
+
+
+def _draw(probs, top_p):
+    """(token per row drawn from probs, whether top_p keeps it: the more likely tokens hold less than top_p)."""
+    import torch
+
+    noise = torch.empty_like(probs).exponential_(1)
+    drawn = torch.div(probs, noise, out=noise).argmax(dim=-1, keepdim=True)
+    more_likely = torch.where(probs > probs.gather(1, drawn), probs, 0.0).sum(dim=-1)
+    return drawn.squeeze(1), (more_likely < top_p) | (top_p >= 1)
 
 
 def row_sampling_processor(temperatures: list[float], top_ps: list[float]):
@@ -184,7 +217,7 @@ def static_decode(model, input_ids, attention_mask, temperatures, top_ps, max_ne
             length = min(total, (prompt_len + k) // KV_BUCKET * KV_BUCKET + KV_BUCKET) if keys_cut_to_mask else total
             if cuda_graph and _graphs_supported(device):
                 if length not in graphs:
-                    graphs[length], _, pool = _record(functools.partial(_into, graph_logits, step, length), pool)
+                    graphs[length], _, pool = _recorded(functools.partial(_into, graph_logits, step, length), pool)
                 graphs[length]()
                 logits = graph_logits
             else:
@@ -210,6 +243,24 @@ def _additive(allowed, dtype, min_value):
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, min_value)
 
 
+class GraphRecordingError(RuntimeError):
+    """Recording the decoding step as a CUDA graph failed; the message says how to go on without graphs."""
+
+
+def _recorded(step, pool):
+    """_record, its failure (CUDA: the recording invalidated, the process's random generator left unusable) turned
+    into an error that names the way round it."""
+    try:
+        return _record(step, pool)
+    except RuntimeError as error:
+        raise GraphRecordingError(
+            f"Recording the decoding step as a CUDA graph failed ({str(error).splitlines()[0]}). Restart the runtime "
+            "(the failed recording leaves this process's CUDA random generator unusable) and run again with "
+            "cuda_graphs=False (notebook 01's parameter, or --set cuda_graphs=false): the same sampling settings, "
+            "through transformers' generate(), several times slower."
+        ) from error
+
+
 def _record(step, pool=None):
     """(replay, output, pool): `step` recorded as a CUDA graph after one warm-up run; replay() rewrites output in place.
 
@@ -217,15 +268,26 @@ def _record(step, pool=None):
     records the next length only once it is done with the shorter ones."""
     import torch
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    stream = _recording_stream(torch.cuda.current_device())
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
         step()  # warm-up: same inputs as the first replay, which rewrites the same cache slot
-    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(graph, pool=pool, stream=stream):
         output = step()
     return graph.replay, output, pool if pool is not None else graph.pool()
+
+
+@functools.cache
+def _recording_stream(device: int):
+    """The one stream every warm-up and recording runs on. cuBLAS keeps a workspace per stream, made by the first
+    matmul there: made in a warm-up it lives in ordinary memory. Made during a recording it would live in that
+    graph's pool, freed with the batch's graphs, and a later batch's recording on the same stream would use freed
+    memory (the sweep's second batch of 821 rows failed so in cuBLASLt on an H200)."""
+    import torch
+
+    return torch.cuda.Stream(device)
 
 
 @contextmanager

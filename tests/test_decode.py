@@ -56,20 +56,28 @@ def test_top_p_cut_among_the_candidates_equals_the_sorted_cut():
         assert 0 < expected[top_p < 1].sum() and not expected[top_p >= 1].any()
 
 
-def test_sampling_draws_what_torch_multinomial_draws_for_the_same_seed():
+def test_sampling_draws_each_kept_token_as_often_as_its_warped_probability():
+    """Rows whose first draws top_p mostly cuts (top_p 0.02: drawn again, then from the cut distribution) included;
+    greedy rows take the argmax; the same seed draws the same tokens."""
     from semifinetune.decode import sample_next
 
-    logits = torch.randn(32, 5_000, generator=torch.Generator().manual_seed(4)) * 6
-    temperature = torch.tensor([0.0, 0.3, 0.6, 1.0] * 8)
-    top_p = torch.tensor([0.9, 0.95, 1.0, 0.5] * 8)
-    torch.manual_seed(11)
-    drawn = torch.stack([sample_next(logits, temperature, top_p) for _ in range(20)])
-    torch.manual_seed(11)
-    probs = _sorted_warp(logits, temperature.clamp_min(1e-6), top_p).softmax(dim=-1)
-    probs[temperature <= 0] = torch.nn.functional.one_hot(logits[temperature <= 0].argmax(-1), 5_000).float()
-    expected = torch.stack([torch.multinomial(probs, 1).squeeze(1) for _ in range(20)])
-    assert torch.equal(drawn, expected)
-    assert len(set(drawn[:, 2].tolist())) > 1  # the rows really sampled
+    logits = torch.randn(8, 40, generator=torch.Generator().manual_seed(4)) * 2
+    temperature = torch.tensor([0.0, 0.3, 0.6, 1.0, 1.5, 1.0, 0.7, 1.2])
+    top_p = torch.tensor([0.9, 0.95, 1.0, 0.5, 0.9, 0.02, 0.8, 0.6])
+    draws = 20_000
+
+    def sample():
+        torch.manual_seed(11)
+        return sample_next(logits.repeat_interleave(draws, 0), temperature.repeat_interleave(draws),
+                           top_p.repeat_interleave(draws)).view(8, draws)
+
+    drawn = sample()
+    expected = _sorted_warp(logits, temperature, top_p).softmax(dim=-1)
+    expected[0] = torch.nn.functional.one_hot(logits[0].argmax(), 40).float()
+    frequencies = torch.nn.functional.one_hot(drawn, 40).float().mean(dim=1)
+    assert not frequencies[expected == 0].any()  # no token top_p cuts
+    assert ((frequencies - expected).abs() <= 4 * (expected * (1 - expected) / draws).sqrt() + 1e-3).all()
+    assert torch.equal(sample(), drawn)
 
 
 def _encoded(tokenizer, questions):
@@ -137,6 +145,21 @@ def test_the_recorded_steps_extra_runs_write_the_same_cache_slot(tiny, monkeypat
         got = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 10, eos,
                             tokenizer.pad_token_id, cuda_graph=True)
     assert got.tolist() == expected.tolist()
+
+
+def test_a_failed_recording_names_the_way_round_it(tiny, monkeypatch):
+    import semifinetune.decode as decode
+
+    def failing_record(step, pool=None):
+        raise RuntimeError("CUDA error: operation failed due to a previous error during capture\nmore")
+
+    monkeypatch.setattr(decode, "_graphs_supported", lambda device: True)
+    monkeypatch.setattr(decode, "_record", failing_record)
+    model, tokenizer = tiny
+    encoded = _encoded(tokenizer, QUESTIONS)
+    with torch.inference_mode(), pytest.raises(decode.GraphRecordingError, match="cuda_graphs=false"):
+        static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 10,
+                      eos_token_ids(model, tokenizer), tokenizer.pad_token_id, cuda_graph=True)
 
 
 def test_a_mixed_grid_batch_keeps_each_rows_settings(tiny):

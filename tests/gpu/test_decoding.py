@@ -101,6 +101,19 @@ def test_r1_4bit_graphed_decoding_equals_its_eager_run_and_agrees_with_generate(
     assert mean_agreement(reference, base) < 0.5  # the adapter is applied on this path
 
 
+def test_a_batch_after_a_sweep_sized_one_records_again_and_draws_the_same(r1_tuned):
+    """Two calls of 822 sampled rows (the sweep's batch): the second records its graphs after the first's are freed
+    with their memory pool, and draws what the first drew (same rows, same seed). cuBLAS's workspace once came from a
+    freed pool there and the sweep's second batch failed while recording."""
+    from semifinetune.generate import SamplingSettings, generate
+
+    model, tokenizer = r1_tuned
+    questions = (QUESTIONS * (822 // len(QUESTIONS) + 1))[:822]
+    settings = SamplingSettings(temperature=0.6, top_p=0.95, max_new_tokens=80)
+    first, second = (generate(model, tokenizer, questions, settings, batch_size=822, progress=False) for _ in range(2))
+    assert [row.text for row in first] == [row.text for row in second]
+
+
 def _with_retrieved_notes(questions: list[str]) -> list[str]:
     """Each question with the top 3 training pairs in its user turn, as retrieval_k=3 asks."""
     from semifinetune.config import make_config
@@ -213,20 +226,31 @@ def test_dequantized_copy_is_made_in_the_compute_dtype(r1_tuned):
     assert torch.allclose(dense.float(), quantized.float(), atol=2e-2, rtol=2e-2)
 
 
-def test_sampling_on_the_gpu_draws_what_torch_multinomial_draws():
-    """The exponential race, the candidates' top_p cut and the sorted one, on CUDA's generator and kernels."""
+def test_sampling_on_the_gpu_draws_only_what_top_p_keeps_as_often_as_its_probability():
+    """On CUDA's generator and kernels: at the real vocabulary, every token drawn is one the sorted top_p cut keeps
+    (peaked rows and flat ones, where a draw is often cut and drawn again) and greedy rows take the argmax; on a small
+    vocabulary, each token as often as its warped probability."""
     from semifinetune import decode
 
     generator = torch.Generator(device="cuda").manual_seed(5)
-    for spread in (8.0, 0.5):  # peaked rows: cut among the candidates; flat rows: by sorting
+    temperature = torch.tensor([0.3, 0.6, 1.0, 0.0] * 16, device="cuda")
+    top_p = torch.tensor([0.9, 0.95, 1.0, 0.5] * 16, device="cuda")
+    for spread in (8.0, 0.5):
         logits = torch.randn(64, 151936, device="cuda", generator=generator) * spread
-        temperature = torch.tensor([0.3, 0.6, 1.0, 0.0] * 16, device="cuda")
-        top_p = torch.tensor([0.9, 0.95, 1.0, 0.5] * 16, device="cuda")
-        torch.manual_seed(3)
-        drawn = torch.stack([decode.sample_next(logits, temperature, top_p) for _ in range(10)])
         scores = logits / torch.where(temperature <= 0, 1.0, temperature).unsqueeze(1)
-        probs = scores.masked_fill(decode._top_p_removed_by_sorting(scores, top_p), float("-inf")).softmax(-1)
-        probs[temperature <= 0] = torch.nn.functional.one_hot(logits[temperature <= 0].argmax(-1), 151936).float()
-        torch.manual_seed(3)
-        expected = torch.stack([torch.multinomial(probs, 1).squeeze(1) for _ in range(10)])
-        assert torch.equal(drawn, expected)
+        removed = decode._top_p_removed_by_sorting(scores, top_p)
+        for _ in range(10):
+            drawn = decode.sample_next(logits, temperature, top_p)
+            assert not removed.gather(1, drawn.unsqueeze(1)).any()
+            assert torch.equal(drawn[temperature <= 0], logits[temperature <= 0].argmax(dim=-1))
+
+    small = torch.randn(4, 40, device="cuda", generator=generator) * 2
+    draws = 50_000
+    t, p = temperature[:4], torch.tensor([0.9, 0.02, 1.0, 0.5], device="cuda")
+    drawn = decode.sample_next(small.repeat_interleave(draws, 0), t.repeat_interleave(draws), p.repeat_interleave(draws))
+    scores = small / torch.where(t <= 0, 1.0, t).unsqueeze(1)
+    expected = scores.masked_fill(decode._top_p_removed_by_sorting(scores, p), float("-inf")).softmax(-1)
+    expected[3] = torch.nn.functional.one_hot(small[3].argmax(), 40).float()
+    frequencies = torch.nn.functional.one_hot(drawn.view(4, draws), 40).float().mean(dim=1)
+    assert not frequencies[expected == 0].any()
+    assert ((frequencies - expected).abs() <= 4 * (expected * (1 - expected) / draws).sqrt() + 1e-3).all()

@@ -36,7 +36,9 @@ def test_accelerate_launch_trains_writes_the_run_and_resumes(r1_random, tmp_path
     prepare_data(run_dir)
     first = _launch(run_dir)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "effective batch 4 per device x 1 accumulation x 1 process(es) = 4" in first.stdout
+    per_device, accumulation = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+    assert (f"effective batch {per_device} per device x {accumulation} accumulation x 1 process(es) = "
+            f"{per_device * accumulation}") in first.stdout
     assert (run_dir / runs.ADAPTER / "adapter_model.safetensors").exists()
     assert (run_dir / runs.CHECKPOINTS / "checkpoint-4" / "trainer_state.json").exists()
 
