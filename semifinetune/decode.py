@@ -282,9 +282,9 @@ def _record(step, pool=None):
 @functools.cache
 def _recording_stream(device: int):
     """The one stream every warm-up and recording runs on. cuBLAS keeps a workspace per stream, made by the first
-    matmul there: made in a warm-up it lives in ordinary memory. Made during a recording it would live in that
-    graph's pool, freed with the batch's graphs, and a later batch's recording on the same stream would use freed
-    memory (the sweep's second batch of 821 rows failed so in cuBLASLt on an H200)."""
+    matmul there: made in a warm-up it lives in ordinary memory, where made during a recording it can live in that
+    graph's pool, freed with the batch's graphs. With a new warm-up stream per recording the sweep's second batch
+    (821 rows, H200) failed inside cuBLASLt while recording; on one stream that batch recorded."""
     import torch
 
     return torch.cuda.Stream(device)

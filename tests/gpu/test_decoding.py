@@ -103,8 +103,8 @@ def test_r1_4bit_graphed_decoding_equals_its_eager_run_and_agrees_with_generate(
 
 def test_a_batch_after_a_sweep_sized_one_records_again_and_draws_the_same(r1_tuned):
     """Two calls of 822 sampled rows (the sweep's batch): the second records its graphs after the first's are freed
-    with their memory pool, and draws what the first drew (same rows, same seed). cuBLAS's workspace once came from a
-    freed pool there and the sweep's second batch failed while recording."""
+    with their memory pool, and draws what the first drew (same rows, same seed). The sweep's second batch once
+    failed there inside cuBLASLt while recording."""
     from semifinetune.generate import SamplingSettings, generate
 
     model, tokenizer = r1_tuned
