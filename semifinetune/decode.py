@@ -105,7 +105,7 @@ def sample_next(logits, temperature, top_p):
     if bool(pending.any()):
         rows = pending.nonzero().squeeze(1)
         warped = warp_scores(logits[rows], temperature[rows], top_p[rows]).softmax(dim=-1)
-        chosen[rows] = (warped / torch.empty_like(warped).exponential_(1)).argmax(dim=-1)
+        chosen[rows] = _draw(warped, top_p[rows])[0]  # every token of the cut distribution is kept
     return chosen
 
 
