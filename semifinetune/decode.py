@@ -77,7 +77,7 @@ def _top_p_removed_by_sorting(scores, top_p):
     return remove_sorted.scatter(1, sorted_ids, remove_sorted)
 
 
-def sample_next(logits, temperature, top_p):
+def sample_next(logits, temperature, top_p, generator=None):
     """One token per row from warp_scores' distribution, without cutting the vocabulary at every step.
 
     Each row draws from its whole tempered distribution, as torch.multinomial draws one sample (the argmax of p / q,
@@ -93,27 +93,27 @@ def sample_next(logits, temperature, top_p):
 
     greedy = temperature <= 0
     probs = (logits.float() / torch.where(greedy, 1.0, temperature).unsqueeze(1)).softmax(dim=-1)
-    drawn, kept = _draw(probs, top_p)
+    drawn, kept = _draw(probs, top_p, generator)
     chosen = torch.where(greedy, logits.argmax(dim=-1), drawn)
     pending = ~(greedy | kept)
     for _ in range(MAX_DRAWS - 1):
         if not bool(pending.any()):
             return chosen
         rows = pending.nonzero().squeeze(1)
-        chosen[rows], kept = _draw(probs[rows], top_p[rows])
+        chosen[rows], kept = _draw(probs[rows], top_p[rows], generator)
         pending[rows] = ~kept
     if bool(pending.any()):
         rows = pending.nonzero().squeeze(1)
         warped = warp_scores(logits[rows], temperature[rows], top_p[rows]).softmax(dim=-1)
-        chosen[rows] = _draw(warped, top_p[rows])[0]  # every token of the cut distribution is kept
+        chosen[rows] = _draw(warped, top_p[rows], generator)[0]  # every token of the cut distribution is kept
     return chosen
 
 
-def _draw(probs, top_p):
+def _draw(probs, top_p, generator=None):
     """(token per row drawn from probs, whether top_p keeps it: the more likely tokens hold less than top_p)."""
     import torch
 
-    noise = torch.empty_like(probs).exponential_(1)
+    noise = torch.empty_like(probs).exponential_(1, generator=generator)
     drawn = torch.div(probs, noise, out=noise).argmax(dim=-1, keepdim=True)
     more_likely = torch.where(probs > probs.gather(1, drawn), probs, 0.0).sum(dim=-1)
     return drawn.squeeze(1), (more_likely < top_p) | (top_p >= 1)
@@ -137,94 +137,160 @@ def row_sampling_processor(temperatures: list[float], top_ps: list[float]):
 
 def static_decode(model, input_ids, attention_mask, temperatures, top_ps, max_new_tokens: int, eos_ids, pad_id: int,
                   cuda_graph: bool = True, streamer=None):
-    """New token ids (B, max_new_tokens) for left-padded prompts: the end-of-sequence token kept, padding after it.
-
-    `streamer` (one row) gets what generate() gives its streamer: the prompt, each new token up to the
-    end-of-sequence token, then end().
-    """
-    import torch
-    from transformers import StaticCache
-
-    device = input_ids.device
+    """New token ids (B, max_new_tokens) for one batch of left-padded prompts: StaticDecoder sized to it, once."""
     rows, prompt_len = input_ids.shape
-    total = -(-(prompt_len + max_new_tokens) // KV_BUCKET) * KV_BUCKET  # every attention length a whole bucket
-    temperature = torch.tensor(temperatures, device=device, dtype=torch.float32)
-    top_p = torch.tensor(top_ps, device=device, dtype=torch.float32)
-    eos = torch.tensor(sorted(eos_ids), device=device)
-    dtype = model.get_input_embeddings().weight.dtype  # what attention computes in (not the fp32 adapters')
-    min_value = torch.finfo(dtype).min
+    decoder = StaticDecoder(model, rows, prompt_len, max_new_tokens, cuda_graph)
+    return decoder.decode(input_ids, attention_mask, temperatures, top_ps, eos_ids, pad_id, streamer)
 
-    cache = StaticCache(config=model.config, max_cache_len=total)
-    slots = torch.arange(total, device=device)
-    prompt_slots = torch.zeros((rows, total), dtype=torch.bool, device=device)
-    prompt_slots[:, :prompt_len] = attention_mask.bool()
-    real_tokens = attention_mask.long().sum(dim=1, keepdim=True)
 
-    # Prefill: causal over the real prompt tokens; a padding query sees everything (its output is never used, and a
-    # row with nothing to attend to would give NaN).
-    positions = (attention_mask.long().cumsum(dim=-1) - 1).masked_fill(attention_mask == 0, 1)
-    with decode_attention(model) as keys_cut_to_mask:
-        width = prompt_len if keys_cut_to_mask else total
-        allowed = prompt_slots[:, :width].unsqueeze(1) & (slots[:width].view(1, 1, -1) <= slots[:prompt_len].view(1, -1, 1))
+class StaticDecoder:
+    """transformers' generate() for batches of left-padded prompts over one static KV cache, its step recorded as CUDA
+    graphs once and replayed for every batch that fits: at most `rows` rows, `max_new_tokens` new tokens, prompt and
+    answer within the cache's slots. A generate() call's batches share one decoder, so a sweep records its graphs
+    once per model instead of once per batch (recording costs time and, on an H200, sometimes failed in a later
+    batch). Everything the recorded step reads that differs between batches (the prompt length, each row's prompt
+    slots and token count) lives in tensors it rewrites; a batch of fewer rows is filled up with rows of padding,
+    which are never sampled, so a row draws what it would draw in a decoder sized to its batch.
+    """
+
+    def __init__(self, model, rows: int, prompt_len: int, max_new_tokens: int, cuda_graph: bool = True):
+        import torch
+        from transformers import StaticCache
+
+        self.model, self.rows, self.max_new_tokens = model, rows, max_new_tokens
+        self.device = model.device
+        self.total = -(-(prompt_len + max_new_tokens) // KV_BUCKET) * KV_BUCKET  # every attention length a whole bucket
+        self.dtype = model.get_input_embeddings().weight.dtype  # what attention computes in (not the fp32 adapters')
+        self.min_value = torch.finfo(self.dtype).min
+        self.cache = StaticCache(config=model.config, max_cache_len=self.total)
+        long = dict(dtype=torch.long, device=self.device)
+        self.slots = torch.arange(self.total, device=self.device)
+        self.prompt_len = torch.zeros(1, **long)  # this batch's padded prompt length
+        self.prompt_slots = torch.zeros((rows, self.total), dtype=torch.bool, device=self.device)
+        self.real_tokens = torch.zeros((rows, 1), **long)
+        self.token = torch.zeros((rows, 1), **long)
+        self.cache_position = torch.zeros(1, **long)
+        self.use_graphs = cuda_graph and _graphs_supported(self.device)
+        self.graphs, self.pool, self.graph_logits = {}, None, None  # attention length -> its replay; one memory pool
+
+    def fits(self, rows: int, prompt_len: int, max_new_tokens: int) -> bool:
+        return rows <= self.rows and max_new_tokens == self.max_new_tokens and prompt_len + max_new_tokens <= self.total
+
+    def decode(self, input_ids, attention_mask, temperatures, top_ps, eos_ids, pad_id: int, streamer=None):
+        """New token ids (B, max_new_tokens): the end-of-sequence token kept, padding after it.
+
+        `streamer` (one row) gets what generate() gives its streamer: the prompt, each new token up to the
+        end-of-sequence token, then end().
+        """
+        import torch
+
+        batch_rows, prompt_len = input_ids.shape
+        if not self.fits(batch_rows, prompt_len, self.max_new_tokens):
+            raise ValueError(f"A batch of {batch_rows} rows x {prompt_len} prompt tokens does not fit this decoder "
+                             f"({self.rows} rows, {self.total} slots for prompt and {self.max_new_tokens} new tokens).")
+        filler = self.rows - batch_rows  # rows that fill the batch up to the recorded shape: pad tokens, never sampled
+        input_ids = torch.nn.functional.pad(input_ids, (0, 0, 0, filler), value=pad_id)
+        attention_mask = torch.nn.functional.pad(attention_mask, (0, 0, 0, filler), value=0)
+        temperature = torch.tensor(temperatures, device=self.device, dtype=torch.float32)
+        top_p = torch.tensor(top_ps, device=self.device, dtype=torch.float32)
+        eos = torch.tensor(sorted(eos_ids), device=self.device)
+        # The noise comes from a generator of its own, seeded from torch's CPU generator (what seed_everything seeds):
+        # a failed recording leaves torch's CUDA generator unusable, not this one.
+        generator = torch.Generator(device=self.device).manual_seed(int(torch.randint(2**62, ()).item()))
+
+        self.prompt_len.fill_(prompt_len)
+        self.prompt_slots.zero_()
+        self.prompt_slots[:, :prompt_len] = attention_mask.bool()
+        self.real_tokens.copy_(attention_mask.long().sum(dim=1, keepdim=True))
+        self.token.fill_(pad_id)
+        with decode_attention(self.model) as keys_cut_to_mask:
+            logits = self._prefill(input_ids, attention_mask, keys_cut_to_mask)
+            if self.graph_logits is None:  # every recording writes its logits here: one copy, not one per graph
+                self.graph_logits = torch.empty_like(logits)
+            if streamer is not None:
+                streamer.put(input_ids[:batch_rows].cpu())
+            new_ids = torch.full((batch_rows, self.max_new_tokens), pad_id, dtype=torch.long, device=self.device)
+            finished = torch.zeros(batch_rows, dtype=torch.bool, device=self.device)
+            for k in range(self.max_new_tokens):
+                chosen = sample_next(logits[:batch_rows], temperature, top_p, generator).masked_fill(finished, pad_id)
+                new_ids[:, k] = chosen
+                finished |= torch.isin(chosen, eos)
+                if streamer is not None:  # the host waits for each token anyway, so the loop may stop right at the end
+                    streamer.put(chosen.cpu())
+                    if bool(finished.all()):
+                        break
+                if k == self.max_new_tokens - 1 or (k % FINISHED_CHECK_EVERY == FINISHED_CHECK_EVERY - 1 and bool(finished.all())):
+                    break
+                self.token[:batch_rows].copy_(chosen.unsqueeze(1))
+                self.cache_position.fill_(prompt_len + k)
+                length = self.total
+                if keys_cut_to_mask:
+                    length = min(self.total, (prompt_len + k) // KV_BUCKET * KV_BUCKET + KV_BUCKET)
+                logits = self._next_logits(length)
+        if streamer is not None:
+            streamer.end()
+        return new_ids
+
+    def _prefill(self, input_ids, attention_mask, keys_cut_to_mask: bool):
+        """Last-position logits of the prompts, their keys and values written from slot 0: causal over the real
+        prompt tokens; a padding query sees everything (its output is never used, and a row with nothing to attend
+        to would give NaN)."""
+        import torch
+
+        prompt_len = input_ids.shape[1]
+        for layer in self.cache.layers:
+            if layer.is_initialized:
+                layer.cumulative_length.zero_()  # the layers write where their counter points: slot 0 for a new batch
+        positions = (attention_mask.long().cumsum(dim=-1) - 1).masked_fill(attention_mask == 0, 1)
+        width = prompt_len if keys_cut_to_mask else self.total
+        slots = self.slots
+        allowed = self.prompt_slots[:, :width].unsqueeze(1) & (slots[:width].view(1, 1, -1) <= slots[:prompt_len].view(1, -1, 1))
         allowed |= ~allowed.any(dim=-1, keepdim=True)
-        logits = model(
+        return self.model(
             input_ids=input_ids,
-            attention_mask=_additive(allowed.unsqueeze(1), dtype, min_value),
+            attention_mask=_additive(allowed.unsqueeze(1), self.dtype, self.min_value),
             position_ids=positions,
-            cache_position=torch.arange(prompt_len, device=device),
-            past_key_values=cache,
+            cache_position=torch.arange(prompt_len, device=self.device),
+            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
 
-        token = torch.zeros((rows, 1), dtype=torch.long, device=device)
-        cache_position = torch.zeros(1, dtype=torch.long, device=device)
-        write_counters = [layer.cumulative_length for layer in cache.layers]  # on the device since the prefill
+    def _step(self, length: int):
+        """One token per row at slot cache_position (below `length`): sees its real prompt tokens and every generated
+        slot so far; attention reads the first `length` slots of the cache."""
+        for layer in self.cache.layers:
+            layer.cumulative_length.copy_(self.cache_position[0])  # the slot this step writes, however often it has run
+        slots = self.slots[:length]
+        generated = (slots >= self.prompt_len) & (slots <= self.cache_position)
+        seen = self.prompt_slots[:, :length] | generated.unsqueeze(0)
+        return self.model(
+            input_ids=self.token,
+            attention_mask=_additive(seen[:, None, None, :], self.dtype, self.min_value),
+            position_ids=self.real_tokens + (self.cache_position - self.prompt_len),
+            cache_position=self.cache_position,
+            past_key_values=self.cache,
+            use_cache=True,
+        ).logits[:, -1]
 
-        def step(length: int):
-            """One token per row at slot cache_position (below `length`): sees its real prompt tokens and every
-            generated slot so far; attention reads the first `length` slots of the cache."""
-            for counter in write_counters:
-                counter.copy_(cache_position[0])  # the slot this step writes, however often it has run
-            seen = prompt_slots[:, :length] | ((slots[:length] >= prompt_len) & (slots[:length] <= cache_position)).unsqueeze(0)
-            return model(
-                input_ids=token,
-                attention_mask=_additive(seen[:, None, None, :], dtype, min_value),
-                position_ids=real_tokens + (cache_position - prompt_len),
-                cache_position=cache_position,
-                past_key_values=cache,
-                use_cache=True,
-            ).logits[:, -1]
+    def _next_logits(self, length: int):
+        """The step's logits: its graph for `length` replayed (recorded the first time), or the step run eagerly
+        without graphs or after a recording failed."""
+        import torch
 
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-        graphs, pool = {}, None  # attention length -> its replay; the recordings share one memory pool
-        graph_logits = torch.empty_like(logits)  # every recording writes its logits here: one copy, not one per graph
-        new_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
-        finished = torch.zeros(rows, dtype=torch.bool, device=device)
-        for k in range(max_new_tokens):
-            chosen = sample_next(logits, temperature, top_p).masked_fill(finished, pad_id)
-            new_ids[:, k] = chosen
-            finished |= torch.isin(chosen, eos)
-            if streamer is not None:  # the host waits for each token anyway, so the loop may stop right at the end
-                streamer.put(chosen.cpu())
-                if bool(finished.all()):
-                    break
-            if k == max_new_tokens - 1 or (k % FINISHED_CHECK_EVERY == FINISHED_CHECK_EVERY - 1 and bool(finished.all())):
-                break
-            token.copy_(chosen.unsqueeze(1))
-            cache_position.fill_(prompt_len + k)
-            length = min(total, (prompt_len + k) // KV_BUCKET * KV_BUCKET + KV_BUCKET) if keys_cut_to_mask else total
-            if cuda_graph and _graphs_supported(device):
-                if length not in graphs:
-                    graphs[length], _, pool = _recorded(functools.partial(_into, graph_logits, step, length), pool)
-                graphs[length]()
-                logits = graph_logits
-            else:
-                logits = step(length)
-    if streamer is not None:
-        streamer.end()
-    return new_ids
+        if self.use_graphs and length not in self.graphs:
+            try:
+                self.graphs[length], _, self.pool = _record(functools.partial(_into, self.graph_logits, self._step, length), self.pool)
+            except torch.OutOfMemoryError:
+                raise  # generate() retries with a smaller batch
+            except RuntimeError as error:
+                self.use_graphs = False
+                print(f"Recording the decoding step as a CUDA graph failed ({str(error).splitlines()[0]}); the rest of "
+                      "this call decodes without graphs: the same tokens, more slowly.", flush=True)
+        if self.use_graphs:
+            self.graphs[length]()
+            return self.graph_logits
+        return self._step(length)
 
 
 def _into(out, function, *args):
@@ -243,39 +309,29 @@ def _additive(allowed, dtype, min_value):
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, min_value)
 
 
-class GraphRecordingError(RuntimeError):
-    """Recording the decoding step as a CUDA graph failed; the message says how to go on without graphs."""
-
-
-def _recorded(step, pool):
-    """_record, its failure (CUDA: the recording invalidated, the process's random generator left unusable) turned
-    into an error that names the way round it."""
-    try:
-        return _record(step, pool)
-    except RuntimeError as error:
-        raise GraphRecordingError(
-            f"Recording the decoding step as a CUDA graph failed ({str(error).splitlines()[0]}). Restart the runtime "
-            "(the failed recording leaves this process's CUDA random generator unusable) and run again with "
-            "cuda_graphs=False (notebook 01's parameter, or --set cuda_graphs=false): the same sampling settings, "
-            "through transformers' generate(), several times slower."
-        ) from error
-
-
 def _record(step, pool=None):
     """(replay, output, pool): `step` recorded as a CUDA graph after one warm-up run; replay() rewrites output in place.
 
-    Graphs recorded into one `pool` (None: a new one, returned) must replay in the order they were recorded: the loop
-    records the next length only once it is done with the shorter ones."""
+    Graphs recorded into one `pool` (None: a new one, returned) may replay in any order: no recording leaves a
+    tensor of its own alive there (the step's logits are copied out), so each replay only reuses its scratch memory.
+    The recording is thread-local, as torch's compiled CUDA graphs record: a CUDA call from another thread of the
+    process (a notebook kernel runs several) cannot invalidate it. A failed recording raises with the current stream
+    restored."""
     import torch
 
+    caller = torch.cuda.current_stream()
     stream = _recording_stream(torch.cuda.current_device())
-    stream.wait_stream(torch.cuda.current_stream())
+    stream.wait_stream(caller)
     with torch.cuda.stream(stream):
         step()  # warm-up: same inputs as the first replay, which rewrites the same cache slot
-    torch.cuda.current_stream().wait_stream(stream)
+    caller.wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool, stream=stream):
-        output = step()
+    try:
+        with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+            output = step()
+    except BaseException:
+        torch.cuda.set_stream(caller)  # torch.cuda.graph leaves the recording stream current when its capture fails
+        raise
     return graph.replay, output, pool if pool is not None else graph.pool()
 
 
@@ -283,7 +339,7 @@ def _record(step, pool=None):
 def _recording_stream(device: int):
     """The one stream every warm-up and recording runs on. cuBLAS keeps a workspace per stream, made by the first
     matmul there: made in a warm-up it lives in ordinary memory, where made during a recording it can live in that
-    graph's pool, freed with the batch's graphs. With a new warm-up stream per recording the sweep's second batch
+    graph's pool, freed with the decoder's graphs. With a new warm-up stream per recording the sweep's second batch
     (821 rows, H200) failed inside cuBLASLt while recording; on one stream that batch recorded."""
     import torch
 

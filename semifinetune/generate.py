@@ -80,16 +80,18 @@ def generate(
     start, size = 0, max(1, batch_size)
     tokens, started = 0, time.perf_counter()
     bar_off = not progress or progress_bars_off()
-    with _inference_mode(model, tokenizer), tqdm(total=len(prompts), desc="generate", disable=bar_off) as bar:
+    decoders = _DecoderSlot()
+    with _inference_mode(model, tokenizer), _weights_for_decoding(model, per_row, cuda_graphs), \
+            tqdm(total=len(prompts), desc="generate", disable=bar_off) as bar:
         while start < len(order):
             key = _batch_key(per_row[order[start]])
             left = sum(1 for i in order[start:] if _batch_key(per_row[i]) == key)
             rows = order[start : start + _even_batch(left, size)]
             try:
-                generated = _generate_batch(
-                    model, tokenizer, [prompts[i] for i in rows], [per_row[i] for i in rows], seed, cuda_graphs, streamer
-                )
+                generated = _generate_batch(model, tokenizer, [prompts[i] for i in rows], [per_row[i] for i in rows],
+                                            seed, cuda_graphs, streamer, decoders)
             except torch.OutOfMemoryError:
+                decoders.decoder = None
                 size = _smaller_batch(size, per_row[rows[0]])
                 continue
             for i, row in zip(rows, generated):
@@ -99,6 +101,19 @@ def generate(
             bar.set_postfix_str(f"{tokens / (time.perf_counter() - started):,.0f} tokens/s", refresh=False)
             bar.update(len(rows))
     return results
+
+
+@contextmanager
+def _weights_for_decoding(model, settings: list[SamplingSettings], cuda_graphs: bool):
+    """decode.dequantized_weights for the whole call where any row decodes on the static path: the recorded graphs
+    read the copy, so it must outlive every batch that replays them."""
+    from .decode import dequantized_weights
+
+    if any(uses_static_decode(model, [s], cuda_graphs) for s in {_batch_key(s): s for s in settings}.values()):
+        with dequantized_weights(model):
+            yield
+    else:
+        yield
 
 
 def _even_batch(rows_left: int, size: int) -> int:
@@ -187,10 +202,26 @@ def uses_static_decode(model, settings: list[SamplingSettings], cuda_graphs: boo
     )
 
 
+class _DecoderSlot:
+    """The decode.StaticDecoder a generate() call's batches share while they fit it."""
+
+    def __init__(self):
+        self.decoder = None
+
+    def for_batch(self, model, rows: int, prompt_len: int, max_new_tokens: int):
+        from .decode import StaticDecoder
+
+        if self.decoder is None or not self.decoder.fits(rows, prompt_len, max_new_tokens):
+            self.decoder = None  # the old cache and graphs freed before the new ones are made
+            self.decoder = StaticDecoder(model, rows, prompt_len, max_new_tokens)
+        return self.decoder
+
+
 def _generate_batch(
-    model, tokenizer, prompts: list[str], settings: list[SamplingSettings], seed: int, cuda_graphs: bool, streamer=None
+    model, tokenizer, prompts: list[str], settings: list[SamplingSettings], seed: int, cuda_graphs: bool, streamer=None,
+    decoders: _DecoderSlot | None = None,
 ) -> list[Generation]:
-    from .decode import dequantized_weights, row_sampling_processor, static_decode
+    from .decode import row_sampling_processor
     from .formats import opens_think_block
     from .parsing import parse_output
     from .seeding import seed_everything
@@ -202,11 +233,10 @@ def _generate_batch(
     seed_everything(seed)  # each batch from the same seed: a rerun with the same batches gives the same text
     started = time.perf_counter()
     if uses_static_decode(model, settings, cuda_graphs):
-        with dequantized_weights(model):
-            new_ids = static_decode(
-                model, encoded["input_ids"], encoded["attention_mask"], temperatures, top_ps,
-                settings[0].max_new_tokens, eos_ids, tokenizer.pad_token_id, streamer=streamer,
-            ).tolist()
+        decoder = (decoders or _DecoderSlot()).for_batch(model, len(prompts), encoded["input_ids"].shape[1],
+                                                        settings[0].max_new_tokens)
+        new_ids = decoder.decode(encoded["input_ids"], encoded["attention_mask"], temperatures, top_ps, eos_ids,
+                                 tokenizer.pad_token_id, streamer=streamer).tolist()
     else:
         kwargs = sampling_kwargs(settings[0])
         if len(set(zip(temperatures, top_ps))) > 1:  # mixed settings: transformers' warpers off, ours per row

@@ -147,19 +147,53 @@ def test_the_recorded_steps_extra_runs_write_the_same_cache_slot(tiny, monkeypat
     assert got.tolist() == expected.tolist()
 
 
-def test_a_failed_recording_names_the_way_round_it(tiny, monkeypatch):
+def test_a_failed_recording_decodes_on_without_graphs(tiny, monkeypatch, capsys):
     import semifinetune.decode as decode
 
     def failing_record(step, pool=None):
         raise RuntimeError("CUDA error: operation failed due to a previous error during capture\nmore")
 
-    monkeypatch.setattr(decode, "_graphs_supported", lambda device: True)
-    monkeypatch.setattr(decode, "_record", failing_record)
     model, tokenizer = tiny
     encoded = _encoded(tokenizer, QUESTIONS)
-    with torch.inference_mode(), pytest.raises(decode.GraphRecordingError, match="cuda_graphs=false"):
-        static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 10,
-                      eos_token_ids(model, tokenizer), tokenizer.pad_token_id, cuda_graph=True)
+    eos = eos_token_ids(model, tokenizer)
+    with torch.inference_mode():
+        expected = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 10, eos,
+                                 tokenizer.pad_token_id, cuda_graph=False)
+        monkeypatch.setattr(decode, "_graphs_supported", lambda device: True)
+        monkeypatch.setattr(decode, "_record", failing_record)
+        got = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 10, eos,
+                            tokenizer.pad_token_id, cuda_graph=True)
+    assert got.tolist() == expected.tolist()
+    assert "previous error during capture); the rest of this call decodes without graphs" in capsys.readouterr().out
+
+
+def test_one_decoder_decodes_later_smaller_batches_as_a_decoder_of_their_own(tiny):
+    """A generate() call's batches share one StaticDecoder: a later batch of fewer rows and a shorter prompt (filled
+    up with finished rows, its prompt length in the step's tensors) gives what a decoder sized to it gives, and a
+    sampled batch decoded again from the same seed draws the same."""
+    from semifinetune.decode import StaticDecoder
+
+    model, tokenizer = tiny
+    eos = eos_token_ids(model, tokenizer)
+    batches = [_encoded(tokenizer, QUESTIONS), _encoded(tokenizer, QUESTIONS[::2]), _encoded(tokenizer, QUESTIONS[2:])]
+    assert batches[0]["input_ids"].shape[1] > batches[2]["input_ids"].shape[1]
+    settings = ([0.0, 1.2, 0.7], [1.0, 0.9, 0.95])
+
+    def decode(decoder, encoded):
+        rows = encoded["input_ids"].shape[0]
+        torch.manual_seed(3)
+        return decoder.decode(encoded["input_ids"], encoded["attention_mask"], settings[0][:rows], settings[1][:rows],
+                              eos, tokenizer.pad_token_id).tolist()
+
+    with torch.inference_mode():
+        shared = StaticDecoder(model, 3, batches[0]["input_ids"].shape[1], 12, cuda_graph=False)
+        got = [decode(shared, encoded) for encoded in batches + batches[:1]]
+        alone = [decode(StaticDecoder(model, *encoded["input_ids"].shape, 12, cuda_graph=False), encoded) for encoded in batches]
+    assert got[:3] == alone
+    assert got[3] == got[0]
+    assert got[0][0] != got[0][1]  # the rows really sampled
+    with pytest.raises(ValueError, match="does not fit this decoder"):
+        shared.decode(*_encoded(tokenizer, QUESTIONS * 2).values(), [0.0] * 6, [1.0] * 6, eos, tokenizer.pad_token_id)
 
 
 def test_a_mixed_grid_batch_keeps_each_rows_settings(tiny):

@@ -52,6 +52,59 @@ def test_public_generate_gives_the_same_answers_with_and_without_cuda_graphs(tin
     assert [(g.text, g.new_tokens, g.finish_reason) for g in graphed] == [(g.text, g.new_tokens, g.finish_reason) for g in library]
 
 
+def test_later_batches_replay_the_first_batchs_graphs_and_give_generates_answers(tiny_fp32):
+    """11 questions at batch 4: batches of 4, 4 and 3 rows with ever shorter prompts share one decoder and its graphs
+    (the last filled up with a row of padding), token for token what transformers' generate() gives each batch."""
+    from semifinetune import decode
+    from semifinetune.generate import SamplingSettings, generate
+
+    model, tokenizer = tiny_fp32
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=40)
+    decoders = []
+    real = decode.StaticDecoder.__init__
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decode.StaticDecoder, "__init__", lambda self, *a, **kw: decoders.append(self) or real(self, *a, **kw))
+        graphed = generate(model, tokenizer, QUESTIONS[:11], greedy, batch_size=4, progress=False, cuda_graphs=True)
+    library = generate(model, tokenizer, QUESTIONS[:11], greedy, batch_size=4, progress=False, cuda_graphs=False)
+    assert len(decoders) == 1 and decoders[0].graphs
+    assert [(g.text, g.new_tokens) for g in graphed] == [(g.text, g.new_tokens) for g in library]
+
+
+def test_a_recording_that_fails_on_the_gpu_leaves_decoding_going_without_graphs(tiny_fp32, capsys):
+    """A recording invalidated for real (a synchronisation inside the capture): the call goes on stepping eagerly and
+    gives the eager loop's tokens, sampled ones included; the next call records again."""
+    from semifinetune import decode
+    from semifinetune.formats import chat_prompt
+
+    model, tokenizer = tiny_fp32
+    tokenizer.padding_side = "left"
+    encoded = tokenizer([chat_prompt(tokenizer, q) for q in QUESTIONS[:8]], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to("cuda")
+    temperatures, top_ps = [0.0, 0.7] * 4, [1.0, 0.9] * 4
+
+    def run(cuda_graph: bool):
+        torch.manual_seed(9)
+        with torch.inference_mode():
+            return decode.static_decode(model, encoded["input_ids"], encoded["attention_mask"], temperatures, top_ps, 40,
+                                        [-1], tokenizer.pad_token_id, cuda_graph=cuda_graph).tolist()
+
+    eager = run(False)
+    real = decode._into
+
+    def synchronising_into(out, function, *args):
+        if torch.cuda.is_current_stream_capturing():
+            torch.cuda.synchronize()  # not allowed while recording: invalidates the capture
+        return real(out, function, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decode, "_into", synchronising_into)
+        assert run(True) == eager
+    assert "the rest of this call decodes without graphs" in capsys.readouterr().out
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    assert run(True) == eager
+    assert "without graphs" not in capsys.readouterr().out
+
+
 def test_graphed_sampling_draws_what_the_eager_loop_draws(tiny_fp32):
     """Each row its own temperature and top_p, one seed: the replayed step gives the eager step's tokens."""
     from semifinetune.decode import static_decode
@@ -101,17 +154,19 @@ def test_r1_4bit_graphed_decoding_equals_its_eager_run_and_agrees_with_generate(
     assert mean_agreement(reference, base) < 0.5  # the adapter is applied on this path
 
 
-def test_a_batch_after_a_sweep_sized_one_records_again_and_draws_the_same(r1_tuned):
-    """Two calls of 822 sampled rows (the sweep's batch): the second records its graphs after the first's are freed
-    with their memory pool, and draws what the first drew (same rows, same seed). The sweep's second batch once
-    failed there inside cuBLASLt while recording."""
+def test_sweep_sized_batches_replay_one_recording_and_a_second_call_draws_the_same(r1_tuned):
+    """1,643 sampled rows at batch 822 (the sweep's batch): the second batch replays the graphs the first recorded,
+    with a row of padding; a second call records its own after the first's are freed with their memory pool, and
+    draws what the first drew (same rows, same seed, same batches). The sweep's second batch once failed there inside
+    cuBLASLt while recording, when each batch recorded its own graphs."""
     from semifinetune.generate import SamplingSettings, generate
 
     model, tokenizer = r1_tuned
-    questions = (QUESTIONS * (822 // len(QUESTIONS) + 1))[:822]
+    questions = (QUESTIONS * (1643 // len(QUESTIONS) + 1))[:1643]
     settings = SamplingSettings(temperature=0.6, top_p=0.95, max_new_tokens=80)
     first, second = (generate(model, tokenizer, questions, settings, batch_size=822, progress=False) for _ in range(2))
     assert [row.text for row in first] == [row.text for row in second]
+    assert len({row.text for row in first}) > len(QUESTIONS)  # the rows really sampled
 
 
 def _with_retrieved_notes(questions: list[str]) -> list[str]:
