@@ -6,7 +6,8 @@
 Runs `python -m semifinetune run --profile t4 --set model_name=MODEL` in a fresh process and reads the run's own
 files: the answers notebook 06 generated (evaluation, the 2 x 2, the sweep) and their tokens, over the time of its
 steps. With the R1 architecture's random weights nearly every answer runs to max_new_tokens: the worst case.
-Peak GPU memory is nvidia-smi's, sampled every half second.
+Peak GPU memory: nvidia-smi's, sampled every half second (what the process holds, PyTorch's cache included), and
+PyTorch's peaks over the sweep (allocated and reserved) from recommended_settings.json.
 """
 
 from __future__ import annotations
@@ -31,18 +32,29 @@ ANSWER_FILES = ("evaluation.csv", "retrieval.csv", "sweep.csv")
 
 
 class PeakMemory(threading.Thread):
-    """The most GPU memory nvidia-smi reports in use while the block runs, in GiB."""
+    """GPU memory nvidia-smi reports in use, in GiB, sampled every half second while the block runs."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak, self.done = 0.0, threading.Event()
+        self.samples, self.done = [], threading.Event()  # (perf_counter time, GiB)
 
     def run(self):
         while not self.done.wait(0.5):
             out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                                  capture_output=True, text=True).stdout.split()
             if out:
-                self.peak = max(self.peak, float(out[0]) / 1024)
+                self.samples.append((time.perf_counter(), float(out[0]) / 1024))
+
+    def peak(self, begin: float = 0.0, end: float = float("inf")) -> float:
+        return round(max((used for t, used in self.samples if begin <= t < end), default=0.0), 2)
+
+    def peaks_by_step(self, start: float, steps: dict) -> dict:
+        """The peak within each step, steps being step_seconds' durations from `start` on."""
+        peaks = {}
+        for name, seconds in steps.items():
+            peaks[name] = self.peak(start, start + seconds)
+            start += seconds
+        return peaks
 
 
 def generated(run: Path, name: str):
@@ -95,7 +107,9 @@ def main() -> None:
         "notebook06_new_tokens": tokens,
         "notebook06_tokens_per_s": round(tokens / notebook06, 1),
         "answers_at_the_limit": round(float(sum((f["finish_reason"] == "length").sum() for f in answers)) / max(rows, 1), 3),
-        "peak_gpu_memory_gib": round(memory.peak, 2),
+        "peak_gpu_memory_gib": memory.peak(),
+        "peak_gpu_memory_gib_by_step": memory.peaks_by_step(start, steps),
+        "sweep_memory": json.loads((run / "recommended_settings.json").read_text()).get("sweep_memory", {}),
     }
     print(json.dumps(entry, indent=1))
     record(args.out, entry, f"t4 pipeline on {entry['card']}: {entry['total_s']:.0f} s in all, notebook 06 "

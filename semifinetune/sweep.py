@@ -45,7 +45,7 @@ def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progres
     import pandas as pd
 
     from .evaluate import MODELS, as_model, evaluate_model, load_base_and_tuned, read_eval_rows
-    from .measure import timed
+    from .measure import memory_snapshot, reset_peak_memory, timed
     from .retrieval import notes_for
     from .runs import open_run
 
@@ -63,6 +63,7 @@ def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progres
         [{**vars(settings), "sample": sample, "question_id": i} for settings, sample in grid for i in range(len(eval_rows))]
     )
     frames = []
+    reset_peak_memory()
     with timed() as clock:
         for which in MODELS:
             with as_model(model, which):
@@ -75,7 +76,7 @@ def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progres
     table.to_csv(runs.run_path(run_dir, runs.SWEEP), index=False)
     summary = summarize_sweep(table)
     summary.to_csv(runs.run_path(run_dir, SUMMARY_FILE), index=False)
-    write_recommendation(run_dir, recommend_settings(summary), clock["seconds"], len(table))
+    write_recommendation(run_dir, recommend_settings(summary), clock["seconds"], len(table), memory_snapshot())
     from .plots import plot_sweep_heatmaps
 
     plot_sweep_heatmaps(summary, runs.run_path(run_dir, HEATMAP_FILE))
@@ -124,9 +125,13 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def write_recommendation(run_dir: str | os.PathLike, recommendation: dict, seconds: float, rows: int) -> None:
+def write_recommendation(run_dir: str | os.PathLike, recommendation: dict, seconds: float, rows: int,
+                         memory: dict | None = None) -> None:
+    """recommended_settings.json: the recommendation, the sweep's time and answers, and its memory (peaks since the
+    sweep began, measure.memory_snapshot)."""
     write_json_atomic(
-        runs.run_path(run_dir, runs.RECOMMENDED), {**recommendation, "sweep_seconds": seconds, "sweep_answers": rows}
+        runs.run_path(run_dir, runs.RECOMMENDED),
+        {**recommendation, "sweep_seconds": seconds, "sweep_answers": rows, "sweep_memory": memory or {}},
     )
 
 
