@@ -27,17 +27,38 @@ def note_text(pair: dict) -> str:
     return f"Q: {pair['input']}\nA: {pair['output']}"
 
 
-def _tokens(texts: list[str]) -> list[list[str]]:
-    import bm25s
+def _bm25s():
+    """bm25s, imported without JAX where JAX is not imported yet.
 
+    bm25s picks its top-k backend at import: where JAX is installed (Colab's images ship it) it imports it and runs a
+    JAX op, which starts JAX on the GPU, and JAX takes 75% of the GPU's memory for itself by default. On an H200 the
+    process held 116 GB after the retrieval 2 x 2 with PyTorch reserving 8 of them. Hidden from that import, bm25s
+    takes the top k with numpy (the same pairs; a few hundred notes). JAX stays importable afterwards.
+    """
+    import sys
+
+    if "bm25s" in sys.modules or "jax" in sys.modules:
+        import bm25s
+
+        return bm25s
+    sys.modules["jax"] = None  # makes `import jax` raise ImportError, which bm25s catches
+    try:
+        import bm25s
+    finally:
+        if "jax" in sys.modules and sys.modules["jax"] is None:
+            del sys.modules["jax"]
+    return bm25s
+
+
+def _tokens(texts: list[str]) -> list[list[str]]:
+    bm25s = _bm25s()
     # English stopwords dropped: "what", "which", "the" would otherwise match every question.
     return bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
 
 
 def index_pairs(pairs: list[dict], source: str = "") -> NoteIndex:
     """A BM25 index over the pairs' question and answer text."""
-    import bm25s
-
+    bm25s = _bm25s()
     if not pairs:
         raise ConfigError(f"No training pairs to index{f' in {source}' if source else ''}: retrieval needs train_file's examples.")
     retriever = bm25s.BM25()  # Lucene's BM25 variant, k1 1.5, b 0.75: bm25s' defaults

@@ -340,3 +340,29 @@ def test_playground_streams_both_answers_after_showing_the_notes(index, rag_run)
     _, quiet = answer_both(model, tokenizer, index, "Who founded TSMC?", settings, 2, cfg)
     assert {w: a.text for w, a in quiet.items()} == {w: a.text for w, a in answers.items()}  # streaming changes nothing
     assert answers["base"].text != answers["tuned"].text
+
+
+def test_retrieval_never_starts_jax_and_leaves_it_importable(tmp_path):
+    """bm25s runs a JAX op at import where JAX is installed, which on a GPU starts JAX there with 75% of the card's
+    memory. A stand-in `jax` package that records being imported and run: retrieval imports neither, and the
+    package still imports after."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "jax"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import os\nopen(os.environ['JAX_MARKS'], 'a').write('imported\\n')\n")
+    (fake / "lax.py").write_text("import os\ndef top_k(x, k):\n    open(os.environ['JAX_MARKS'], 'a').write('ran\\n')\n")
+    marks = tmp_path / "marks.txt"
+    script = (
+        "from semifinetune.retrieval import index_pairs, retrieve\n"
+        "index = index_pairs([{'input': 'Who founded TSMC?', 'output': 'Morris Chang.'},"
+        " {'input': 'What is EUV?', 'output': 'Extreme ultraviolet lithography.'}])\n"
+        "assert retrieve(index, ['Who started TSMC?'], 1)[0][0]['output'] == 'Morris Chang.'\n"
+        "import os; assert not os.path.exists(os.environ['JAX_MARKS'])\n"
+        "import jax\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{PROJECT_ROOT}", "JAX_MARKS": str(marks)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert marks.read_text() == "imported\n"
