@@ -5,14 +5,15 @@ many rows per step instead of one setting's few. The warping is transformers' ow
 TemperatureLogitsWarper, then TopPLogitsWarper (keep the smallest set of tokens whose probability reaches top_p,
 at least one), then a draw from what they keep; temperature 0 is greedy.
 
-`static_decode` is transformers' `generate()` for left-padded prompts (same positions, same masking, same
+`StaticDecoder` is transformers' `generate()` for left-padded prompts (same positions, same masking, same
 sampling), written over a StaticCache so that every decoding step has the same shapes: on CUDA the step is
-recorded as a CUDA graph and replayed, which removes the per-token launch overhead of a 4-bit model. Attention
+recorded as a CUDA graph and replayed, which removes the per-token launch overhead of a 4-bit model; the batches of
+one generate() call share the cache and the recording (`static_decode`: one batch). Attention
 reads the filled part of the cache, in lengths of KV_BUCKET slots (one graph each), through
 decode_attention.grouped_attention.
 transformers 5.17's static cache layers write where their own counter (`cumulative_length`) points and ignore
 `cache_position`; each step sets that counter to its slot first, so the warm-up run before recording and every
-replay write the slot the mask expects.
+replay write the slot the mask expects, and each batch's prefill sets it back to 0.
 `dequantized_weights` lets the 4-bit layers compute from a 16-bit copy while decoding, the LoRA adapter folded in,
 where GPU memory allows.
 """
