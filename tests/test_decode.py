@@ -127,43 +127,41 @@ def test_attention_over_the_filled_slots_changes_no_token(tiny, monkeypatch):
 def test_the_recorded_steps_extra_runs_write_the_same_cache_slot(tiny, monkeypatch):
     """The CUDA-graph path on CPU: the step runs as a warm-up before it is recorded, then once per replay, each time
     at the slot it was given. transformers' static cache layers keep their own write counter, which the loop pins."""
-    import semifinetune.decode as decode
 
     def record_on_cpu(step, pool=None):
         step()  # the warm-up
         output = step()  # the recording (a CUDA graph records without running; running it again must not matter)
         return (lambda: output.copy_(step())), output, "pool"
 
-    monkeypatch.setattr(decode, "_graphs_supported", lambda device: True)
-    monkeypatch.setattr(decode, "_record", record_on_cpu)
+    eager, recorded = _greedy_eager_and_recorded(tiny, monkeypatch, record_on_cpu)
+    assert recorded == eager
+
+
+def _greedy_eager_and_recorded(tiny, monkeypatch, record):
+    """Greedy ids for QUESTIONS: eagerly, then on the CUDA-graph path with `record` standing in for decode._record."""
+    import semifinetune.decode as decode
+
     model, tokenizer = tiny
     encoded = _encoded(tokenizer, QUESTIONS)
     eos = eos_token_ids(model, tokenizer)
-    with torch.inference_mode():
-        expected = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 10, eos,
-                                 tokenizer.pad_token_id, cuda_graph=False)
-        got = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 10, eos,
-                            tokenizer.pad_token_id, cuda_graph=True)
-    assert got.tolist() == expected.tolist()
+
+    def run(cuda_graph: bool):
+        with torch.inference_mode():
+            return static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 10, eos,
+                                 tokenizer.pad_token_id, cuda_graph=cuda_graph).tolist()
+
+    eager = run(False)
+    monkeypatch.setattr(decode, "_graphs_supported", lambda device: True)
+    monkeypatch.setattr(decode, "_record", record)
+    return eager, run(True)
 
 
 def test_a_failed_recording_decodes_on_without_graphs(tiny, monkeypatch, capsys):
-    import semifinetune.decode as decode
-
     def failing_record(step, pool=None):
         raise RuntimeError("CUDA error: operation failed due to a previous error during capture\nmore")
 
-    model, tokenizer = tiny
-    encoded = _encoded(tokenizer, QUESTIONS)
-    eos = eos_token_ids(model, tokenizer)
-    with torch.inference_mode():
-        expected = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 10, eos,
-                                 tokenizer.pad_token_id, cuda_graph=False)
-        monkeypatch.setattr(decode, "_graphs_supported", lambda device: True)
-        monkeypatch.setattr(decode, "_record", failing_record)
-        got = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 10, eos,
-                            tokenizer.pad_token_id, cuda_graph=True)
-    assert got.tolist() == expected.tolist()
+    eager, recorded = _greedy_eager_and_recorded(tiny, monkeypatch, failing_record)
+    assert recorded == eager
     assert "previous error during capture); the rest of this call decodes without graphs" in capsys.readouterr().out
 
 
