@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate-data", help="check data files: one `file:line: problem` line each, exit 1 on problems")
-    p.add_argument("files", nargs="+", metavar="FILE", help=".jsonl (or .json array) data files")
+    p.add_argument("files", nargs="+", metavar="FILE", help="data files (.jsonl, .json, .csv, .tsv, .parquet), folders or Hub dataset ids, in any format the project reads")
     p.add_argument("--profile", default="cpu", help="whose tokenizer counts the tokens (default cpu: offline)")
     p.add_argument("--kind", default="auto", choices=["auto", "train", "eval"], help="auto: eval if the name says eval or the first line has keywords")
     p.set_defaults(func=cmd_validate_data)

@@ -24,15 +24,16 @@ def retrieval_label(k: int) -> str:
     return f"top {k}" if k else "off"
 
 
-def question_sets(cfg, limit: int = 0) -> dict[str, list[dict]]:
-    """The held-out questions (eval_file) and the general ones (general_eval_file), validated; the first `limit`
-    of each if limit > 0."""
+def question_sets(cfg, limit: int = 0, run_dir: str | os.PathLike | None = None) -> dict[str, list[dict]]:
+    """The held-out questions (eval_file, or the run's sample) and the general ones (general_eval_file), validated,
+    with key terms; the first `limit` of each if limit > 0."""
     from .data import read_examples
+    from .evaluate import read_eval_rows
+    from .refscore import with_key_terms
+    from .splits import locate
 
-    sets = {
-        "held-out": read_examples(runs.resolve_data_path(cfg.eval_file), "eval"),
-        "general": read_examples(runs.resolve_data_path(cfg.general_eval_file), "eval"),
-    }
+    general = read_examples(locate(cfg.general_eval_file), "eval")
+    sets = {"held-out": read_eval_rows(cfg, run_dir=run_dir), "general": with_key_terms(general, [r["output"] for r in general])}
     return {name: rows[:limit] if limit > 0 else rows for name, rows in sets.items()}
 
 
@@ -56,7 +57,7 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
     if k == 0:
         raise ConfigError("The 2 x 2 needs notes: set retrieval_compare_k (or pass k) to 1 or more.")
     settings = settings or settings_from_config(cfg)
-    sets = question_sets(cfg, cfg.retrieval_compare_questions)
+    sets = question_sets(cfg, cfg.retrieval_compare_questions, run_dir)
     index = index_training_pairs(cfg)  # train_file only: the held-out answers are never among the notes
     notes = {name: retrieve(index, [row["input"] for row in rows], k) for name, rows in sets.items()}
     reused = _evaluation_without_notes(run_dir, cfg, sets["held-out"]) if reuse_evaluation else None

@@ -38,13 +38,20 @@ class RunConfig:
     precision: str = "auto"  # auto: bf16 where the GPU has it, fp16 on a T4, fp32 on CPU
 
     # --- data ---
+    # A .jsonl/.json/.csv/.tsv/.parquet file, a folder, or a Hub dataset id ("owner/name", "owner/name:split"), in
+    # any format rowformats.py knows (input/output, TRL messages or prompt/completion, Alpaca, ShareGPT, a table).
     train_file: str = "data/semiconductor_train.jsonl"  # the guide's own 20: data/semiconductor_guide.jsonl
-    eval_file: str = "data/semiconductor_eval.jsonl"  # held-out questions, never trained on, never used to choose
-    # Chooses the checkpoint (the model's greedy answers to it, scored by keywords) and when to stop early; never
-    # reported as the result. Empty: the last step's adapter is kept.
-    validation_file: str = "data/semiconductor_val.jsonl"
+    # Held-out questions, never used to choose. "auto": the shipped held-out file with the shipped training data,
+    # else a seeded sample of the training questions (splits.py).
+    eval_file: str = "auto"
+    # Chooses the checkpoint (the model's greedy answers to it) and when to stop early; never reported as the
+    # result. "auto" as eval_file, disjoint from it; empty: the last step's adapter is kept.
+    validation_file: str = "auto"
     # Outside the domain (capitals, basic science): does the fine-tune, or retrieval, cost general answers?
     general_eval_file: str = "data/general_eval.jsonl"
+    question_column: str = ""  # a table's question and answer columns, where their names are not common ones
+    answer_column: str = ""
+    dataset_config: str = ""  # the config name of a Hub dataset that has several
     format: str = "chat"  # chat: the model's template, loss on the answer only; guide: the guide's layout
     loss_on: str = "auto"  # auto: the answer only for chat, the whole text for guide (as the guide does)
 
@@ -66,6 +73,10 @@ class RunConfig:
     gradient_accumulation_steps: int = 4  # 1 x 4 = effective batch 4
     warmup_steps: int = 10
     max_steps: int = 100  # 100 x 4 = 400 samples = 20 epochs of the guide's 20 examples
+    # Epochs over the training file instead of max_steps, where > 0: the steps follow the data's size
+    # (training_steps(); within min_steps and max_steps when a recipe sets them).
+    num_train_epochs: float = 0.0
+    min_steps: int = 0  # the fewest steps num_train_epochs may give (a 30-row file still gets enough updates)
     learning_rate: float = 5e-5
     optim: str = "adamw_8bit"
     weight_decay: float = 0.01
@@ -173,6 +184,12 @@ PROFILES: dict[str, dict] = {
 # "facts" is the recipe chosen by the study in benchmarks/study_recipes.py (BENCHMARKS.md, "Teaching the facts"),
 # per profile, since a 135M and a 1.5B model want different step counts and learning rates. A profile missing from
 # a recipe keeps the profile's own settings (the tiny test model).
+# The facts recipe's length in a form that scales with the data: the 200 steps at batch 8 that answered 43 of 73 are
+# 1,600 rows seen, about 6 passes over each of the shipped file's 255 source facts (its 766 rows are those facts
+# with rewordings). A user's file of one row per fact gets the same 6 passes; max_steps caps the shipped file's
+# run where it was measured (and the cpu profile's 10 minutes), min_steps gives a tiny file enough updates.
+EPOCHS_PER_FACT = 6.0
+
 RECIPES: dict[str, dict[str, dict]] = {
     "guide": {},
     "facts": {
@@ -187,6 +204,8 @@ RECIPES: dict[str, dict[str, dict]] = {
             "target_modules": [ALL_LINEAR],
             "per_device_train_batch_size": 8,
             "learning_rate": 2e-3,
+            "num_train_epochs": EPOCHS_PER_FACT,
+            "min_steps": 10,
             "max_steps": 40,
             "warmup_steps": 5,
             "logging_steps": 5,
@@ -202,6 +221,8 @@ RECIPES: dict[str, dict[str, dict]] = {
             "target_modules": [ALL_LINEAR],
             "per_device_train_batch_size": 8,
             "learning_rate": 2e-4,
+            "num_train_epochs": EPOCHS_PER_FACT,
+            "min_steps": 20,
             "max_steps": 200,
             "save_steps": 50,
             "eval_steps": 50,
@@ -230,6 +251,29 @@ def recipe_note(cfg: "RunConfig") -> str:
     other = "facts" if cfg.recipe == "guide" else "guide"
     return (f"recipe {cfg.recipe!r} ({settings}): {RECIPE_WHY[cfg.recipe]}. To train with {other!r} instead: notebook 01 "
             f"with recipe = \"{other}\" (command line: --recipe {other}), then notebooks 02-06.")
+
+
+def training_steps(cfg: "RunConfig", rows: int) -> int:
+    """Optimizer steps for `rows` training examples: num_train_epochs where set, within min_steps and max_steps;
+    else max_steps."""
+    if not cfg.num_train_epochs:
+        return cfg.max_steps
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    steps = -(-int(cfg.num_train_epochs * rows) // per_step)  # ceil: the last partial batch is a step too
+    return max(1, min(cfg.max_steps, max(cfg.min_steps, steps)))
+
+
+def length_note(cfg: "RunConfig", rows: int) -> str:
+    """How many steps this run trains and why, in words notebook 05 shows."""
+    batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    epochs = cfg.max_steps * batch / rows if rows else 0
+    if not cfg.num_train_epochs:
+        return f"{cfg.max_steps} steps at batch {batch} over {rows} training examples: {epochs:.1f} epochs (max_steps)."
+    wanted = cfg.num_train_epochs * rows / batch
+    bound = (f", capped at max_steps {cfg.max_steps}" if wanted > cfg.max_steps else
+             f", raised to min_steps {cfg.min_steps}" if wanted < cfg.min_steps else "")
+    return (f"{cfg.max_steps} steps at batch {batch} over {rows} training examples: {epochs:.1f} epochs "
+            f"(num_train_epochs {cfg.num_train_epochs:g}{bound}).")
 
 
 def recipe_settings(recipe: str, profile: str) -> dict:
@@ -326,6 +370,8 @@ RANGES: dict[str, tuple] = {
     "retrieval_k": (lambda v: 0 <= v <= 20, "0 (off) to 20 notes; each note adds ~60 prompt tokens"),
     "retrieval_compare_k": (lambda v: 0 <= v <= 20, "0 (no 2 x 2) to 20 notes"),
     "retrieval_compare_questions": (lambda v: v >= 0, "0 (all) or more"),
+    "num_train_epochs": (lambda v: 0 <= v <= 1000, "0 (max_steps decides) or a positive number of epochs"),
+    "min_steps": (lambda v: v >= 0, "0 or more"),
     "format": (lambda v: v in ("chat", "guide"), "'chat' or 'guide'"),
     "loss_on": (lambda v: v in ("auto", "completion", "all"), "'auto', 'completion' or 'all'"),
     "precision": (lambda v: v in ("auto", "bf16", "fp16", "fp32"), "'auto', 'bf16', 'fp16' or 'fp32'"),
@@ -441,6 +487,8 @@ def make_config(profile: str = "t4", overrides: dict | str | None = None) -> Run
     overrides = parse_overrides(overrides)
     recipe = overrides.pop("recipe", PROFILES[profile].get("recipe", "guide"))
     values = {**PROFILES[profile], **recipe_settings(recipe, profile), **overrides, "recipe": recipe, "profile": profile}
+    if "max_steps" in overrides and "num_train_epochs" not in overrides:
+        values["num_train_epochs"] = 0.0  # a number of steps asked for is the number trained
     check_types(values)
     return RunConfig(**values)
 

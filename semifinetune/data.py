@@ -10,13 +10,16 @@ from pathlib import Path
 
 from .atomic import write_text_atomic
 from .config import ConfigError, RunConfig
+from .rowformats import detect_format, to_examples, unknown_format
+from .sources import Record, read_rows
+from .splits import SPLIT_KEYS
 
-REQUIRED_FIELDS = {"train": ("input", "output"), "eval": ("input", "output", "keywords")}
 TEXT_FIELDS = ("input", "output", "reasoning")  # the fields that reach the formatted text
 PREPARED_FILES = {"train": "train.jsonl", "eval": "eval.jsonl", "validation": "validation.jsonl"}  # under run_dir/data/
-DATA_FILES = (("train_file", "train"), ("eval_file", "eval"), ("validation_file", "validation"))  # config key, split
 SUMMARY_FILE = "summary.json"
 HISTOGRAM_FILE = "token_lengths.png"
+KINDS = ("train", "eval")  # eval: held-out or validation questions, whose keyword groups (optional) are checked too
+SAME_PROBLEM_SHOWN = 5  # a problem met on more lines than this is listed this often, then counted
 
 # Chat-template markers (`<|im_start|>`, `<|end_of_text|>`), R1's full-width ones (`<｜end▁of▁sentence｜>`)
 # and the think tags: typed into the data they either become real special tokens or split into junk pieces.
@@ -28,83 +31,40 @@ class DataError(ConfigError):
     """A data file has problems; the message holds one `file:line: problem` line per problem."""
 
 
-@dataclasses.dataclass
-class Record:
-    where: str  # "file:line" or "file:item N" for a .json array
-    value: object
+def data_error(problems: list[str]) -> DataError:
+    """Every problem, one a line; a problem met on many lines (a too-low max_seq_length) is shown a few times, then
+    counted, so the cause stays on screen."""
+    by_text: dict[str, list[str]] = {}
+    for problem in problems:
+        by_text.setdefault(_without_location(problem), []).append(problem)
+    lines = []
+    for text, group in by_text.items():
+        lines += group[:SAME_PROBLEM_SHOWN]
+        if len(group) > SAME_PROBLEM_SHOWN:
+            lines.append(f"... and {len(group) - SAME_PROBLEM_SHOWN} more with the same problem: {text}")
+    count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
+    return DataError("\n".join(lines) + (f"\n({count} in all)" if len(problems) > SAME_PROBLEM_SHOWN else ""))
 
 
-# --- reading ---
+def _without_location(problem: str) -> str:
+    """The problem's text after its `file:line: ` prefix, with numbers of tokens masked (they differ by line)."""
+    text = re.sub(r"^.*?:(?:item |row )?\d+(?: turn \d+)?: ", "", problem, count=1)
+    return re.sub(r"^\d+ tokens", "N tokens", text)
 
 
-def _split_records(path: Path, label: str) -> tuple[list[Record], list[str]]:
-    """Parsed JSON values with their locations, and the problems met (bad UTF-8, bad JSON, not JSONL)."""
-    raw = path.read_bytes()
-    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM (Windows editors) is harmless
-    if not raw.strip():
-        return [], [f"{label}:1: the file is empty; it needs one JSON object per line, e.g. {{\"input\": ..., \"output\": ...}}"]
-    if raw.lstrip().startswith(b"["):  # a .json array; a .json file of JSON lines reads as JSONL
-        return _split_array(raw, label)
-    records, problems, lines = [], [], raw.split(b"\n")
-    nonblank = [line.strip() for line in lines if line.strip()]
-    if not any(line.startswith(b"{") for line in nonblank):
-        looks = " (this looks like CSV)" if b"," in nonblank[0] or b"\t" in nonblank[0] else ""
-        return [], [f"{label}:1: not a JSONL file{looks}: each line must be one JSON object such as "
-                    '{"input": "...", "output": "..."}; convert it, e.g. with pandas read_csv(...).to_json(lines=True, orient="records")']
-    for number, line in enumerate(lines, start=1):
-        line = line.rstrip(b"\r")  # CRLF line ends are fine
-        if not line.strip():
-            continue  # blank lines are fine
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            problems.append(f"{label}:{number}: invalid UTF-8 at byte {err.start + 1} of the line; save the file as UTF-8")
-            continue
-        try:
-            records.append(Record(f"{label}:{number}", json.loads(text)))
-        except json.JSONDecodeError as err:
-            problems.append(f"{label}:{number}: invalid JSON ({err.msg} at column {err.colno}); each line must be one complete JSON object")
-    return records, problems
+# --- reading: sources.py finds the rows, rowformats.py turns them into examples ---
 
 
-def _split_array(raw: bytes, label: str) -> tuple[list[Record], list[str]]:
-    """A `.json` file holding one array of objects; locations are `item N` (1-based)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        return [], [f"{label}:{line}: invalid UTF-8 at byte {err.start + 1} of the file; save the file as UTF-8"]
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        return [], [f"{label}:{err.lineno}: invalid JSON ({err.msg} at column {err.colno})"]
-    if not isinstance(value, list):
-        return [], [f"{label}:1: a .json data file must hold an array of objects [{{\"input\": ..., \"output\": ...}}, ...]"]
-    if not value:
-        return [], [f"{label}:1: the array is empty; it needs at least one example"]
-    return [Record(f"{label}:item {n}", item) for n, item in enumerate(value, start=1)], []
-
-
-# --- checks on one record ---
-
-
-def _field_problems(example, kind: str) -> list[str]:
-    if not isinstance(example, dict):
-        return [f"expected a JSON object {{\"input\": ..., \"output\": ...}}, got {type(example).__name__}"]
+def _example_problems(example: dict) -> list[str]:
+    """What the libraries do not check: special-token strings in the text, the keyword groups' shape."""
     problems = []
-    for name in REQUIRED_FIELDS[kind]:
-        if name not in example:
-            problems.append(f"missing field {name!r}")
-        elif name == "keywords":
-            problems += _keyword_problems(example[name])
-        elif not isinstance(example[name], str):
-            problems.append(f"field {name!r} must be a string, got {type(example[name]).__name__}")
-        elif not example[name].strip():
-            problems.append(f"field {name!r} is empty")
+    if "keywords" in example:
+        problems += _keyword_problems(example["keywords"])
     if "reasoning" in example and not isinstance(example["reasoning"], str):
         problems.append(f"field 'reasoning' must be a string, got {type(example['reasoning']).__name__}")
-    for name in TEXT_FIELDS:
-        value = example.get(name)
+    texts = [(name, example.get(name)) for name in TEXT_FIELDS]
+    texts += [("context", message["content"]) for message in example.get("context", [])]
+    for name, value in texts:
         found = SPECIAL_TOKEN.findall(value) if isinstance(value, str) else []
         if found:
             problems.append(
@@ -130,11 +90,17 @@ def normalize_question(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def question_key(example: dict) -> str:
+    """Two examples are the same question when their earlier turns and their question read the same."""
+    turns = [message["content"] for message in example.get("context", []) if message["role"] != "system"]
+    return normalize_question(" | ".join(turns + [example["input"]]))
+
+
 def _duplicate_problems(records: list[Record]) -> list[str]:
     first: dict[str, str] = {}
     problems = []
     for record in records:
-        key = normalize_question(record.value["input"])
+        key = question_key(record.value)
         if key in first:
             problems.append(
                 f"{record.where}: duplicate of {first[key]} (same input, ignoring case and spaces); remove one of the two"
@@ -144,37 +110,50 @@ def _duplicate_problems(records: list[Record]) -> list[str]:
     return problems
 
 
-def _read(path: str | os.PathLike, kind: str) -> tuple[list[Record], list[str]]:
-    """Records that pass the field checks, and every problem in the file."""
-    if kind not in REQUIRED_FIELDS:
+@dataclasses.dataclass
+class Source:
+    """What a data file held: its examples (located), every problem, and the row format found."""
+    records: list[Record]
+    problems: list[str]
+    format: str | None
+
+
+def read_source(path: str | os.PathLike, kind: str = "train", columns: tuple[str, str] = ("", ""),
+                dataset_config: str = "") -> Source:
+    """Examples that pass every check, and every problem in the file, sorted by location."""
+    if kind not in KINDS:
         raise ConfigError(f"Unknown data kind {kind!r}: use 'train' or 'eval'")
-    path = Path(path)
     label = str(path)
-    if not path.is_file():
-        return [], [f"{label}: no such file; check the path (train_file / eval_file in the config)"]
-    records, problems = _split_records(path, label)
+    rows, problems = read_rows(path, label, dataset_config)
+    fmt = next((found for row in rows if (found := detect_format(row.value, columns))), None)
+    if rows and fmt is None:
+        return Source([], problems + [unknown_format(rows[0].value, rows[0].where)], None)
     good = []
-    for record in records:
-        found = _field_problems(record.value, kind)
-        problems += [f"{record.where}: {problem}" for problem in found]
-        if not found:
-            good.append(record)
+    for row in rows:
+        examples, found = to_examples(row.value, fmt, columns)
+        problems += [f"{row.where}: {problem}" for problem in found]
+        for turn, example in enumerate(examples, start=1):
+            where = f"{row.where} turn {turn}" if len(examples) > 1 else row.where
+            example_problems = _example_problems(example)
+            problems += [f"{where}: {problem}" for problem in example_problems]
+            if not example_problems and not found:
+                good.append(Record(where, example))
     problems += _duplicate_problems(good)
-    return good, sorted(problems, key=lambda problem: _line_number(problem, label))
+    return Source(good, sorted(problems, key=_line_number), fmt)
 
 
-def _line_number(problem: str, label: str) -> int:
-    """The line (or item) number a problem names, to list problems in file order."""
-    match = re.match(r"(?:item )?(\d+):", problem[len(label) + 1 :])
+def _line_number(problem: str) -> int:
+    """The line (item, row) number a problem names, to list problems in file order."""
+    match = re.search(r":(?:item |row )?(\d+)(?: turn \d+)?: ", problem)
     return int(match.group(1)) if match else 0
 
 
 def read_examples(path: str | os.PathLike, kind: str) -> list[dict]:
     """The examples of one data file; raises DataError listing every `file:line: problem`."""
-    records, problems = _read(path, kind)
-    if problems:
-        raise DataError("\n".join(problems))
-    return [record.value for record in records]
+    source = read_source(path, kind)
+    if source.problems:
+        raise data_error(source.problems)
+    return [record.value for record in source.records]
 
 
 def guess_kind(path: str | os.PathLike) -> str:
@@ -189,46 +168,109 @@ def guess_kind(path: str | os.PathLike) -> str:
         return "train"
 
 
-def data_files(cfg: RunConfig) -> list[tuple[str, str]]:
-    """(config key, split) of the run's data files: train, held-out eval, and validation where one is set."""
-    return [(key, split) for key, split in DATA_FILES if getattr(cfg, key)]
-
-
 def split_kind(split: str) -> str:
-    """Validation questions are checked like held-out ones (question, reference answer, keywords)."""
+    """Validation questions are checked like held-out ones (question, reference answer, optional keywords)."""
     return "train" if split == "train" else "eval"
 
 
-def check_data_files(cfg: RunConfig) -> dict[str, int]:
-    """Notebook 01: the train, eval and validation files exist and pass every check short of tokenizing; examples
-    per key. Token lengths need the model's tokenizer and are checked by prepare_data (notebook 04).
-    """
-    from .runs import PROJECT_ROOT, resolve_data_path
+def _options(cfg: RunConfig) -> dict:
+    return {"columns": (cfg.question_column, cfg.answer_column), "dataset_config": cfg.dataset_config}
 
-    problems, counts, records = [], {}, {}
-    for key, split in data_files(cfg):
-        kind = split_kind(split)
-        given = getattr(cfg, key)
-        path = resolve_data_path(given)
-        if not path.is_file():
-            where = "" if Path(given).is_absolute() else f" (looked from {Path.cwd()} and from the project, {PROJECT_ROOT})"
-            problems.append(
-                f"{key} {given!r}: no such file{where}. Fix the path: overrides={{'{key}': 'path/to/file.jsonl'}} "
-                f"in notebook 01, or --set {key}=PATH."
-            )
+
+def _missing(key: str, given: str) -> str:
+    from .runs import PROJECT_ROOT
+
+    where = "" if Path(given).is_absolute() else f" (looked from {Path.cwd()} and from the project, {PROJECT_ROOT})"
+    return (f"{key} {given!r}: no such file, folder or Hub dataset id{where}. Fix the path: overrides={{'{key}': "
+            f"'path/to/file.jsonl'}} in notebook 01, or --set {key}=PATH.")
+
+
+def read_splits(cfg: RunConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Source]:
+    """Every split of the run, checked short of tokenizing: train, held-out, validation. Sampled questions come from
+    run_dir where notebook 01 saved them, or are drawn (seeded) when run_dir is None or holds none yet."""
+    from . import splits
+    from .sources import exists
+
+    chosen = splits.plan(cfg)
+    problems, found = [], {}
+    for split, given in chosen.items():
+        sample = given == "sample"
+        if sample and run_dir is not None and splits.sample_path(run_dir, split).exists():
+            given = str(splits.sample_path(run_dir, split))
+        elif sample:
             continue
-        records[split], found = _read(path, kind)
-        problems += found
-        counts[key] = len(records[split])
-    if not problems and "train" in records:
-        for split in ("eval", "validation"):
-            problems += _leak_problems(records["train"], records.get(split, []))
-    if not problems and "eval" in records and "validation" in records:
-        # choosing the checkpoint on a reported question would report a chosen score
-        problems += _leak_problems(records["eval"], records["validation"], "validation questions must not be held-out ones")
+        located = splits.locate(given)
+        if not exists(located):
+            problems.append(_missing(splits.SPLIT_KEYS[split], given))
+            continue
+        found[split] = read_source(located, split_kind(split), **_options(cfg))
+        problems += found[split].problems
+    drawn = [split for split, given in chosen.items() if given == "sample" and split not in found]
+    if not problems and drawn:
+        samples = splits.draw_samples(found["train"].records, cfg.seed, drawn)
+        found.update({split: Source(records, [], "sample") for split, records in samples.items()})
+    if not problems:
+        problems += _leak_checks(found, chosen)
     if problems:
-        raise DataError("\n".join(problems))
-    return counts
+        raise data_error(problems)
+    return _with_key_terms(found)
+
+
+def _with_key_terms(found: dict[str, Source]) -> dict[str, Source]:
+    """Held-out and validation questions get their reference answers' key terms (the scoring for questions without
+    keyword groups), rarity counted over every answer of the data set."""
+    from .refscore import with_key_terms
+
+    corpus = [record.value["output"] for source in found.values() for record in source.records]
+    for split in ("eval", "validation"):
+        if split in found:
+            records = found[split].records
+            for record, row in zip(records, with_key_terms([r.value for r in records], corpus)):
+                record.value = row
+    return found
+
+
+def _leak_checks(found: dict[str, Source], chosen: dict[str, str]) -> list[str]:
+    """A held-out question that is also a training question measures memory, unless sampling made it so on purpose."""
+    problems = []
+    for split in ("eval", "validation"):
+        if split in found and chosen[split] != "sample":
+            problems += _leak_problems(found["train"].records, found[split].records)
+    if "eval" in found and "validation" in found:
+        # choosing the checkpoint on a reported question would report a chosen score
+        problems += _leak_problems(found["eval"].records, found["validation"].records, "validation questions must not be held-out ones")
+    return problems
+
+
+def check_data_files(cfg: RunConfig) -> dict[str, Source]:
+    """Notebook 01: every split readable and valid before any model loads (sampled questions drawn, not saved)."""
+    return read_splits(cfg)
+
+
+def save_samples(run_dir: str | os.PathLike, found: dict[str, Source]) -> None:
+    """Sampled questions into run_dir/data/sampled_*.jsonl, so that every notebook and re-run scores the same ones."""
+    from . import splits
+
+    for split, source in found.items():
+        if source.format == "sample":
+            write_jsonl_atomic(splits.sample_path(run_dir, split), [record.value for record in source.records])
+
+
+def describe_data(cfg: RunConfig, found: dict[str, Source]) -> str:
+    """What notebook 01 says of the data: each split's source and size, and the format found."""
+    from . import splits
+
+    chosen = splits.plan(cfg)
+    counts = {split: len(source.records) for split, source in found.items()}
+    return f"data format: {found['train'].format}\n" + splits.describe(chosen, counts)
+
+
+def split_examples(cfg: RunConfig, split: str, run_dir: str | os.PathLike | None) -> list[dict]:
+    """The examples of one split ('train', 'eval', 'validation') as the run uses them."""
+    found = read_splits(cfg, run_dir)
+    if split not in found:
+        raise ConfigError(f"This run has no {split} split (validation_file is '').")
+    return [record.value for record in found[split].records]
 
 
 # --- checks that need the tokenizer ---
@@ -255,27 +297,17 @@ def _leak_problems(
     train: list[Record], held_out: list[Record], rule: str = "held-out questions must not be in the training file"
 ) -> list[str]:
     """A held-out question that is also a training question measures memory, not learning."""
-    seen = {normalize_question(r.value["input"]): r.where for r in train}
-    return [
-        f"{r.where}: the same question as {seen[key]}; {rule}"
-        for r in held_out
-        if (key := normalize_question(r.value["input"])) in seen
-    ]
+    seen = {question_key(r.value): r.where for r in train}
+    return [f"{r.where}: the same question as {seen[key]}; {rule}" for r in held_out if (key := question_key(r.value)) in seen]
 
 
-def _check_files(files: list[tuple[str, str]], cfg: RunConfig, tokenizer) -> tuple[dict, list[str]]:
-    """{path: (records, rows)} for (path, kind) pairs, and every problem across them."""
-    results, problems = {}, []
-    for path, kind in files:
-        records, found = _read(path, kind)
-        rows = [format_and_tokenize(tokenizer, r.value, cfg) for r in records]
-        problems += sorted(found + _length_problems(rows, records, cfg), key=lambda problem: _line_number(problem, path))
-        results[path] = (kind, records, rows)
-    train = [r for kind, records, _ in results.values() if kind == "train" for r in records]
-    for kind, records, _ in results.values():
-        if kind == "eval":
-            problems += _leak_problems(train, records)
-    return results, problems
+def _tokenized(found: dict[str, Source], cfg: RunConfig, tokenizer) -> tuple[dict[str, list[dict]], list[str]]:
+    """Each split's rows as the trainer sees them, and every example over max_seq_length."""
+    rows, problems = {}, []
+    for split, source in found.items():
+        rows[split] = [format_and_tokenize(tokenizer, record.value, cfg) for record in source.records]
+        problems += _length_problems(rows[split], source.records, cfg)
+    return rows, sorted(problems, key=_line_number)
 
 
 def validate_files(paths: list[str], cfg: RunConfig, kinds: list[str] | None = None, tokenizer=None) -> dict:
@@ -285,12 +317,17 @@ def validate_files(paths: list[str], cfg: RunConfig, kinds: list[str] | None = N
 
         tokenizer = load_tokenizer(cfg)
     kinds = kinds or [guess_kind(path) for path in paths]
-    results, problems = _check_files(list(zip(map(str, paths), kinds)), cfg, tokenizer)
-    if problems:
-        raise DataError("\n".join(problems))
+    found = {str(path): read_source(path, kind, **_options(cfg)) for path, kind in zip(paths, kinds)}
+    problems = [problem for source in found.values() for problem in source.problems]
+    train = [record for (path, source), kind in zip(found.items(), kinds) if kind == "train" for record in source.records]
+    problems += [p for (path, source), kind in zip(found.items(), kinds) if kind == "eval" for p in _leak_problems(train, source.records)]
+    rows, too_long = _tokenized(found, cfg, tokenizer)
+    if problems or too_long:
+        raise data_error(problems + too_long)
     return {
-        path: {"kind": kind, "examples": len(rows), "tokens": token_length_stats([len(r["input_ids"]) for r in rows], cfg.max_seq_length)}
-        for path, (kind, _, rows) in results.items()
+        path: {"kind": kind, "format": found[path].format, "examples": len(rows[path]),
+               "tokens": token_length_stats([len(r["input_ids"]) for r in rows[path]], cfg.max_seq_length)}
+        for path, kind in zip(found, kinds)
     }
 
 
@@ -314,7 +351,7 @@ def token_length_stats(lengths: list[int], max_seq_length: int) -> dict:
 def summary_line(summary: dict) -> str:
     """One line per validate_files summary: `OK: file: 255 train examples, tokens 38-120 (p95 97) of 256`."""
     parts = [
-        f"{path}: {s['examples']} {s['kind']} examples, tokens {s['tokens']['min']}-{s['tokens']['max']} "
+        f"{path}: {s['examples']} {s['kind']} examples ({s['format']} format), tokens {s['tokens']['min']}-{s['tokens']['max']} "
         f"(p95 {s['tokens']['p95']}) of max_seq_length {s['tokens']['max_seq_length']}"
         for path, s in summary.items()
     ]
@@ -349,20 +386,21 @@ def prepare_data(run_dir: str | os.PathLike, tokenizer=None) -> dict:
         from .models import load_tokenizer
 
         tokenizer = load_tokenizer(cfg)
-    files = {split: str(runs.resolve_data_path(getattr(cfg, key))) for key, split in data_files(cfg)}
-    results, problems = _check_files([(path, split_kind(split)) for split, path in files.items()], cfg, tokenizer)
-    if problems:
-        raise DataError("\n".join(problems))
-    summary = {"format": cfg.format, "loss_on_completion_only": loss_on_completion_only(cfg), "max_seq_length": cfg.max_seq_length}
-    for split, path in files.items():
-        _, records, rows = results[path]
-        written = [{**record.value, **row, "source_line": record.where} for record, row in zip(records, rows)]
+    found = read_splits(cfg, run_dir)
+    rows, too_long = _tokenized(found, cfg, tokenizer)
+    if too_long:
+        raise data_error(too_long)
+    summary = {"format": cfg.format, "loss_on_completion_only": loss_on_completion_only(cfg), "max_seq_length": cfg.max_seq_length,
+               "data_format": found["train"].format}
+    for split, source in found.items():
+        written = [{**record.value, **row, "source_line": record.where} for record, row in zip(source.records, rows[split])]
         write_jsonl_atomic(prepared_path(run_dir, split), written)
         summary[split] = {
-            "file": path,
-            "examples": len(rows),
-            "tokens": token_length_stats([len(r["input_ids"]) for r in rows], cfg.max_seq_length),
-            "loss_tokens": sum(sum(r["completion_mask"]) for r in rows),
+            "file": getattr(cfg, SPLIT_KEYS[split]),
+            "source": source.format if source.format == "sample" else "file",
+            "examples": len(rows[split]),
+            "tokens": token_length_stats([len(r["input_ids"]) for r in rows[split]], cfg.max_seq_length),
+            "loss_tokens": sum(sum(r["completion_mask"]) for r in rows[split]),
         }
     write_json_atomic(runs.run_path(run_dir, runs.DATA) / SUMMARY_FILE, summary)
     return summary

@@ -78,16 +78,24 @@ def scored_text(generation) -> tuple[str, str]:
     return generation.reasoning or "", UNFINISHED
 
 
-def answer_metrics(generation, groups: list[list[str]]) -> dict:
-    """The metrics of one Generation against its question's keyword groups."""
+def answer_metrics(generation, row: dict) -> dict:
+    """The metrics of one Generation against its question: keyword groups where the row has them, else its
+    reference answer's key terms (refscore.py); token F1 against the reference either way."""
+    from .refscore import key_term_recall, key_terms_correct, token_f1
+
     text, rule = scored_text(generation)
+    groups, terms, reference = row.get("keywords") or [], row.get("key_terms") or [], row.get("output") or ""
     hits = keyword_hits(text, groups)
+    by_terms = {"key_term_recall": key_term_recall(text, terms), "key_terms_correct": key_terms_correct(text, terms)}
+    verdict = ({"recall": hits / len(groups), "correct": hits == len(groups), "verdict_by": "keywords"} if groups else
+               {"recall": by_terms["key_term_recall"], "correct": by_terms["key_terms_correct"], "verdict_by": "key terms"})
     return {
         "scored_on": rule,
         "keyword_hits": hits,
         "keyword_groups": len(groups),
-        "recall": hits / len(groups) if groups else float("nan"),
-        "correct": bool(groups) and hits == len(groups),  # every group hit
+        **verdict,
+        **by_terms,
+        "token_f1": round(token_f1(text, reference), 4) if reference else float("nan"),
         "eos_stop": generation.finish_reason == "eos",
         "repeat_4gram": repeated_4gram_share(generation.text),
         "distinct_2": distinct_2(generation.text),
@@ -108,17 +116,24 @@ def answer_or_why(answer, scored_on: str, max_new_tokens: int) -> str:
     return "(no output)"
 
 
-def notes_hold_answer(notes: list[dict], groups: list[list[str]]) -> bool:
-    """Every keyword group is somewhere in the notes' answers: a model that copies from them could be correct."""
-    return bool(groups) and keyword_hits(" ".join(note["output"] for note in notes), groups) == len(groups)
+def notes_hold_answer(notes: list[dict], row: dict) -> bool:
+    """The notes' answers hold what makes an answer correct (every keyword group, else enough key terms): a model
+    that copies from them could be correct."""
+    from .refscore import key_terms_correct
+
+    text = " ".join(note["output"] for note in notes)
+    groups = row.get("keywords") or []
+    if groups:
+        return keyword_hits(text, groups) == len(groups)
+    return key_terms_correct(text, row.get("key_terms") or [])
 
 
-def note_columns(notes: list[dict], groups: list[list[str]]) -> dict:
+def note_columns(notes: list[dict], row: dict) -> dict:
     """What one answer's prompt was given: how many notes, their questions, and whether they held the answer."""
     return {
         "notes_k": len(notes),
         "notes": json.dumps([note["input"] for note in notes], ensure_ascii=False),
-        "notes_hold_answer": notes_hold_answer(notes, groups) if notes else None,  # None: no notes, not applicable
+        "notes_hold_answer": notes_hold_answer(notes, row) if notes else None,  # None: no notes, not applicable
     }
 
 
@@ -129,13 +144,15 @@ def score_generations(generations: list, eval_rows: list[dict], notes: list[list
 
     records = []
     for index, (row, gen) in enumerate(zip(eval_rows, generations)):
-        given = note_columns(notes[index], row["keywords"]) if notes is not None else {}
+        given = note_columns(notes[index], row) if notes is not None else {}
         records.append(
             {
                 "question_id": index,
                 "question": row["input"],
                 "topic": row.get("topic", ""),
-                "keywords": json.dumps(row["keywords"], ensure_ascii=False),
+                "keywords": json.dumps(row.get("keywords") or [], ensure_ascii=False),
+                "reference": row.get("output", ""),
+                "key_terms": json.dumps(row.get("key_terms") or [], ensure_ascii=False),
                 "answer": gen.answer,
                 "reasoning": gen.reasoning,
                 "text": gen.text,
@@ -143,7 +160,7 @@ def score_generations(generations: list, eval_rows: list[dict], notes: list[list
                 "finish_reason": gen.finish_reason,
                 "new_tokens": gen.new_tokens,
                 "seconds": gen.seconds,
-                **answer_metrics(gen, row["keywords"]),
+                **answer_metrics(gen, row),
                 **given,
             }
         )
@@ -229,11 +246,12 @@ def evaluate_model(
 # --- base vs tuned ---
 
 
-def read_eval_rows(cfg: RunConfig, limit: int = 0) -> list[dict]:
-    """The held-out questions of cfg.eval_file (validated); the first `limit` if limit > 0."""
-    from .data import read_examples
+def read_eval_rows(cfg: RunConfig, limit: int = 0, run_dir: str | os.PathLike | None = None) -> list[dict]:
+    """The held-out questions (eval_file, or the sample saved in run_dir), with their key terms; the first `limit`
+    if limit > 0."""
+    from .data import split_examples
 
-    rows = read_examples(runs.resolve_data_path(cfg.eval_file), "eval")
+    rows = split_examples(cfg, "eval", run_dir)
     return rows[:limit] if limit > 0 else rows
 
 
@@ -280,7 +298,7 @@ def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: in
 
     cfg = open_run(run_dir)
     settings = settings or settings_from_config(cfg)
-    eval_rows = read_eval_rows(cfg)
+    eval_rows = read_eval_rows(cfg, run_dir=run_dir)
     notes = notes_for(cfg, [row["input"] for row in eval_rows], cfg.retrieval_k)  # None: retrieval_k 0, off
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
     frames = []

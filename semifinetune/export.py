@@ -26,6 +26,7 @@ from .atomic import staged
 from .config import EMBEDDED_MODEL, TINY_MODEL, ConfigError, RunConfig
 from .gguf_convert import CONVERTER_TYPES, GGUF_BYTES, QUANTIZE_TYPES, GGUFToolError
 from .safety import trained_adapter_dir
+from .splits import data_name, plan
 
 FORMATS = ("adapter", "merged16", "gguf")
 EXPORT_DIR = "export"  # run_dir/export/<format>
@@ -484,7 +485,7 @@ def model_card(cfg: RunConfig, run_dir, sampling: dict, kind: str, detail: str =
         base_model=base,  # None (the tiny test model, a local path): left out of the header
         library_name="peft" if kind == "adapter" else "transformers",  # transformers also reads these GGUF files
         pipeline_tag="text-generation",
-        tags=["lora", "semiconductors", "semifinetune"] + (["gguf"] if kind == "gguf" else []),
+        tags=["lora", data_name(cfg), "semifinetune"] + (["gguf"] if kind == "gguf" else []),
         license=base_license(cfg.model_name),
     )
     what = {
@@ -494,7 +495,7 @@ def model_card(cfg: RunConfig, run_dir, sampling: dict, kind: str, detail: str =
         "gguf": f"The merged model as GGUF ({detail}) with an Ollama Modelfile",
     }[kind]
     parts = [
-        f"# {Path(run_dir).resolve().name}: {cfg.model_name} fine-tuned on semiconductor Q&A",
+        f"# {Path(run_dir).resolve().name}: {cfg.model_name} fine-tuned on {data_name(cfg)} Q&A",
         f"{what}, trained with semifinetune (profile `{cfg.profile}`). Every figure below is read from the run's files.",
         "## Base model\n\n" + base_model_section(cfg),
         "## Data\n\n" + data_section(cfg, run_dir),
@@ -533,26 +534,24 @@ def data_section(cfg: RunConfig, run_dir) -> str:
 
     summary_path = runs.run_path(run_dir, runs.DATA) / SUMMARY_FILE
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    chosen = plan(cfg)  # where each split's examples come from: a file, or a sample of the training questions
     rows = []
-    for split, field, kind, role in (("train", "train_file", "train", "training"), ("eval", "eval_file", "eval", "held out, never trained on")):
-        name = getattr(cfg, field)
+    for split, role in (("train", "training"), ("eval", "held out, never used to choose")):
         count = summary.get(split, {}).get("examples")
         if count is None:
-            count = count_examples(name, kind)
-        rows.append([f"`{Path(name).name}`", role, str(count)])
+            count = count_examples(cfg, split)
+        label = "sampled from the training file" if chosen[split] == "sample" else f"`{Path(chosen[split]).name}`"
+        rows.append([label, role, str(count)])
     return markdown_table(["file", "role", "examples"], rows) + f"\n\nText format: `{cfg.format}`, loss on: `{cfg.loss_on}`."
 
 
-def count_examples(name: str, kind: str) -> str:
-    from .data import DataError, read_examples
+def count_examples(cfg: RunConfig, split: str) -> str:
+    from .data import split_examples
 
-    path = runs.resolve_data_path(name)
-    if not path.exists():
-        return "file not found at export time"
     try:
-        return str(len(read_examples(path, kind)))
-    except DataError:
-        return "file does not validate (`python -m semifinetune validate-data`)"
+        return str(len(split_examples(cfg, split, None)))
+    except ConfigError as err:  # DataError too
+        return f"data not readable at export time ({str(err).splitlines()[0][:120]})"
 
 
 def training_section(run_dir) -> str:

@@ -9,9 +9,10 @@ GUIDE_LEAD_IN = "Based on my analysis above, here's the answer:"
 GUIDE_END_TOKEN = "<|end_of_text|>"  # what the guide wrote: Llama-3's end token, not R1's
 
 
-def chat_prompt(tokenizer, question: str) -> str:
-    """The model's own chat template up to where the answer starts (R1: ending in `<think>\\n`)."""
-    messages = [{"role": "user", "content": question}]
+def chat_prompt(tokenizer, question: str, context: list[dict] | None = None) -> str:
+    """The model's own chat template up to where the answer starts (R1: ending in `<think>\\n`); `context` is the
+    system message and earlier turns of a multi-turn example."""
+    messages = list(context or []) + [{"role": "user", "content": question}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -42,7 +43,7 @@ def format_example(tokenizer, example: dict, cfg: RunConfig) -> dict:
     if cfg.format == "guide":
         prompt, completion = guide_text(example, tokenizer.eos_token)  # the real eos, not the guide's string
     else:
-        prompt = chat_prompt(tokenizer, example["input"])
+        prompt = chat_prompt(tokenizer, example["input"], example.get("context"))
         completion = chat_completion(tokenizer, example, prompt)
     return {"prompt": prompt, "completion": completion}
 

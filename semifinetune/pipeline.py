@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 from . import runs
 from .atomic import write_json_atomic
 from .colab import GPU_HINT, on_colab
-from .config import ConfigError, RunConfig, make_config, parse_overrides, save_config
+from .config import ConfigError, RunConfig, make_config, parse_overrides, save_config, training_steps
 from .runs import open_run  # noqa: F401 - notebooks 02-06 import it from here
-
-GUIDE_QUESTION = "What does NVIDIA Corporation primarily manufacture?"
-
 
 def setup(
     run_dir: str | os.PathLike, profile: str = "auto", overrides: dict | str | None = None, overwrite: bool = False, recipe: str = ""
@@ -24,7 +22,7 @@ def setup(
     profile 'auto' is resolved here, once, by the machine (t4 with a CUDA GPU, cpu elsewhere); config.json keeps the
     resolved name, which notebooks 02-06 read. Returns (cfg, report).
     """
-    from .data import check_data_files
+    from .data import check_data_files, describe_data, save_samples
     from .env import choose_profile, environment_report
     from .models import check_loadable
     from .train import check_trackers
@@ -44,11 +42,14 @@ def setup(
         print(f"This Colab runtime has no GPU, so the run uses the small CPU model. {GPU_HINT}")
     check_loadable(cfg, report)
     check_trackers(cfg)
-    check_data_files(cfg)  # a wrong path fails here, not at notebook 04 after two model loads
+    found = check_data_files(cfg)  # a wrong path fails here, not at notebook 04 after two model loads
+    cfg = dataclasses.replace(cfg, max_steps=training_steps(cfg, len(found["train"].records)))
+    print(describe_data(cfg, found))
     _refuse_to_overwrite(run_dir, cfg, overwrite)
     if overwrite:
         clear_results(run_dir)  # a new run never mixes with the old one's adapter, checkpoints or tables
     runs.ensure_run_dir(run_dir)
+    save_samples(run_dir, found)
     save_config(cfg, run_dir)
     write_json_atomic(runs.run_path(run_dir, runs.ENV), report)
     return cfg, report
@@ -67,7 +68,7 @@ def _refuse_to_overwrite(run_dir, cfg: RunConfig, overwrite: bool) -> None:
     changed = sorted(key for key in new if old.get(key) != new[key])
     if not changed:
         return
-    if changed == ["max_steps"] and isinstance(old.get("max_steps"), int) and new["max_steps"] > old["max_steps"]:
+    if set(changed) <= {"max_steps", "num_train_epochs"} and isinstance(old.get("max_steps"), int) and new["max_steps"] > old["max_steps"]:
         print(f"{path}: max_steps {old['max_steps']} -> {new['max_steps']}; the results are kept. Train on from the "
               "last checkpoint with notebook 05's resume=True (`python -m semifinetune train --run-dir ... --resume`).")
         return
@@ -99,6 +100,7 @@ def load_baseline(run_dir: str | os.PathLike) -> dict:
     from .measure import memory_snapshot, timed
     from .models import layer_precision_report, load_model
     from .seeding import seed_everything
+    from .splits import sample_question
 
     cfg = open_run(run_dir)
     seed_everything(cfg.seed)
@@ -107,7 +109,8 @@ def load_baseline(run_dir: str | os.PathLike) -> dict:
         model, tokenizer = load_model(cfg)
     after = memory_snapshot()
     settings = SamplingSettings(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    (answer,) = generate(model, tokenizer, [GUIDE_QUESTION], settings, seed=cfg.seed, cuda_graphs=cfg.cuda_graphs)
+    question = sample_question(cfg, run_dir)
+    (answer,) = generate(model, tokenizer, [question], settings, seed=cfg.seed, cuda_graphs=cfg.cuda_graphs)
     result = {
         "model_name": cfg.model_name,
         "backend": model.semifinetune_backend,
@@ -115,7 +118,7 @@ def load_baseline(run_dir: str | os.PathLike) -> dict:
         "memory_before": before,
         "memory_after": after,
         "layers": layer_precision_report(model),
-        "question": GUIDE_QUESTION,
+        "question": question,
         "answer": answer.to_dict(),
     }
     write_json_atomic(runs.run_path(run_dir, runs.BASELINE), result)

@@ -110,15 +110,15 @@ def playground(run_dir: str | os.PathLike, interactive: bool = True):
 
     from .evaluate import MODELS, load_base_and_tuned
     from .generate import SamplingSettings
-    from .pipeline import GUIDE_QUESTION
     from .retrieval import index_training_pairs
     from .runs import open_run
+    from .splits import sample_question
 
     cfg = open_run(run_dir)
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
     index = index_training_pairs(cfg)  # train_file only, as in evaluation
     start = starting_settings(run_dir, cfg)
-    prompt = w.Textarea(value=GUIDE_QUESTION, description="prompt", layout=w.Layout(width="95%", height="4em"))
+    prompt = w.Textarea(value=sample_question(cfg, run_dir), description="prompt", layout=w.Layout(width="95%", height="4em"))
     temperature = w.FloatSlider(value=start["temperature"], min=0.0, max=1.5, step=0.05, description="temperature")
     top_p = w.FloatSlider(value=start["top_p"], min=0.05, max=1.0, step=0.05, description="top_p")
     max_new = w.IntSlider(value=start["max_new_tokens"], min=16, max=max(cfg.max_seq_length, 16), step=16, description="max_new_tokens")

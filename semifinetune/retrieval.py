@@ -8,6 +8,7 @@ of the answer key, not knowledge. The notes go in the user turn because R1's cha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import ConfigError, RunConfig
 
@@ -68,14 +69,13 @@ def index_pairs(pairs: list[dict], source: str = "") -> NoteIndex:
 
 def index_training_pairs(cfg: RunConfig) -> NoteIndex:
     """The index over cfg.train_file (validated), the only file retrieval may read notes from."""
-    from .data import read_examples
-    from .runs import resolve_data_path
+    from .data import split_examples
+    from .splits import locate
 
-    path = resolve_data_path(cfg.train_file)
-    held_out = {resolve_data_path(p).resolve() for p in (cfg.eval_file, cfg.general_eval_file)}
-    if path.resolve() in held_out:
+    files = {str(Path(locate(name)).resolve()) for name in (cfg.eval_file, cfg.general_eval_file) if Path(locate(name)).is_file()}
+    if Path(locate(cfg.train_file)).is_file() and str(Path(locate(cfg.train_file)).resolve()) in files:
         raise ConfigError(f"train_file {cfg.train_file} is also an evaluation file: retrieval would read the answers of the questions it is scored on.")
-    return index_pairs(read_examples(path, "train"), str(path))
+    return index_pairs(split_examples(cfg, "train", None), cfg.train_file)
 
 
 def retrieve(index: NoteIndex, questions: list[str], k: int) -> list[list[dict]]:

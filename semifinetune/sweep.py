@@ -50,7 +50,7 @@ def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progres
     from .runs import open_run
 
     cfg = open_run(run_dir)
-    eval_rows = read_eval_rows(cfg, cfg.sweep_questions)
+    eval_rows = read_eval_rows(cfg, cfg.sweep_questions, run_dir)
     notes = notes_for(cfg, [row["input"] for row in eval_rows], cfg.retrieval_k)  # None: retrieval_k 0, off
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
     # The whole grid as one list of rows (setting x draw x question), generated together: rows of every setting

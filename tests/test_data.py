@@ -39,7 +39,7 @@ def problems(path: Path, kind: str = "train") -> list[str]:
         ({"input": "q"}, "missing field 'output'"),
         ({"input": "q", "output": "  "}, "field 'output' is empty"),
         ({"input": 5, "output": "a"}, "field 'input' must be a string, got int"),
-        ({"input": "q", "output": None}, "field 'output' must be a string, got NoneType"),
+        ({"input": "q", "output": None}, "field 'output' is empty (null)"),
         (b'{"input": "caf\xe9", "output": "a"}', "invalid UTF-8 at byte 15 of the line"),
         ("[1, 2]", "expected a JSON object"),
     ],
@@ -69,10 +69,10 @@ def test_empty_file_and_csv(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"\n\n")
     assert problems(empty) == [f"{empty}:1: the file is empty; it needs one JSON object per line, e.g. {{\"input\": ..., \"output\": ...}}"]
-    csv = tmp_path / "d.csv"
+    csv = tmp_path / "d.jsonl"  # CSV text under a JSONL name: the name decides how a file is read
     csv.write_text("input,output\nWhat is TSMC?,A foundry\n")
     (problem,) = problems(csv)
-    assert problem.startswith(f"{csv}:1: not a JSONL file (this looks like CSV)")
+    assert problem.startswith(f"{csv}:1: not a JSONL file (this looks like CSV: name the file .csv or .tsv")
 
 
 def test_duplicates_name_both_lines(tmp_path):
@@ -89,7 +89,6 @@ def test_all_problems_are_reported_in_file_order(tmp_path):
 @pytest.mark.parametrize(
     "keywords, expected",
     [
-        (None, "missing field 'keywords'"),
         ([], "field 'keywords' must be a non-empty list of keyword groups"),
         ("TSMC", "field 'keywords' must be a non-empty list of keyword groups"),
         ([["TSMC"], []], "field 'keywords' group 2 must be a non-empty list of strings"),
@@ -98,7 +97,7 @@ def test_all_problems_are_reported_in_file_order(tmp_path):
     ],
 )
 def test_eval_keywords_shape(tmp_path, keywords, expected):
-    example = dict(GOOD) if keywords is None else {**GOOD, "keywords": keywords}
+    example = {**GOOD, "keywords": keywords}
     (problem,) = problems(write(tmp_path / "e.jsonl", [example]), "eval")
     assert problem.startswith(f"{tmp_path / 'e.jsonl'}:1: {expected}")
 
@@ -216,7 +215,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_validate_data_cli_lists_problems_and_exits_1(tmp_path):
     bad = write(tmp_path / "bad.jsonl", [GOOD, '{"input": "q"', {"input": "q", "output": "x<|end_of_text|>"}, b"\xff\xfe"])
-    csv = tmp_path / "d.csv"
+    csv = tmp_path / "d.jsonl"
     csv.write_text("input,output\nq,a\n")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
