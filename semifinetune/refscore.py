@@ -4,7 +4,8 @@ Two measures, both shown beside the keyword verdict where keyword groups exist:
 - **Key terms**: the reference answer's numbers, names and words rare in the data set, at most KEY_TERMS of them
   (the rarest first). The answer is correct when it holds at least half of them (rounded up): one of one, one of
   two, two of three. A term is found where a word of the answer starts with its first STEM letters (a short term
-  must match whole), so "manufactures" finds "manufacturing" and "1987" does not find "19".
+  must match whole, plurals folded), so "manufactures" finds "manufacturing", "ferry" finds "ferries", and
+  "1987" does not find "19".
 - **Token F1**: SQuAD's overlap of answer and reference words (lower case, punctuation and articles dropped), a
   standard score that needs no choice of terms; reported, not used for the verdict.
 """
@@ -50,14 +51,15 @@ def _is_name(token: str, sentence_start: bool) -> bool:
     return token[:1].isupper() and not sentence_start
 
 
-def key_terms(reference: str, frequencies: Counter, documents: int, limit: int = KEY_TERMS) -> list[str]:
-    """The reference answer's key terms: numbers and names first, then rare words, the rarest first."""
+def key_terms(reference: str, frequencies: Counter, documents: int, question: str = "", limit: int = KEY_TERMS) -> list[str]:
+    """The reference answer's key terms: numbers and names first, then rare words, the rarest first; words of the
+    question are left out (an answer that repeats the question has not answered it)."""
     candidates: dict[str, tuple[int, float]] = {}
     sentence_start = True
     for token in _tokens(reference):
         lowered = token.lower()
         rarity = math.log((documents + 1) / (frequencies.get(lowered, 0) + 1))
-        if lowered in STOPWORDS:
+        if lowered in STOPWORDS or (question and term_found(lowered, question)):
             pass
         elif any(c.isdigit() for c in token):
             candidates.setdefault(lowered, (0, -rarity))
@@ -67,15 +69,24 @@ def key_terms(reference: str, frequencies: Counter, documents: int, limit: int =
             candidates.setdefault(lowered, (2, -rarity))
         sentence_start = False
     ranked = sorted(candidates, key=lambda term: candidates[term])
-    if not ranked:  # a reference of common words only: its longest words stand for it
-        ranked = sorted({t.lower() for t in _tokens(reference) if t.lower() not in STOPWORDS}, key=len, reverse=True)
+    if not ranked:  # a reference of common words, or of the question's words only: its longest words stand for it
+        ranked = sorted({t.lower() for t in _tokens(reference) if t.lower() not in STOPWORDS}, key=lambda t: (-len(t), t))
     return ranked[:limit]
 
 
+def _singular(word: str) -> str:
+    """English plurals folded ("ferries" -> "ferry", "ships" -> "ship"), so a term and its plural match."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
 def term_found(term: str, text: str) -> bool:
-    """The term is in the text as a word, or as the start of a word where the term is long (light stemming)."""
-    words = {token.lower() for token in _tokens(text)}
-    if term in words:
+    """The term is in the text as a word (plurals folded), or as the start of a word where the term is long."""
+    words = {_singular(token.lower()) for token in _tokens(text)}
+    if _singular(term) in words:
         return True
     if len(term) >= STEM and not any(c.isdigit() for c in term):
         return any(word[:STEM] == term[:STEM] for word in words if len(word) >= STEM)
@@ -109,4 +120,4 @@ def token_f1(prediction: str, reference: str) -> float:
 def with_key_terms(rows: list[dict], corpus: list[str]) -> list[dict]:
     """Each row with "key_terms" from its reference answer, rarity counted over `corpus` (the data set's answers)."""
     frequencies = document_frequencies(corpus)
-    return [{**row, "key_terms": key_terms(row["output"], frequencies, len(corpus))} for row in rows]
+    return [{**row, "key_terms": key_terms(row["output"], frequencies, len(corpus), row["input"])} for row in rows]

@@ -45,8 +45,10 @@ def read_rows(path: Path | str, label: str, dataset_config: str = "") -> tuple[l
     """Every row of a data source with its location, and the problems met reading it."""
     source, split = split_source(str(path))
     local = Path(source)
+    if source != str(path):
+        label = label.removesuffix(str(path)[len(source):])  # the split is named in the location instead
     if local.is_dir():
-        return _read_dataset(source, f"{label}", split, dataset_config, folder=True)
+        return _read_dataset(source, label, split, dataset_config, folder=True)
     if not local.is_file():
         if is_hub_id(source):
             return _read_dataset(source, label, split, dataset_config, folder=False)
