@@ -22,9 +22,9 @@ RARE_SHARE = 0.1  # a plain word is a key term when at most this share of the da
 STOPWORDS = frozenset("""
 a about above after again against all also am an and any are as at be because been before being below between both
 but by can could did do does doing down during each few for from further had has have having he her here hers him
-his how i if in into is it its itself just me more most my no nor not now of off on once only or other our out over
+his how i if in into is it its itself just me more most my nor not now of off on once only or other our out over
 own same she should so some such than that the their them then there these they this those through to too under
-until up very was we were what when where which while who whom why will with would you your yes called known used
+until up very was we were what when where which while who whom why will with would you your called known used
 uses use one two many much well made make makes based including such like within without per via among
 """.split())
 TOKEN = re.compile(r"\d+(?:[.,]\d+)*%?|[^\W\d_][\w'-]*", re.UNICODE)

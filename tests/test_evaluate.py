@@ -54,26 +54,40 @@ def test_repeated_4grams_and_distinct_2():
     assert repeated_4gram_share("too short") == 0.0 and distinct_2("one") == 1.0
 
 
+ROW = {"input": "Tell me about TSMC.", "output": "TSMC was founded in 1987 in Hsinchu.", "keywords": GROUPS,
+       "key_terms": ["1987", "hsinchu"]}
+
+
 def test_answer_metrics_score_the_answer_not_the_reasoning():
     g = gen("It is in Hsinchu.", text="TSMC 1987 hmm\n</think>\n\nIt is in Hsinchu.", reasoning="TSMC 1987 hmm", think_closed=True)
-    m = answer_metrics(g, GROUPS)
+    m = answer_metrics(g, ROW)
     assert (m["keyword_hits"], m["keyword_groups"], m["correct"], m["eos_stop"], m["answer_words"]) == (1, 3, False, True, 4)
     assert m["recall"] == pytest.approx(1 / 3) and m["scored_on"] == "answer"
-    whole = answer_metrics(gen("TSMC in Hsinchu since 1987", finish="length"), GROUPS)  # no think block (SmolLM2)
+    whole = answer_metrics(gen("TSMC in Hsinchu since 1987", finish="length"), ROW)  # no think block (SmolLM2)
     assert whole["correct"] is True and whole["scored_on"] == "whole output"
-    assert answer_metrics(gen("x", finish="length"), GROUPS)["eos_stop"] is False
+    assert answer_metrics(gen("x", finish="length"), ROW)["eos_stop"] is False
+
+
+def test_without_keywords_the_key_terms_decide_and_token_f1_is_shown_either_way():
+    g = gen("It is in Hsinchu.", text="It is in Hsinchu.")
+    with_keywords = answer_metrics(g, ROW)
+    assert (with_keywords["verdict_by"], with_keywords["correct"], with_keywords["key_terms_correct"]) == ("keywords", False, True)
+    plain = answer_metrics(g, {key: ROW[key] for key in ("input", "output", "key_terms")})
+    assert (plain["verdict_by"], plain["correct"], plain["recall"], plain["keyword_groups"]) == ("key terms", True, 0.5, 0)
+    # SQuAD F1 of "it is in hsinchu" against "tsmc was founded in 1987 in hsinchu": 2 common words, P 2/4, R 2/7
+    assert plain["token_f1"] == pytest.approx(round(2 * (2 / 4) * (2 / 7) / (2 / 4 + 2 / 7), 4))
 
 
 def test_reasoning_cut_at_max_new_tokens_is_scored_on_the_reasoning():
     """R1's base model often runs out of tokens mid-reasoning: no answer, yet not a 0 for that alone."""
     cut = gen("", text="TSMC was founded in 1987 in Hsinchu, so", reasoning="TSMC was founded in 1987 in Hsinchu, so",
               think_closed=False, finish="length")
-    m = answer_metrics(cut, GROUPS)
+    m = answer_metrics(cut, ROW)
     assert (m["scored_on"], m["keyword_hits"], m["correct"], m["answer_words"], m["eos_stop"]) == (
         "unfinished reasoning", 3, True, 0, False)
     half = gen("", text="Maybe TSMC", reasoning="Maybe TSMC", think_closed=False, finish="length")
-    assert answer_metrics(half, GROUPS)["recall"] == pytest.approx(1 / 3)
-    assert answer_metrics(gen("", reasoning=None, think_closed=False), GROUPS)["recall"] == 0.0  # nothing at all
+    assert answer_metrics(half, ROW)["recall"] == pytest.approx(1 / 3)
+    assert answer_metrics(gen("", reasoning=None, think_closed=False), ROW)["recall"] == 0.0  # nothing at all
 
 
 def test_an_empty_answer_says_why():
