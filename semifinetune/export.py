@@ -536,11 +536,14 @@ def data_section(cfg: RunConfig, run_dir) -> str:
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
     chosen = plan(cfg)  # where each split's examples come from: a file, or a sample of the training questions
     rows = []
-    for split, role in (("train", "training"), ("eval", "held out, never used to choose")):
+    for split in ("train", "eval"):
         count = summary.get(split, {}).get("examples")
         if count is None:
             count = count_examples(cfg, split)
-        label = "sampled from the training file" if chosen[split] == "sample" else f"`{Path(chosen[split]).name}`"
+        if chosen[split] == "sample":
+            label, role = "sampled from the training file", "held out from choosing, trained on: recall of trained facts"
+        else:
+            label, role = f"`{Path(chosen[split]).name}`", "training" if split == "train" else "held out, never trained on"
         rows.append([label, role, str(count)])
     return markdown_table(["file", "role", "examples"], rows) + f"\n\nText format: `{cfg.format}`, loss on: `{cfg.loss_on}`."
 

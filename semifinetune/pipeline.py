@@ -13,11 +13,14 @@ from .config import ConfigError, RunConfig, make_config, parse_overrides, save_c
 from .runs import open_run  # noqa: F401 - notebooks 02-06 import it from here
 
 def setup(
-    run_dir: str | os.PathLike, profile: str = "auto", overrides: dict | str | None = None, overwrite: bool = False, recipe: str = ""
+    run_dir: str | os.PathLike, profile: str = "auto", overrides: dict | str | None = None, overwrite: bool = False,
+    recipe: str = "", **data_files: str,
 ):
     """Notebook 01: resolve the config, check the machine and the data files, write config.json and env.json.
 
     recipe '' keeps the profile's own (or the one named among the overrides); 'guide' or 'facts' chooses one.
+    data_files: train_file, eval_file, validation_file as notebook 01's parameters give them; one left at its
+    default leaves the overrides' value (or the default) in place.
 
     profile 'auto' is resolved here, once, by the machine (t4 with a CUDA GPU, cpu elsewhere); config.json keeps the
     resolved name, which notebooks 02-06 read. Returns (cfg, report).
@@ -32,6 +35,7 @@ def setup(
     resolved = choose_profile(report, profile)
     if recipe:
         overrides = {**parse_overrides(overrides), "recipe": recipe}
+    overrides = {**parse_overrides(overrides), **data_settings(data_files)}
     cfg = make_config(resolved, overrides)
     cfg, fitted = fit_to_card(cfg, report.get("gpu_name") or "", set(parse_overrides(overrides)))
     if fitted:
@@ -53,6 +57,15 @@ def setup(
     save_config(cfg, run_dir)
     write_json_atomic(runs.run_path(run_dir, runs.ENV), report)
     return cfg, report
+
+
+def data_settings(data_files: dict[str, str]) -> dict[str, str]:
+    """The data parameters that differ from RunConfig's defaults, as overrides."""
+    defaults = RunConfig()
+    unknown = set(data_files) - {"train_file", "eval_file", "validation_file"}
+    if unknown:
+        raise ConfigError(f"setup() takes train_file, eval_file and validation_file as data parameters, not {', '.join(sorted(unknown))}")
+    return {key: str(value) for key, value in data_files.items() if value != getattr(defaults, key)}
 
 
 def _refuse_to_overwrite(run_dir, cfg: RunConfig, overwrite: bool) -> None:

@@ -64,6 +64,10 @@ def detect_format(row, columns: tuple[str, str] = ("", "")) -> str | None:
         return "input-output"
     if _column_pair(row):
         return "columns"
+    # Half a format: the one it was meant to be, so that the problem names the missing field.
+    for fields, fmt in (({"instruction"}, "alpaca"), ({"prompt", "completion"}, "prompt-completion"), ({"input", "output"}, "input-output")):
+        if fields & set(row):
+            return fmt
     return None
 
 

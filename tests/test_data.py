@@ -230,7 +230,7 @@ def test_validate_data_cli_ok_line(tmp_path):
     good = write(tmp_path / "good.jsonl", [GOOD, {"input": "Who founded TSMC?", "output": "Morris Chang"}])
     result = run_cli("validate-data", str(good), "--profile", "tiny")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"OK: {good}: 2 train examples, tokens ")
+    assert result.stdout.startswith(f"OK: {good}: 2 train examples (input-output format), tokens ")
 
 
 def test_prepare_data_cli_without_setup_is_one_line(tmp_path):

@@ -62,7 +62,7 @@ def test_the_card_parses_back_with_its_hub_metadata(run_dir):
     export_run(run_dir, "adapter")
     tiny = ModelCard.load(export_path(run_dir, "adapter") / "README.md")
     assert tiny.data.to_dict() == {"library_name": "peft", "pipeline_tag": "text-generation",
-                                   "tags": ["lora", "semiconductors", "semifinetune"], "license": "mit"}  # no hub base
+                                   "tags": ["lora", "semiconductor", "semifinetune"], "license": "mit"}  # no hub base
     assert tiny.text.startswith("\n# run: tiny:random-qwen2 fine-tuned on semiconductor Q&A") and "## Held-out results" in tiny.text
     sampling = recommended_sampling(run_dir, load_config(run_dir))
     cases = [("cpu", "adapter", "HuggingFaceTB/SmolLM2-135M-Instruct", "peft", "apache-2.0"),
@@ -221,7 +221,7 @@ def test_gguf_export_writes_one_file_per_type_a_modelfile_and_a_card(gguf_run):
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(folder / "README.md")
-    assert card.data.tags == ["lora", "semiconductors", "semifinetune", "gguf"] and card.data.library_name == "transformers"
+    assert card.data.tags == ["lora", "semiconductor", "semifinetune", "gguf"] and card.data.library_name == "transformers"
     use = card.text.split("## Use", 1)[1]
     assert "| `model-F16.gguf` | F16 |" in use and "| `model-Q8_0.gguf` | Q8_0 |" in use
     assert "ollama create NAME -f Modelfile" in use

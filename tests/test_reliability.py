@@ -67,9 +67,10 @@ BAD_DATA = {
     "not an object": ("train", [GOOD, "[1, 2]"], 2, "expected a JSON object"),
     "too long": ("train", [GOOD, {"input": "Why?", "output": LONG_ANSWER}], 2, "over max_seq_length 512"),
     "keywords shape": ("eval", [GOOD_EVAL, {"input": "Who?", "output": "x", "keywords": ["TSMC"]}], 2, "field 'keywords' group 1"),
-    "keywords missing": ("eval", [{"input": "Who?", "output": "x"}], 1, "missing field 'keywords'"),
+    "chat role": ("train", [{"messages": [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}]}], 1,
+                  "messages message 1: role 'tool' is not system, user or assistant"),
     "empty file": ("train", [""], 1, "the file is empty"),
-    "CSV": ("train", ["input,output", "q,a"], 1, "not a JSONL file (this looks like CSV)"),
+    "CSV": ("train", ["input,output", "q,a"], 1, "not a JSONL file (this looks like CSV: name the file .csv or .tsv"),
 }
 
 
@@ -101,9 +102,9 @@ def bad_run(tmp_path):
     """A tiny run whose train_file has a bad line 2: (run_dir, the problem line)."""
     from semifinetune.pipeline import setup
 
-    bad = write_lines(tmp_path / "bad.jsonl", [GOOD])
+    bad = write_lines(tmp_path / "bad.jsonl", [GOOD, {"input": "Who?", "output": "TSMC"}, {"input": "When?", "output": "1987"}])
     run_dir = tmp_path / "run"
-    setup(run_dir, "tiny", {"train_file": str(bad)})
+    setup(run_dir, "tiny", {"train_file": str(bad)})  # its held-out and validation questions: a saved sample
     write_lines(bad, [GOOD, {"input": "Why?"}])  # broken after 01, which would have refused it
     return run_dir, f"{bad}:2: missing field 'output'"
 
@@ -285,9 +286,9 @@ def test_setup_checks_the_data_files_before_any_model_loads(tmp_path, capsys, mo
     assert main(["setup", "--profile", "tiny", "--run-dir", str(run_dir), "--set", "train_file=data/missing.jsonl"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: train_file 'data/missing.jsonl': no such file") and "--set train_file=PATH" in line
-    bad = write_lines(tmp_path / "bad_eval.jsonl", [{"input": "Who?", "output": "TSMC"}])  # no keywords
+    bad = write_lines(tmp_path / "bad_eval.jsonl", [{"input": "Who?"}])  # no reference answer
     assert main(["setup", "--profile", "tiny", "--run-dir", str(run_dir), "--set", f"eval_file={bad}"]) == 2
-    assert f"{bad}:1: missing field 'keywords'" in capsys.readouterr().err
+    assert f"{bad}:1: missing field 'output'" in capsys.readouterr().err
     assert not run_dir.exists()
 
 

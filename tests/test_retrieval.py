@@ -55,7 +55,7 @@ def test_the_index_holds_training_pairs_only(index, tiny_cfg):
     for name in ("semiconductor_eval.jsonl", "general_eval.jsonl"):
         assert not indexed & {row["input"] for row in read_examples(DATA / name, "eval")}
     with pytest.raises(ConfigError, match="also an evaluation file"):
-        index_training_pairs(make_config("tiny", {"train_file": tiny_cfg.eval_file}))
+        index_training_pairs(make_config("tiny", {"train_file": "data/semiconductor_eval.jsonl", "eval_file": "data/semiconductor_eval.jsonl"}))
 
 
 def test_k_zero_is_off_and_bad_k_is_rejected(index, tiny_cfg):
