@@ -582,7 +582,7 @@ def results_section(run_dir) -> str:
         row = summary.loc[model]
         rows.append([model, f"{correct[model]} of {int(row['answers'])}", f"{row['recall']:.3f}",
                      f"{row['eos_rate']:.3f}", f"{row['repeat_4gram']:.3f}"])
-    return (markdown_table(["model", "correct (every keyword group)", "keyword recall", "stopped at EOS", "repeated 4-grams"], rows)
+    return (markdown_table(["model", "correct (keyword groups, else key terms)", "recall", "stopped at EOS", "repeated 4-grams"], rows)
             + "\n\nOne answer per question; base = the same model with the adapter disabled.")
 
 
@@ -593,7 +593,7 @@ def sampling_section(sampling: dict, cfg: RunConfig) -> str:
     if "rule" in sweep:
         text += f" Rule: {sweep['rule']}."
     if "recall" in sweep:
-        text += f" Tuned model's mean keyword recall there: {sweep['recall']:.3f} over {sweep.get('answers', '?')} answers."
+        text += f" Tuned model's mean recall there: {sweep['recall']:.3f} over {sweep.get('answers', '?')} answers."
     if cfg.model_name not in (EMBEDDED_MODEL, TINY_MODEL):
         text += " R1: no system prompt; the answer starts after the reasoning block that the prompt opens with `<think>`."
     return text

@@ -170,3 +170,12 @@ def run_pipeline(run_dir: str | os.PathLike, profile: str = "auto", overrides: d
 
 def _step(name: str) -> None:
     print(f"== {name}", flush=True)
+
+
+def training_length(run_dir: str | os.PathLike) -> str:
+    """Notebook 05: how many steps this run trains, in epochs of its data (after notebook 04 has prepared it)."""
+    from .config import length_note
+    from .data import SUMMARY_FILE
+
+    summary = json.loads((runs.run_path(run_dir, runs.DATA) / SUMMARY_FILE).read_text(encoding="utf-8"))
+    return length_note(open_run(run_dir), summary["train"]["examples"])

@@ -1,7 +1,7 @@
 """The sampling sweep: a grid of settings x samples, base and tuned on the same questions, and what it says.
 
-Recommendation rule (recommend_settings): among the grid's settings, take the highest mean keyword recall of
-the tuned model; break ties by the higher EOS-stop rate, then the lower repeated-4-gram share, then the
+Recommendation rule (recommend_settings): among the grid's settings, take the highest mean recall (of keyword groups,
+or of key terms) of the tuned model; break ties by the higher EOS-stop rate, then the lower repeated-4-gram share, then the
 setting closest to DeepSeek's recommendation (temperature 0.6, top_p 0.95). It reads the summary's figures as shown,
 rounded to 3 decimals (evaluate.DECIMALS): a difference too small to see in the table is a tie.
 """
@@ -20,7 +20,7 @@ DEEPSEEK = {"temperature": 0.6, "top_p": 0.95}  # DeepSeek-R1 README, "Usage Rec
 SUMMARY_FILE = "sweep_summary.csv"
 HEATMAP_FILE = "sweep_heatmaps.png"
 RULE = (
-    "highest mean keyword recall of the tuned model; ties broken by higher EOS-stop rate, then lower "
+    "highest mean recall (keyword groups, or key terms) of the tuned model; ties broken by higher EOS-stop rate, then lower "
     "repeated-4-gram share, then closest to DeepSeek's temperature 0.6 / top_p 0.95"
 )
 COMPARED_METRICS = {"recall": "recall", "eos_stop": "EOS-stop rate", "repeat_4gram": "repeated 4-grams"}

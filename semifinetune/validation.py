@@ -4,12 +4,13 @@ Why answers, not the loss: on the embedded model the validation loss bottoms out
 answers keep getting right for longer (benchmarks/study_recipes.py: every candidate kept step 40 or 60 by the loss,
 and its kept weights answered fewer held-out questions than the last step's). The loss also punishes a right answer
 in other words. The check is greedy (no sampling noise between checkpoints) and scores answers the way the
-held-out evaluation does (keyword groups), on questions that are never reported.
+held-out evaluation does (keyword groups where the questions have them, else the reference answers' key terms), on
+questions that are never reported.
 """
 
 from __future__ import annotations
 
-# What chooses: the mean keyword recall over the validation questions, ties (common: 44 questions move it in steps of
+# What chooses: the mean recall (of keyword groups, or of key terms) over the validation questions, ties (common: 44 questions move it in steps of
 # 1/44) going to the lower validation loss, which moves it by at most 0.004, a fifth of one question.
 VALIDATION_METRIC = "eval_validation_score"
 LOSS_TIE_BREAK = 1e-3

@@ -202,6 +202,19 @@ def test_epochs_set_the_steps_within_the_recipes_bounds():
     assert training_steps(make_config("t4"), 766) == 200 and training_steps(make_config("t4"), 100) == 75
 
 
+def test_notebook_05_says_the_steps_in_epochs_of_the_data():
+    import dataclasses
+
+    from semifinetune.config import length_note
+
+    cpu = make_config("cpu")
+    resolved = lambda rows: dataclasses.replace(cpu, max_steps=training_steps(cpu, rows))  # what setup saves  # noqa: E731
+    assert length_note(resolved(28), 28) == "21 steps at batch 8 over 28 training examples: 6.0 epochs (num_train_epochs 6)."
+    assert length_note(resolved(766), 766) == ("40 steps at batch 8 over 766 training examples: 0.4 epochs "
+                                               "(num_train_epochs 6, capped at max_steps 40).")
+    assert length_note(resolved(5), 5).endswith("16.0 epochs (num_train_epochs 6, raised to min_steps 10).")
+
+
 def test_the_data_name_comes_from_the_training_file():
     assert data_name(make_config("tiny")) == "semiconductor"
     assert data_name(make_config("tiny", {"train_file": "my data/acme_faq.csv"})) == "acme-faq"
