@@ -386,7 +386,9 @@ def prepare_data(run_dir: str | os.PathLike, tokenizer=None) -> dict:
         from .models import load_tokenizer
 
         tokenizer = load_tokenizer(cfg)
-    found = read_splits(cfg, run_dir)
+    from .splits import plan
+
+    found, chosen = read_splits(cfg, run_dir), plan(cfg)
     rows, too_long = _tokenized(found, cfg, tokenizer)
     if too_long:
         raise data_error(too_long)
@@ -397,7 +399,7 @@ def prepare_data(run_dir: str | os.PathLike, tokenizer=None) -> dict:
         write_jsonl_atomic(prepared_path(run_dir, split), written)
         summary[split] = {
             "file": getattr(cfg, SPLIT_KEYS[split]),
-            "source": source.format if source.format == "sample" else "file",
+            "source": "sample" if chosen[split] == "sample" else "file",
             "examples": len(rows[split]),
             "tokens": token_length_stats([len(r["input_ids"]) for r in rows[split]], cfg.max_seq_length),
             "loss_tokens": sum(sum(r["completion_mask"]) for r in rows[split]),

@@ -3,7 +3,7 @@
 Two measures, both shown beside the keyword verdict where keyword groups exist:
 - **Key terms**: the reference answer's numbers, names and words rare in the data set, at most KEY_TERMS of them
   (the rarest first). The answer is correct when it holds at least half of them (rounded up): one of one, one of
-  two, two of three. A term is found where a word of the answer starts with its first STEM letters (a short term
+  two, two of three; and, where the reference holds a number, one of its numbers. A term is found where a word of the answer starts with its first STEM letters (a short term
   must match whole, plurals folded), so "manufactures" finds "manufacturing", "ferry" finds "ferries", and
   "1987" does not find "19".
 - **Token F1**: SQuAD's overlap of answer and reference words (lower case, punctuation and articles dropped), a
@@ -18,7 +18,7 @@ from collections import Counter
 
 KEY_TERMS = 3
 STEM = 6  # letters a word and a term must share from the start; shorter terms match whole words
-RARE_SHARE = 0.1  # a plain word is a key term when at most this share of the data set's answers use it
+RARE_SHARE = 0.05  # a plain word is a key term when at most this share of the answers (or 2 of them) use it
 STOPWORDS = frozenset("""
 a about above after again against all also am an and any are as at be because been before being below between both
 but by can could did do does doing down during each few for from further had has have having he her here hers him
@@ -27,7 +27,9 @@ own same she should so some such than that the their them then there these they 
 until up very was we were what when where which while who whom why will with would you your called known used
 uses use one two many much well made make makes based including such like within without per via among
 """.split())
-TOKEN = re.compile(r"\d+(?:[.,]\d+)*%?|[^\W\d_][\w'-]*", re.UNICODE)
+# A number (1987, 60.9, 1,200, 45%) or a word; a word may hold digits (3G, H100, 7nm) and then counts as a name.
+TOKEN = re.compile(r"\d+(?:[.,]\d+)*%?(?![^\W_])|\w[\w'-]*", re.UNICODE)
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*%?")
 
 
 def _tokens(text: str) -> list[str]:
@@ -61,11 +63,11 @@ def key_terms(reference: str, frequencies: Counter, documents: int, question: st
         rarity = math.log((documents + 1) / (frequencies.get(lowered, 0) + 1))
         if lowered in STOPWORDS or (question and term_found(lowered, question)):
             pass
-        elif any(c.isdigit() for c in token):
+        elif NUMBER.fullmatch(token):
             candidates.setdefault(lowered, (0, -rarity))
-        elif _is_name(token, sentence_start):
+        elif _is_name(token, sentence_start) or any(c.isdigit() for c in token):
             candidates.setdefault(lowered, (1, -rarity))
-        elif len(token) >= 4 and frequencies.get(lowered, 0) <= max(1, RARE_SHARE * documents):
+        elif len(token) >= 4 and frequencies.get(lowered, 0) <= max(2, RARE_SHARE * documents):
             candidates.setdefault(lowered, (2, -rarity))
         sentence_start = False
     ranked = sorted(candidates, key=lambda term: candidates[term])
@@ -98,8 +100,13 @@ def key_term_recall(text: str, terms: list[str]) -> float:
 
 
 def key_terms_correct(text: str, terms: list[str]) -> bool:
-    """At least half of the key terms, rounded up."""
-    return bool(terms) and sum(term_found(term, text) for term in terms) >= math.ceil(len(terms) / 2)
+    """At least half of the key terms, rounded up; where the reference holds numbers, one of them among those found
+    (an answer of the right kind with the wrong figure, "$13 billion" for "$47.5 billion", is wrong)."""
+    found = [term for term in terms if term_found(term, text)]
+    numbers = [term for term in terms if NUMBER.fullmatch(term)]
+    if numbers and not any(term in found for term in numbers):
+        return False
+    return bool(terms) and len(found) >= math.ceil(len(terms) / 2)
 
 
 def _normal_words(text: str) -> list[str]:
