@@ -1,4 +1,5 @@
-"""Read and validate the JSONL data files, and write the formatted, tokenized sets into the run directory."""
+"""Read and validate the run's data (any source and format: sources.py, rowformats.py, splits.py), and write the
+formatted, tokenized sets into the run directory."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from .atomic import write_text_atomic
 from .config import ConfigError, RunConfig
 from .rowformats import detect_format, to_examples, unknown_format
 from .sources import Record, read_rows
-from .splits import SPLIT_KEYS
+from . import splits
 
 TEXT_FIELDS = ("input", "output", "reasoning")  # the fields that reach the formatted text
 PREPARED_FILES = {"train": "train.jsonl", "eval": "eval.jsonl", "validation": "validation.jsonl"}  # under run_dir/data/
@@ -188,7 +189,6 @@ def _missing(key: str, given: str) -> str:
 def read_splits(cfg: RunConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Source]:
     """Every split of the run, checked short of tokenizing: train, held-out, validation. Sampled questions come from
     run_dir where notebook 01 saved them, or are drawn (seeded) when run_dir is None or holds none yet."""
-    from . import splits
     from .sources import exists
 
     chosen = splits.plan(cfg)
@@ -242,15 +242,8 @@ def _leak_checks(found: dict[str, Source], chosen: dict[str, str]) -> list[str]:
     return problems
 
 
-def check_data_files(cfg: RunConfig) -> dict[str, Source]:
-    """Notebook 01: every split readable and valid before any model loads (sampled questions drawn, not saved)."""
-    return read_splits(cfg)
-
-
 def save_samples(run_dir: str | os.PathLike, found: dict[str, Source]) -> None:
     """Sampled questions into run_dir/data/sampled_*.jsonl, so that every notebook and re-run scores the same ones."""
-    from . import splits
-
     for split, source in found.items():
         if source.format == "sample":
             write_jsonl_atomic(splits.sample_path(run_dir, split), [record.value for record in source.records])
@@ -258,8 +251,6 @@ def save_samples(run_dir: str | os.PathLike, found: dict[str, Source]) -> None:
 
 def describe_data(cfg: RunConfig, found: dict[str, Source]) -> str:
     """What notebook 01 says of the data: each split's source and size, and the format found."""
-    from . import splits
-
     chosen = splits.plan(cfg)
     counts = {split: len(source.records) for split, source in found.items()}
     return f"data format: {found['train'].format}\n" + splits.describe(chosen, counts)
@@ -386,9 +377,7 @@ def prepare_data(run_dir: str | os.PathLike, tokenizer=None) -> dict:
         from .models import load_tokenizer
 
         tokenizer = load_tokenizer(cfg)
-    from .splits import plan
-
-    found, chosen = read_splits(cfg, run_dir), plan(cfg)
+    found, chosen = read_splits(cfg, run_dir), splits.plan(cfg)
     rows, too_long = _tokenized(found, cfg, tokenizer)
     if too_long:
         raise data_error(too_long)
@@ -398,7 +387,7 @@ def prepare_data(run_dir: str | os.PathLike, tokenizer=None) -> dict:
         written = [{**record.value, **row, "source_line": record.where} for record, row in zip(source.records, rows[split])]
         write_jsonl_atomic(prepared_path(run_dir, split), written)
         summary[split] = {
-            "file": getattr(cfg, SPLIT_KEYS[split]),
+            "file": getattr(cfg, splits.SPLIT_KEYS[split]),
             "source": "sample" if chosen[split] == "sample" else "file",
             "examples": len(rows[split]),
             "tokens": token_length_stats([len(r["input_ids"]) for r in rows[split]], cfg.max_seq_length),

@@ -25,7 +25,7 @@ def setup(
     profile 'auto' is resolved here, once, by the machine (t4 with a CUDA GPU, cpu elsewhere); config.json keeps the
     resolved name, which notebooks 02-06 read. Returns (cfg, report).
     """
-    from .data import check_data_files, describe_data, save_samples
+    from .data import describe_data, read_splits, save_samples
     from .env import choose_profile, environment_report
     from .models import check_loadable
     from .train import check_trackers
@@ -46,7 +46,7 @@ def setup(
         print(f"This Colab runtime has no GPU, so the run uses the small CPU model. {GPU_HINT}")
     check_loadable(cfg, report)
     check_trackers(cfg)
-    found = check_data_files(cfg)  # a wrong path fails here, not at notebook 04 after two model loads
+    found = read_splits(cfg)  # a wrong path fails here, not at notebook 04 after two model loads
     cfg = dataclasses.replace(cfg, max_steps=training_steps(cfg, len(found["train"].records)))
     print(describe_data(cfg, found))
     _refuse_to_overwrite(run_dir, cfg, overwrite)

@@ -10,6 +10,7 @@ directory, so every notebook and every re-run scores the same questions.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import re
@@ -84,7 +85,8 @@ def draw_samples(records: list, seed: int, splits: list[str]) -> dict[str, list]
     held_out, validation = sample_sizes(len(alone))
     order = random.Random(seed).sample(range(len(alone)), len(alone))
     picked = {"validation": order[:validation], "eval": order[validation : validation + held_out]}
-    return {split: [alone[i] for i in sorted(picked[split])] for split in splits}
+    copy = lambda record: dataclasses.replace(record, value=dict(record.value))  # noqa: E731 - scoring adds key terms
+    return {split: [copy(alone[i]) for i in sorted(picked[split])] for split in splits}
 
 
 def sample_path(run_dir: str | os.PathLike, split: str) -> Path:
