@@ -255,6 +255,11 @@ def read_eval_rows(cfg: RunConfig, limit: int = 0, run_dir: str | os.PathLike | 
     return rows[:limit] if limit > 0 else rows
 
 
+def sample_question(cfg: RunConfig, run_dir: str | os.PathLike | None = None) -> str:
+    """The question notebook 02 asks the base model and the playground starts with: the run's first held-out one."""
+    return read_eval_rows(cfg, 1, run_dir)[0]["input"]
+
+
 def settings_from_config(cfg: RunConfig):
     from .generate import SamplingSettings
 

@@ -113,7 +113,7 @@ def load_baseline(run_dir: str | os.PathLike) -> dict:
     from .measure import memory_snapshot, timed
     from .models import layer_precision_report, load_model
     from .seeding import seed_everything
-    from .splits import sample_question
+    from .evaluate import sample_question
 
     cfg = open_run(run_dir)
     seed_everything(cfg.seed)

@@ -108,11 +108,10 @@ def playground(run_dir: str | os.PathLike, interactive: bool = True):
         return None
     import ipywidgets as w
 
-    from .evaluate import MODELS, load_base_and_tuned
+    from .evaluate import MODELS, load_base_and_tuned, sample_question
     from .generate import SamplingSettings
     from .retrieval import index_training_pairs
     from .runs import open_run
-    from .splits import sample_question
 
     cfg = open_run(run_dir)
     model, tokenizer = load_base_and_tuned(cfg, run_dir)

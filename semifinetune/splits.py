@@ -115,9 +115,3 @@ def data_name(cfg: RunConfig) -> str:
     words = [w for w in re.split(r"[^0-9A-Za-z]+", stem.lower()) if w and w not in ("train", "training", "data", "dataset")]
     return "-".join(words) or "custom"
 
-
-def sample_question(cfg: RunConfig, run_dir: str | os.PathLike | None = None) -> str:
-    """The question notebook 02 asks the base model and the playground starts with: the run's first held-out one."""
-    from .evaluate import read_eval_rows
-
-    return read_eval_rows(cfg, 1, run_dir)[0]["input"]
