@@ -83,7 +83,17 @@ def config_summary(cfg, run_dir: str | os.PathLike | None = None):
     }
     if run_dir is not None:  # on Colab the folder on Drive; elsewhere as given, relative to the working directory
         rows["run directory"] = str(os.path.abspath(run_dir)) if on_colab() else str(run_dir)
-    return key_value_table(rows).rename_axis("")
+    return KeyValues(rows)
+
+
+def lora_summary(report: dict):
+    """lora.lora_parameter_report in four lines: trainable and frozen counts with their ratio, adapted modules, size."""
+    return KeyValues({
+        "trainable parameters": f"{report['trainable_params']:,} ({report['trainable_percent']}% of the base model's)",
+        "base model parameters": f"{report['base_params']:,} (frozen; 4-bit weights counted at their real size)",
+        "adapted modules": ", ".join(report["adapted_modules"]),
+        "adapter size": f"{report['adapter_mb']} MB (fp32)",
+    })
 
 
 class WrappedTable:
@@ -116,3 +126,21 @@ class WrappedTable:
                                            subsequent_indent=" " * (len(name) + 2)) or [prefix.rstrip()]
             blocks.append("\n".join(lines))
         return "\n\n".join(blocks)
+
+
+class KeyValues(dict):
+    """A few named values shown whole, one a line: a two-column HTML table in a notebook front end, aligned text
+    elsewhere (a DataFrame would cut each value at 50 characters)."""
+
+    def _repr_html_(self) -> str:
+        cell = 'style="text-align: left; white-space: pre-wrap"'
+        rows = "".join(f"<tr><th {cell}>{html.escape(str(k))}</th><td {cell}>{html.escape(str(v))}</td></tr>"
+                       for k, v in self.items())
+        return f"<table>{rows}</table>"
+
+    def __repr__(self) -> str:
+        width = max((len(str(k)) for k in self), default=0)
+        return "\n".join(f"{str(k).ljust(width)}  {v}" for k, v in self.items())
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # IPython's text/plain: this, not dict's
+        printer.text(repr(self))

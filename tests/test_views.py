@@ -40,21 +40,36 @@ GENERAL = {("base", False): [True] * 10, ("base", True): [True] * 10,
 
 def test_config_summary_is_five_lines_a_user_checks(tiny_cfg):
     summary = config_summary(tiny_cfg, "runs/demo")
-    assert list(summary.index) == ["model", "data", "recipe", "steps", "run directory"]
-    assert summary.loc["model", "value"] == "tiny:random-qwen2 (tiny profile)"
-    assert summary.loc["data", "value"] == "train data/semiconductor_train.jsonl; held-out questions data/semiconductor_eval.jsonl"
+    assert list(summary) == ["model", "data", "recipe", "steps", "run directory"]
+    assert summary["model"] == "tiny:random-qwen2 (tiny profile)"
+    assert summary["data"] == "train data/semiconductor_train.jsonl; held-out questions data/semiconductor_eval.jsonl"
     effective = tiny_cfg.per_device_train_batch_size * tiny_cfg.gradient_accumulation_steps
-    assert summary.loc["steps", "value"] == f"{tiny_cfg.max_steps} at effective batch {effective}"
-    assert summary.loc["run directory", "value"] == "runs/demo"
+    assert summary["steps"] == f"{tiny_cfg.max_steps} at effective batch {effective}"
+    assert summary["run directory"] == "runs/demo"
+    # shown whole, one line each (a DataFrame cuts values at 50 characters)
+    lines = repr(summary).splitlines()
+    assert len(lines) == 5 and lines[1] == "data           " + summary["data"]
+    assert f"<td style=\"text-align: left; white-space: pre-wrap\">{summary['data']}</td>" in summary._repr_html_()
 
 
 def test_config_summary_names_the_recipe_and_4bit(cpu_cfg):
     from semifinetune.config import make_config
 
     t4 = make_config("t4")
-    assert config_summary(t4).loc["model", "value"] == "unsloth/DeepSeek-R1-Distill-Qwen-1.5B-bnb-4bit (t4 profile, 4-bit)"
-    assert config_summary(cpu_cfg).loc["recipe", "value"] == "facts: lr 0.002, LoRA r64/alpha128 on all-linear"
-    assert "run directory" not in config_summary(cpu_cfg).index
+    assert config_summary(t4)["model"] == "unsloth/DeepSeek-R1-Distill-Qwen-1.5B-bnb-4bit (t4 profile, 4-bit)"
+    assert config_summary(cpu_cfg)["recipe"] == "facts: lr 0.002, LoRA r64/alpha128 on all-linear"
+    assert "run directory" not in config_summary(cpu_cfg)
+
+
+def test_lora_summary_of_the_guides_r1_numbers():
+    from semifinetune.lora import r1_lora_report
+    from semifinetune.tables import lora_summary
+
+    summary = lora_summary(r1_lora_report())
+    assert summary["trainable parameters"] == "4,358,144 (0.245% of the base model's)"
+    assert summary["base model parameters"].startswith("1,777,088,000 (frozen")
+    assert summary["adapted modules"] == "q_proj x 28, k_proj x 28, v_proj x 28, o_proj x 28"
+    assert summary["adapter size"] == "17.4 MB (fp32)"
 
 
 # --- base vs tuned ---
