@@ -235,3 +235,37 @@ def counts_line(table) -> str:
         shown = ", ".join(f"{label} {n}" for label, n in cells.items() if label != "questions")
         parts.append(f"{name} {shown} of {cells['questions']}")
     return "; ".join(parts)
+
+
+def retrieval_verdict(table) -> str:
+    """What the 2 x 2 says, one line per question set, with the counts and no p-values (retrieval_statement has
+    them): which of retrieval and fine-tune wins on the held-out questions, and what each costs on the general ones.
+    "Beyond the noise" is an exact McNemar test on the same questions at p < 0.05."""
+    held, general = _cells(table, "held-out"), _cells(table, "general")
+    k = int(table.loc[table["retrieval"] != "off", "notes_k"].max())
+    notes = f"top {k}"
+
+    def counts(cells) -> str:
+        return (f"base {int(cells[('base', False)].sum())}, base + {notes} {int(cells[('base', True)].sum())}, "
+                f"tuned {int(cells[('tuned', False)].sum())}, tuned + {notes} {int(cells[('tuned', True)].sum())} correct")
+
+    rag, tuned, p_rag = _versus(held[("base", True)], held[("tuned", False)])
+    both, best, p_both = _versus(held[("tuned", True)], held[("base", True)] if rag >= tuned else held[("tuned", False)])
+    if p_rag >= 0.05:
+        which = "retrieval and the fine-tune cannot be told apart"
+    else:
+        which = "retrieval beats the fine-tune" if rag > tuned else "the fine-tune beats retrieval"
+    if p_both >= 0.05:
+        together = "using both changes nothing beyond the noise"
+    else:
+        together = "both together beat either alone" if both > best else "both together do worse than the better one alone"
+    lines = [f"held-out, {len(held[('base', False)])} questions: {counts(held)}: {which}; {together}."]
+    costs = []
+    for label, cell in (("the fine-tune", ("tuned", False)), ("retrieval", ("base", True)), ("both", ("tuned", True))):
+        before, after, p = _versus(general[("base", False)], general[cell])
+        change = "keeps them" if after == before else f"{'costs' if after < before else 'adds'} {abs(after - before)}"
+        costs.append(change if after == before or p >= 0.05 else f"{change}, beyond the noise")
+        costs[-1] = f"{label} {costs[-1]}"
+    noise = "" if any("beyond" in cost for cost in costs) else " (all within the noise)"
+    lines.append(f"general, {len(general[('base', False)])} questions: {counts(general)}: {'; '.join(costs)}{noise}.")
+    return "\n".join(lines)

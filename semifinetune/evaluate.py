@@ -339,3 +339,22 @@ def read_evaluation(run_dir: str | os.PathLike):
 def evaluation_summary(run_dir: str | os.PathLike):
     """Base vs tuned, one row each: recall, correct/EOS/think-closed rates, repetition, lengths, tokens/s."""
     return summarize(read_evaluation(run_dir), ["model"]).set_index("model")
+
+
+def base_tuned_verdict(run_dir: str | os.PathLike) -> str:
+    """Base vs tuned on the held-out questions in one line: correct counts, whether the difference is beyond the
+    noise of this many questions (exact McNemar on the same questions, p < 0.05), and how often each ended by itself."""
+    from .compare import mcnemar_p
+
+    table = read_evaluation(run_dir)
+    base, tuned = (table[table["model"] == which].reset_index(drop=True) for which in MODELS)
+    right = {which: rows["correct"].astype(bool) for which, rows in (("base", base), ("tuned", tuned))}
+    counts = {which: int(correct.sum()) for which, correct in right.items()}
+    p = mcnemar_p(int((right["tuned"] & ~right["base"]).sum()), int((right["base"] & ~right["tuned"]).sum()))
+    gap = counts["tuned"] - counts["base"]
+    change = "as many" if gap == 0 else f"{abs(gap)} {'more' if gap > 0 else 'fewer'}"
+    noise = "beyond" if p < 0.05 else "within"
+    eos = {which: f"{rows['eos_stop'].astype(bool).mean():.0%}" for which, rows in (("base", base), ("tuned", tuned))}
+    return (f"The tuned model answers {counts['tuned']} of {len(base)} held-out questions correctly, the base model "
+            f"{counts['base']} ({change}, {noise} the noise of {len(base)} questions); the tuned model ends its answer "
+            f"by itself in {eos['tuned']} of them, the base model in {eos['base']}.")

@@ -31,16 +31,19 @@ def token_length_histogram(run_dir: str | os.PathLike):
 
 def plot_losses(log: dict, path: str | os.PathLike | None = None):
     """Train loss per logging step, validation and held-out loss per eval step (train_log.json's lists), and the
-    step the adapter keeps; saved to path if given."""
+    step the adapter keeps; one legend under the axes for both y axes; saved to path if given."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     train, held_out, validation = log.get("train_loss", []), log.get("eval_loss", []), log.get("validation_loss", [])
     ax.plot([e["step"] for e in train], [e["loss"] for e in train], marker=".", label="train loss")
     ax.plot([e["step"] for e in held_out], [e["loss"] for e in held_out], marker="o", label="held-out loss")
     if validation:
         ax.plot([e["step"] for e in validation], [e["loss"] for e in validation], marker="s", label="validation loss")
     kept = log.get("stats", {}).get("kept_step")
+    if validation and kept is not None:
+        ax.axvline(kept, color="grey", linestyle="--", linewidth=1, label=f"adapter kept: step {kept}")
+    handles, labels = ax.get_legend_handles_labels()
     recall = log.get("validation_recall", [])
     if recall:  # what chooses the kept step, on its own 0-1 axis
         right = ax.twinx()
@@ -48,17 +51,91 @@ def plot_losses(log: dict, path: str | os.PathLike | None = None):
                    label="validation recall (chooses)")
         right.set_ylim(0, 1)
         right.set_ylabel("validation keyword recall")
-        right.legend(loc="upper center", fontsize=8)
-    if validation and kept is not None:
-        ax.axvline(kept, color="grey", linestyle="--", linewidth=1, label=f"adapter kept: step {kept}")
+        more, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more, labels + more_labels
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy per loss token")
     ax.set_title("Training and held-out loss")
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    # One legend for both axes, below them: inside, two legends covered each other and the curves.
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     if path is not None:
         fig.savefig(path, dpi=100)
+    plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
+    return fig
+
+
+# --- base vs tuned, and the retrieval 2 x 2 ---
+
+BASE_VS_TUNED_PLOT = "base_vs_tuned.png"
+RETRIEVAL_PLOT = "retrieval.png"
+MODEL_COLORS = {"base": "tab:gray", "tuned": "tab:blue"}
+
+
+def _bar_labels(ax, bars, texts) -> None:
+    for bar, text in zip(bars, texts):
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 2),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=9)
+
+
+def plot_base_vs_tuned(run_dir: str | os.PathLike):
+    """Base vs tuned on the held-out questions (evaluation.csv): correct answers of all, and the share that ended by
+    themselves; saved as run_dir/base_vs_tuned.png."""
+    import matplotlib.pyplot as plt
+
+    from . import runs
+    from .evaluate import MODELS, read_evaluation
+
+    table = read_evaluation(run_dir)
+    models = [m for m in MODELS if m in set(table["model"])]
+    rows = {m: table[table["model"] == m] for m in models}
+    questions = len(rows[models[0]])
+    correct = [int(rows[m]["correct"].astype(bool).sum()) for m in models]
+    eos = [float(rows[m]["eos_stop"].astype(bool).mean()) for m in models]
+    colors = [MODEL_COLORS[m] for m in models]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.2))
+    _bar_labels(left, left.bar(models, correct, color=colors), [f"{c} of {questions}" for c in correct])
+    left.set_ylim(0, questions * 1.15)
+    left.set_ylabel("questions")
+    left.set_title(f"Correct answers ({questions} held-out questions)", fontsize=10)
+    _bar_labels(right, right.bar(models, eos, color=colors), [f"{e:.0%}" for e in eos])
+    right.set_ylim(0, 1.15)
+    right.set_ylabel("share of answers")
+    right.set_title("Ended by itself (EOS-stop rate)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(runs.run_path(run_dir, BASE_VS_TUNED_PLOT), dpi=100)
+    plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
+    return fig
+
+
+def plot_retrieval(run_dir: str | os.PathLike):
+    """The 2 x 2 (retrieval.csv): correct answers of base and tuned, each without and with the retrieved notes, one
+    panel per question set; saved as run_dir/retrieval.png."""
+    import matplotlib.pyplot as plt
+
+    from . import runs
+    from .compare import correct_counts, read_retrieval
+
+    counts = correct_counts(read_retrieval(run_dir))
+    fig, axes = plt.subplots(1, len(counts), figsize=(3.8 * len(counts), 3.4), squeeze=False)
+    for ax, (name, cells) in zip(axes[0], counts.items()):
+        # base, base + notes, tuned, tuned + notes: the 2 x 2 read left to right
+        labels = sorted((label for label in cells if label != "questions"), key=lambda label: (label.split(" ")[0], label))
+        questions = cells["questions"]
+        colors = [MODEL_COLORS[label.split(" ")[0]] for label in labels]
+        bars = ax.bar(range(len(labels)), [cells[label] for label in labels], color=colors, edgecolor="black", linewidth=0.5)
+        for bar, label in zip(bars, labels):
+            if "+" in label:
+                bar.set_hatch("//")  # with notes in the prompt
+        _bar_labels(ax, bars, [str(cells[label]) for label in labels])
+        ax.set_xticks(range(len(labels)), [label.replace(" + ", "\n+ ") for label in labels], fontsize=8)
+        ax.set_ylim(0, questions * 1.15)
+        ax.set_ylabel("correct answers")
+        ax.set_title(f"{name}: {questions} questions", fontsize=10)
+    fig.suptitle("Fine-tune, retrieve, or both", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(runs.run_path(run_dir, RETRIEVAL_PLOT), dpi=100)
     plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
     return fig
 

@@ -204,9 +204,9 @@ def temperature_statement(comparison, low: float = 0.3, high: float = 0.6) -> st
     return "\n".join(lines)
 
 
-def side_by_side(table, recommendation: dict | None = None, questions: int = 5, width: int = 200):
+def side_by_side(table, recommendation: dict | None = None, questions: int = 5, width: int | None = 200):
     """The first `questions` questions, base vs tuned answers at one setting (default: the recommended), sample 0;
-    what each was scored on, and for an empty answer, why it is empty."""
+    what each was scored on, and for an empty answer, why it is empty. Answers cut at `width` characters (None: whole)."""
     import numpy as np
 
     from .evaluate import answer_or_why
@@ -226,5 +226,55 @@ def side_by_side(table, recommendation: dict | None = None, questions: int = 5, 
     wide.columns = [f"{model} {field.replace('_', ' ')}" for field, model in wide.columns]
     wide = wide.reset_index().drop(columns="question_id").head(questions)
     for col in [c for c in wide.columns if c.endswith(" answer")]:
-        wide[col] = wide[col].astype(str).str.slice(0, width)
+        wide[col] = wide[col].astype(str).str.slice(0, width)  # width None: whole
     return wide.set_index("question")
+
+
+def recommendation_line(recommendation: dict) -> str:
+    """The recommended setting in one line, with the figures that chose it."""
+    extra = "".join(f", {col} {recommendation[col]:g}" for col, off in (("repetition_penalty", 1.0),) if recommendation[col] != off)
+    return (f"Recommended: temperature {recommendation['temperature']:g}, top_p {recommendation['top_p']:g}{extra}, "
+            f"max_new_tokens {recommendation['max_new_tokens']:g}: the {recommendation['model']} model's mean recall "
+            f"{recommendation['recall']:.3f}, EOS-stop rate {recommendation['eos_rate']:.2f} over "
+            f"{recommendation['answers']:g} answers.")
+
+
+def temperature_verdict(comparison, low: float = 0.3, high: float = 0.6) -> str:
+    """Recall at `low` vs `high`, one line per model, and whether the difference is beyond the noise (its 95%
+    bootstrap interval over questions excludes 0); temperature_statement gives every metric with its interval."""
+    lines = []
+    for model, rows in comparison.groupby("model", sort=False):
+        recall = rows[rows["metric"] == COMPARED_METRICS["recall"]].iloc[0]
+        if not recall["beyond_noise"]:
+            verdict = "within the noise"
+        else:
+            verdict = f"{low if recall['difference'] > 0 else high} is better, beyond the noise"
+        lines.append(f"{model}: recall {recall[f'T={low}']:.3f} at temperature {low} vs {recall[f'T={high}']:.3f} at "
+                     f"{high}, {verdict} ({int(recall['questions'])} questions, {int(recall['answers_each'])} answers each).")
+    return "\n".join(lines)
+
+
+def answers_side_by_side(table, recommendation: dict | None = None, questions: int = 5):
+    """side_by_side's questions with every answer whole, wrapped to the page (pandas cuts cells at 50 characters)."""
+    from .tables import WrappedTable
+
+    wide = side_by_side(table, recommendation, questions, width=None)
+    rows = []
+    for question, row in wide.iterrows():
+        cells = {"question": question, "keywords": _keyword_text(row["keywords"])}
+        for model in ("base", "tuned"):
+            mark = "correct" if str(row[f"{model} correct"]).lower() == "true" else "not correct"
+            cells[f"{model} answer"] = f"{row[f'{model} answer']}\n[{mark}; scored on {row[f'{model} scored on']}]"
+        rows.append(cells)
+    return WrappedTable(rows)
+
+
+def _keyword_text(keywords) -> str:
+    """[["TSMC", "Taiwan Semiconductor"], ["1987"]] as "TSMC or Taiwan Semiconductor; 1987"."""
+    import json
+
+    try:
+        groups = json.loads(keywords) if isinstance(keywords, str) else keywords
+        return "; ".join(" or ".join(group) for group in groups)
+    except (ValueError, TypeError):
+        return str(keywords)

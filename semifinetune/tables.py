@@ -1,6 +1,10 @@
-"""Small pandas tables that notebooks end their cells with."""
+"""Small pandas tables, and the short views, that notebooks end their cells with."""
 
 from __future__ import annotations
+
+import html
+import os
+import textwrap
 
 from .config import config_table  # noqa: F401  (notebook 01 imports it from here; it lives with RunConfig, which shows itself with it)
 
@@ -62,3 +66,81 @@ def recipe_study_table(path: str | None = None):
         ]
     columns = ["candidate", "checkpoint chosen by", "training rows", "steps", "kept step", "held-out correct of 73", "general correct of 30"]
     return pd.DataFrame(rows, columns=columns).set_index("candidate")
+
+
+def config_summary(cfg, run_dir: str | os.PathLike | None = None):
+    """The run's config in five lines a user checks: model, data, recipe, steps, run directory (config_table(cfg),
+    or `cfg` alone, shows every setting)."""
+    from .colab import on_colab
+
+    effective = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    targets = ", ".join(cfg.target_modules)
+    rows = {
+        "model": f"{cfg.model_name} ({cfg.profile} profile{', 4-bit' if cfg.load_in_4bit else ''})",
+        "data": f"train {cfg.train_file}; held-out questions {cfg.eval_file}",
+        "recipe": f"{cfg.recipe}: lr {cfg.learning_rate:g}, LoRA r{cfg.lora_r}/alpha{cfg.lora_alpha} on {targets}",
+        "steps": f"{cfg.max_steps} at effective batch {effective}",
+    }
+    if run_dir is not None:  # on Colab the folder on Drive; elsewhere as given, relative to the working directory
+        rows["run directory"] = str(os.path.abspath(run_dir)) if on_colab() else str(run_dir)
+    return KeyValues(rows)
+
+
+def lora_summary(report: dict):
+    """lora.lora_parameter_report in four lines: trainable and frozen counts with their ratio, adapted modules, size."""
+    return KeyValues({
+        "trainable parameters": f"{report['trainable_params']:,} ({report['trainable_percent']}% of the base model's)",
+        "base model parameters": f"{report['base_params']:,} (frozen; 4-bit weights counted at their real size)",
+        "adapted modules": ", ".join(report["adapted_modules"]),
+        "adapter size": f"{report['adapter_mb']} MB (fp32)",
+    })
+
+
+class WrappedTable:
+    """Rows of whole texts, shown wrapped: an HTML table in a notebook front end, text blocks elsewhere.
+
+    pandas cuts every cell at display.max_colwidth (50 characters), which hides most of an answer."""
+
+    def __init__(self, rows: list[dict], width: int = 100):
+        self.rows, self.width = rows, width
+
+    def _repr_html_(self) -> str:
+        if not self.rows:
+            return "<p>(no rows)</p>"
+        columns = list(self.rows[0])
+        cell = 'style="white-space: pre-wrap; text-align: left; vertical-align: top; min-width: 8em"'
+        head = "".join(f"<th {cell}>{html.escape(c)}</th>" for c in columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td {cell}>{html.escape(str(row[c]))}</td>" for c in columns) + "</tr>" for row in self.rows
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __repr__(self) -> str:
+        blocks = []
+        for row in self.rows:
+            lines = []
+            for name, value in row.items():
+                for i, paragraph in enumerate(str(value).splitlines() or [""]):
+                    prefix = f"{name}: " if i == 0 else " " * (len(name) + 2)
+                    lines += textwrap.wrap(paragraph, self.width, initial_indent=prefix,
+                                           subsequent_indent=" " * (len(name) + 2)) or [prefix.rstrip()]
+            blocks.append("\n".join(lines))
+        return "\n\n".join(blocks)
+
+
+class KeyValues(dict):
+    """A few named values shown whole, one a line: a two-column HTML table in a notebook front end, aligned text
+    elsewhere (a DataFrame would cut each value at 50 characters)."""
+
+    def _repr_html_(self) -> str:
+        cell = 'style="text-align: left; white-space: pre-wrap"'
+        rows = "".join(f"<tr><th {cell}>{html.escape(str(k))}</th><td {cell}>{html.escape(str(v))}</td></tr>"
+                       for k, v in self.items())
+        return f"<table>{rows}</table>"
+
+    def __repr__(self) -> str:
+        width = max((len(str(k)) for k in self), default=0)
+        return "\n".join(f"{str(k).ljust(width)}  {v}" for k, v in self.items())
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # IPython's text/plain: this, not dict's
+        printer.text(repr(self))

@@ -101,15 +101,18 @@ def test_no_progress_bars_warnings_or_escape_codes(executed):
             assert code not in text, f"{name} cell {i}: {code!r} in {text[:200]!r}"
 
 
-def test_the_config_shows_as_a_table(executed):
+def test_the_config_shows_as_five_lines(executed):
+    """Each notebook shows the config as config_summary's five lines, never the whole settings table (`cfg` alone
+    shows that, one call away) nor a 1,000-character repr."""
     name, nb = executed
     for i, kind, text in shown_texts(nb):
         assert not text.startswith("RunConfig("), f"{name} cell {i}: the config as one {len(text)}-character line"
-    shown_cfg = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip().splitlines()[-1:] == ["cfg"]]
-    for i in shown_cfg:  # 03-06 end a cell with `cfg`
-        (text,) = [t for j, kind, t in shown_texts(nb) if j == i and kind == "text/plain"]
-        assert "guide's recipe" in text and "\nmax_steps " in text, f"{name} cell {i}: {text[:200]}"
-    assert bool(shown_cfg) == (name in ("03_lora", "04_format", "05_train", "06_inference_sweep"))
+        assert "guide's recipe" not in text, f"{name} cell {i}: the whole settings table"
+    shown = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and c.source.strip().splitlines()[-1].startswith("config_summary(")]
+    assert len(shown) == 1, f"{name}: {len(shown)} cells end with config_summary(...)"
+    (text,) = [t for j, kind, t in shown_texts(nb) if j == shown[0] and kind == "text/plain"]
+    assert [line.split("  ")[0] for line in text.splitlines()] == ["model", "data", "recipe", "steps", "run directory"]
 
 
 def test_figures_are_rounded(executed):
