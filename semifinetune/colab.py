@@ -1,9 +1,10 @@
 """Colab: each notebook gets its own runtime, so the run directory and the model cache live on Google Drive.
 
-The install cell of every notebook calls `prepare_colab()` on Colab only: missing packages are installed (the
-runtime's torch kept, semifinetune/install.py), Google Drive is mounted, and the working directory becomes
-MyDrive/semifinetune, so a relative `run_dir` such as "runs/demo" is the same folder for notebooks 01-06 whatever
-runtime each runs in; models are cached there too and downloaded once. Elsewhere nothing here runs.
+The install cell of every notebook calls `prepare_colab()` on Colab only: Google Drive is mounted, the working
+directory becomes MyDrive/semifinetune, so a relative `run_dir` such as "runs/demo" is the same folder for notebooks
+01-06 whatever runtime each runs in, and missing packages are installed (the runtime's torch kept,
+semifinetune/install.py), their wheels kept on Drive so that the next runtime installs in seconds; models are cached
+there too and downloaded once. Elsewhere nothing here runs.
 Standard library only: the install cell imports it before the dependencies are installed.
 """
 
@@ -18,6 +19,7 @@ from .runs import LAST_RUN_ENV
 MOUNT = "/content/drive"  # google.colab.drive's usual mount point; SEMIFINETUNE_DRIVE moves it (tests), "off" skips it
 HOME = Path("MyDrive") / "semifinetune"  # under the mount: run directories (runs/...) and cache/
 CACHE = "cache"
+WHEELS = "wheels"  # under cache/: the wheels the install cell installed, for the next runtime's install
 GPU_HINT = "On Colab: Runtime > Change runtime type > T4 GPU, then run the notebooks again from 01."
 
 
@@ -33,15 +35,17 @@ def drive_mount() -> str | None:
 
 
 def prepare_colab(unsloth: bool = False) -> Path | None:
-    """The install cell on Colab: missing packages installed (torch untouched), then Drive for the run's files."""
+    """The install cell on Colab: Drive for the run's files, then missing packages installed (torch untouched), from
+    the wheels an earlier runtime kept on Drive where it installed the same (seconds instead of minutes)."""
     from .install import install, missing
 
+    home = use_drive()
     lacking = missing(unsloth=unsloth)
     if lacking:
-        install(unsloth=unsloth)
+        install(unsloth=unsloth, wheels=home / CACHE / WHEELS if home else None)
     else:
         print("[install] every package is installed already.")
-    return use_drive()
+    return home
 
 
 def drive_home() -> Path | None:

@@ -178,15 +178,16 @@ def test_install_cell_stops_when_the_clone_fails(on_colab, monkeypatch):
         exec(compile(install_cell("01_setup"), "install cell", "exec"), {})
 
 
-def test_install_cell_installs_what_is_missing_then_mounts_drive(on_colab, tmp_path, monkeypatch, capsys):
+def test_install_cell_mounts_drive_then_installs_what_is_missing_through_its_wheel_cache(on_colab, tmp_path, monkeypatch):
     from semifinetune import install
 
     asked = []
     monkeypatch.setattr(install, "missing", lambda unsloth=False: ["transformers==5.17.0"])
-    monkeypatch.setattr(install, "install", lambda unsloth=False: asked.append(unsloth))
+    monkeypatch.setattr(install, "install", lambda unsloth=False, wheels=None: asked.append((unsloth, wheels, on_colab[:])))
     exec(compile(install_cell("01_setup").replace("UNSLOTH = False", "UNSLOTH = True"), "install cell", "exec"), {})
-    assert asked == [True] and on_colab == [str(tmp_path / "drive")]
-    assert Path.cwd() == tmp_path / "drive" / "MyDrive" / "semifinetune"
+    drive = tmp_path / "drive" / "MyDrive" / "semifinetune"
+    assert asked == [(True, drive / "cache" / "wheels", [str(tmp_path / "drive")])]  # Drive first: the cache is there
+    assert Path.cwd() == drive
 
 
 # --- the whole flow, as a Colab user runs it ---
@@ -499,6 +500,95 @@ def test_the_recorded_dry_runs_kept_torch_on_every_version():
             assert [s["runtime_wheels"] for s in row[install]["steps"].values()] == [[]] * len(row[install]["steps"])
     swapped = {row["torch"] for row in result["runs"] if not row["former_cell"]["torch_kept"]}
     assert swapped == {"2.9.0+cu126", "2.9.1+cu126", "2.15.0+cu126"}
+
+
+def make_wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel (one module saying its version), as pip builds them."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}.py": f"VERSION = {version!r}\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for member, text in files.items():
+            wheel.writestr(member, text)
+    return path
+
+
+def make_index(folder: Path, name: str, versions: list[str]) -> None:
+    """A package index in a folder (PEP 503 simple pages, as pip reads PyPI) serving `name` at these versions."""
+    page = folder / "simple" / name
+    page.mkdir(parents=True, exist_ok=True)
+    links = [f'<a href="../../{make_wheel(folder, name, v).name}">{name}-{v}</a>' for v in versions]
+    (page / "index.html").write_text("<html><body>" + "".join(links) + "</body></html>\n")
+
+
+def test_a_later_runtime_installs_from_the_kept_wheels_without_the_index(tmp_path, monkeypatch, capsys):
+    """One step through the wheel cache, the package index a local folder: the first install keeps the wheel and
+    records the step; with the index gone, a fresh target installs from the cache alone; a cache that lost a wheel
+    falls back to the index, saying so; a changed step is not taken from the cache."""
+    from semifinetune.install import cached_step
+
+    index, wheels, scratch = tmp_path / "index", tmp_path / "drive-wheels", tmp_path / "scratch"
+    make_index(index, "sftcachetest", ["1.0"])
+    scratch.mkdir()
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("sftcachetest==1.0\n")
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # this machine's pip settings (other indexes) left out
+    monkeypatch.setenv("PIP_INDEX_URL", (index / "simple").as_uri())
+
+    site = tmp_path / "site-packages"  # each runtime's own: the same path, empty at the start
+
+    def step():
+        shutil.rmtree(site, ignore_errors=True)
+        command = [sys.executable, "-m", "pip", "install", "--target", str(site), "-r", str(requirements), "-q"]
+        return cached_step("packages", command, wheels, scratch, "2.9.0+cu126")
+
+    first = step()
+    assert "--report" in first and (site / "sftcachetest.py").is_file()
+    assert [p.name for p in wheels.glob("*.whl")] == ["sftcachetest-1.0-py3-none-any.whl"]
+    assert json.loads((wheels / "packages.step.json").read_text())["wheels"] == 1
+    assert "1 wheels kept in" in capsys.readouterr().out
+
+    shutil.rmtree(index)  # a new runtime; the index out of reach: only the cache can serve it
+    second = step()
+    assert second[-3:] == ["--no-index", "--find-links", str(wheels)]
+    assert (site / "sftcachetest.py").read_text() == "VERSION = '1.0'\n"
+    assert "packages: from the wheels kept in" in capsys.readouterr().out
+
+    make_index(index, "sftcachetest", ["1.0"])  # the index is back; the cache lost its wheel
+    (wheels / "sftcachetest-1.0-py3-none-any.whl").unlink()
+    third = step()
+    assert "--report" in third and (site / "sftcachetest.py").is_file()
+    out = capsys.readouterr().out
+    assert "did not cover this step; from the package index instead" in out and "ERROR" not in out
+
+    make_index(index, "sftcachetest", ["1.0", "2.0"])
+    requirements.write_text("sftcachetest==2.0\n")  # another step: the cache's record does not match it
+    assert "--report" in step()
+    assert (site / "sftcachetest.py").read_text() == "VERSION = '2.0'\n"
+    assert sorted(p.name for p in wheels.glob("*.whl")) == ["sftcachetest-1.0-py3-none-any.whl", "sftcachetest-2.0-py3-none-any.whl"]
+
+
+def test_the_step_key_follows_what_the_step_installs(tmp_path):
+    from semifinetune.install import step_key
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("a==1\n")
+    command = ["/usr/bin/python3", "-m", "pip", "install", "-r", str(requirements)]
+    key = step_key(command)
+    assert step_key(["/elsewhere/python3", *command[1:]]) == key  # another runtime's interpreter path: the same step
+    moved = tmp_path / "moved.txt"
+    moved.write_text("a==1\n")
+    assert step_key([*command[:-1], str(moved)]) == key  # a temporary constraints file: its content counts
+    requirements.write_text("a==2\n")
+    assert step_key(command) != key
 
 
 def test_unsloth_outside_its_torch_range_is_named(monkeypatch, capsys):
