@@ -57,7 +57,7 @@ def drive_home() -> Path | None:
 def use_drive() -> Path | None:
     """On Colab: mount Drive, work in MyDrive/semifinetune and cache models there; its path, or None elsewhere."""
     mount = drive_mount()
-    if drive_home() is None:
+    if drive_home() is None:  # not Colab, or Drive turned off
         return None
     from google.colab import drive
 
@@ -94,19 +94,19 @@ def check_files_on_drive(cfg) -> None:
     from .config import ConfigError
     from .runs import resolve_data_path
 
-    home = drive_home()
-    if home is None:
+    if drive_home() is None:
         return
+    drive = Path(drive_mount())
     keys = [f.name for f in fields(cfg) if f.name.endswith("_file") and getattr(cfg, f.name)]
-    problems = [_off_drive(key, getattr(cfg, key), resolve_data_path(getattr(cfg, key)).resolve(), home) for key in keys]
+    problems = [_off_drive(key, getattr(cfg, key), resolve_data_path(getattr(cfg, key)).resolve(), drive) for key in keys]
     problems = [problem for problem in problems if problem]
     if problems:
         raise ConfigError("\n".join(problems))
 
 
-def _off_drive(key: str, given: str, path: Path, home: Path) -> str:
-    """Why `key`'s file would be gone in the next runtime, or '' where it stays (on Drive, or shipped)."""
-    if path.is_relative_to(home.resolve()) or _shipped(path):
+def _off_drive(key: str, given: str, path: Path, drive: Path) -> str:
+    """Why `key`'s file would be gone in the next runtime, or '' where it stays (anywhere on Drive, or shipped)."""
+    if path.is_relative_to(drive.resolve()) or _shipped(path):
         return ""
     return (f"{key} {given!r} is {path}, on this runtime's own disk, which Colab deletes when the runtime ends: "
             f"notebooks 02-06 in their own runtimes would not find it. Move it to Google Drive (Files panel: "

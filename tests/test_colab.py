@@ -372,8 +372,10 @@ def test_a_data_file_off_drive_is_caught_at_01_with_the_reason(on_colab, tmp_pat
         (clone / "data" / name).write_text("\n".join(eval_lines) + "\n", encoding="utf-8")
     subprocess.run(["git", "-C", str(clone), "add", "data/shipped.jsonl"], check=True)
     monkeypatch.setattr("semifinetune.runs.PROJECT_ROOT", clone)
-    assert colab._off_drive("eval_file", "data/shipped.jsonl", clone / "data" / "shipped.jsonl", home) == ""
-    assert "on this runtime's own disk" in colab._off_drive("eval_file", "x", clone / "data" / "dropped.jsonl", home)
+    mount = tmp_path / "drive"
+    assert colab._off_drive("eval_file", "data/shipped.jsonl", clone / "data" / "shipped.jsonl", mount) == ""
+    assert "on this runtime's own disk" in colab._off_drive("eval_file", "x", clone / "data" / "dropped.jsonl", mount)
+    assert colab._off_drive("eval_file", "x", mount / "MyDrive" / "elsewhere" / "e.jsonl", mount) == ""  # Drive, not ours
 
 
 def test_off_colab_any_data_path_is_fine(tmp_path, monkeypatch):
