@@ -35,6 +35,7 @@ STAND_IN = {
     "google/colab/drive.py": "import os\n\n\ndef mount(mountpoint, **kwargs):\n"
                              "    os.makedirs(os.path.join(mountpoint, 'MyDrive'), exist_ok=True)\n",
 }
+RUNTIMES = {"no_cache": False, "first_with_cache": True, "later_runtime": True}  # name: Drive on
 CELL = ("import sys; sys.path[:0] = sys.argv[1:3]; import google.colab; "
         "from semifinetune.colab import prepare_colab; prepare_colab()")
 
@@ -68,17 +69,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--torch", default="2.9.0", help="the runtime's torch (default 2.9.0, Colab's in late 2025)")
+    parser.add_argument("--drive", type=Path, help="keep the Drive stand-in here (default: a temporary folder)")
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES), help="which runtimes to time")
     args = parser.parse_args()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="colab-reinstall-") as scratch:
         scratch = Path(scratch)
-        fake, mount = stand_in(scratch / "fake"), scratch / "drive"
-        for name, drive in (("no_cache", "off"), ("first_with_cache", str(mount)), ("later_runtime", str(mount))):
-            rows[name] = runtime_install(scratch / name, args.torch, fake, drive)
+        fake, mount = stand_in(scratch / "fake"), args.drive or scratch / "drive"
+        for name in args.runtimes:
+            rows[name] = runtime_install(scratch / name, args.torch, fake, str(mount) if RUNTIMES[name] else "off")
+            rows[name]["load_average"] = round(__import__("os").getloadavg()[0], 1)
             print(f"{name}: {rows[name]['seconds']} s", flush=True)
         wheels = mount / "MyDrive" / "semifinetune" / "cache" / "wheels"
-        kept = list(wheels.glob("*.whl"))
-        cache = {"wheels": len(kept), "mb": round(sum(p.stat().st_size for p in kept) / 1e6, 1)}
+        kept = sorted(wheels.glob("*.whl"), key=lambda p: -p.stat().st_size)
+        cache = {"wheels": len(kept), "mb": round(sum(p.stat().st_size for p in kept) / 1e6, 1),
+                 "largest": [f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in kept[:8]]}
     python = PYTHON if Path(PYTHON).exists() else sys.executable
     result = {"benchmark": "colab_reinstall", "python": subprocess.run([python, "--version"], capture_output=True,
                                                                        text=True).stdout.strip(),

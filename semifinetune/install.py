@@ -191,8 +191,11 @@ def recorded_key(record: Path) -> str | None:
 def run_quietly(name: str, command: list[str], source: str) -> bool:
     """A pip command whose failure is no error yet (the index is tried next): its output shown only if it installed."""
     print(f"[install] {name}: {source}", flush=True)
+    start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     print(result.stdout, end="", flush=True)
+    if result.returncode == 0:
+        print(f"[install] {name}: done in {time.perf_counter() - start:.0f} s", flush=True)
     return result.returncode == 0
 
 
