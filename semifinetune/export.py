@@ -189,9 +189,9 @@ def adapter_tokenizer(adapter: Path):
     """The tokenizer training used, saved with the adapter."""
     from transformers import AutoTokenizer
 
-    from .models import ensure_distinct_pad
+    from .models import ensure_distinct_pad, plain_decode
 
-    return ensure_distinct_pad(AutoTokenizer.from_pretrained(str(adapter)))
+    return ensure_distinct_pad(plain_decode(AutoTokenizer.from_pretrained(str(adapter))))
 
 
 def save_dtype(report: dict, requested: str | None = None) -> str:

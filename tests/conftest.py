@@ -7,6 +7,23 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def remembered_run_file(tmp_path_factory):
+    """setup() remembers its run directory for notebooks 02-06 (runs.last_run_file, runs/.last_run in the project):
+    the suite's runs, and the kernels and commands it starts, remember theirs in a temporary file instead."""
+    import os
+
+    from semifinetune.runs import LAST_RUN_ENV
+
+    saved = os.environ.get(LAST_RUN_ENV)
+    os.environ[LAST_RUN_ENV] = str(tmp_path_factory.mktemp("remembered") / ".last_run")
+    yield Path(os.environ[LAST_RUN_ENV])
+    if saved is None:
+        os.environ.pop(LAST_RUN_ENV, None)
+    else:
+        os.environ[LAST_RUN_ENV] = saved
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg():
     from semifinetune.config import make_config

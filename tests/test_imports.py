@@ -92,3 +92,15 @@ def test_the_check_finds_private_names():
     assert sorted(private_library_names(source)) == [
         "transformers._internal", "trl.trainer.utils._ChunkedLogProbFunction", "trl.trainer.utils._ChunkedLogProbFunction"]
     assert private_library_names("from trl import SFTTrainer\nSFTTrainer.__init__\nself._x = 1\n") == []
+
+
+def test_the_build_configuration_names_every_package_folder():
+    """setuptools prints a 30-line banner for a package folder missing from `packages`, and a deprecation banner for a
+    `license` table, at every install of the project: pyproject.toml lists each folder and gives the license as text."""
+    import tomllib
+
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    folders = {".".join(p.relative_to(PACKAGE.parent).parts) for p in [PACKAGE, *PACKAGE.rglob("*")]
+               if p.is_dir() and p.name != "__pycache__" and any(f.is_file() for f in p.iterdir())}
+    assert set(config["tool"]["setuptools"]["packages"]) == folders
+    assert isinstance(config["project"]["license"], str)

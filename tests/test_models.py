@@ -59,6 +59,20 @@ def test_embedded_model_loads_from_the_wheel_then_the_cache():
     assert "Paris" in tokenizer.decode(out[0][ids["input_ids"].shape[1] :])  # real pretrained knowledge
 
 
+def test_decoding_keeps_spaces_and_warns_nothing():
+    """The embedded tokenizer (BPE, its GGUF asks for space clean-up) decodes text as it was, and a fresh process's
+    first decode prints no transformers warning about clean_up_tokenization_spaces."""
+    import subprocess
+    import sys
+
+    code = ("from semifinetune.config import make_config\nfrom semifinetune.models import load_tokenizer\n"
+            "t = load_tokenizer(make_config('cpu'))\nprint(repr(t.decode(t('Hello , world . ')['input_ids'])))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == repr("Hello , world . ")
+    assert "clean_up_tokenization_spaces" not in result.stderr, result.stderr
+
+
 def test_r1_architecture_parameter_count():
     from transformers import Qwen2ForCausalLM
 
