@@ -12,6 +12,7 @@ import os
 
 from . import runs
 from .config import ConfigError
+from .runlock import holds_run_dir
 
 SETS = ("held-out", "general")
 TABLE_COLUMNS = [
@@ -36,6 +37,7 @@ def question_sets(cfg, limit: int = 0) -> dict[str, list[dict]]:
     return {name: rows[:limit] if limit > 0 else rows for name, rows in sets.items()}
 
 
+@holds_run_dir("evaluate --retrieval")
 def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings=None, batch_size: int | None = None,
                       progress: bool = True, reuse_evaluation: bool = False):
     """The 2 x 2 on both question sets at the run's sampling settings, k notes (default retrieval_compare_k);

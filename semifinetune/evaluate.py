@@ -16,6 +16,7 @@ from contextlib import contextmanager, nullcontext
 
 from . import runs
 from .config import ConfigError, RunConfig
+from .runlock import holds_run_dir
 
 NOT_APPLICABLE = "n/a"  # think metrics of a model without a reasoning block: not 0, which would read as "never closed"
 ANSWER, UNFINISHED, WHOLE = "answer", "unfinished reasoning", "whole output"  # the `scored_on` values
@@ -270,6 +271,7 @@ def as_model(model, which: str):
         yield model
 
 
+@holds_run_dir("evaluate")
 def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: int | None = None, progress: bool = True) -> dict:
     """Base and tuned on every held-out question at the run's sampling settings (with retrieval_k notes each, where
     set); writes run_dir/evaluation.csv."""

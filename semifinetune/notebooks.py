@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import runs
 from .config import FIELD_TYPES, ConfigError, parse_overrides, parse_value
+from .runlock import holds_run_dir
 
 NOTEBOOK_DIR = runs.PROJECT_ROOT / "notebooks"
 NOTEBOOKS = ("01_setup", "02_load_4bit", "03_lora", "04_format", "05_train", "06_inference_sweep")
@@ -191,6 +192,7 @@ def refuse_rerun(run_dir: Path, params: dict, overwrite: bool) -> None:
         )
 
 
+@holds_run_dir("notebooks", create=True)
 def run_notebooks(
     run_dir: str | os.PathLike,
     profile: str = "auto",
@@ -263,6 +265,7 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
     return summary
 
 
+@holds_run_dir("notebooks --grid", create=True)
 def run_grid(
     run_dir: str | os.PathLike,
     profile: str,

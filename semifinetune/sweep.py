@@ -14,6 +14,7 @@ import os
 from . import runs
 from .atomic import write_json_atomic
 from .config import ConfigError, RunConfig
+from .runlock import holds_run_dir
 
 SETTING_COLUMNS = ["temperature", "top_p", "repetition_penalty", "max_new_tokens"]
 DEEPSEEK = {"temperature": 0.6, "top_p": 0.95}  # DeepSeek-R1 README, "Usage Recommendations"
@@ -39,6 +40,7 @@ def sweep_settings(cfg: RunConfig) -> list:
     return [SamplingSettings(t, p, n, r) for t, p, r, n in grid]
 
 
+@holds_run_dir("sweep")
 def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progress: bool = True):
     """Base and tuned over the grid, cfg.sweep_samples draws each (retrieval_k notes in each prompt, where set);
     writes sweep.csv, its summary, heatmaps, recommendation."""

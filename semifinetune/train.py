@@ -13,6 +13,7 @@ from pathlib import Path
 from . import runs
 from .atomic import write_json_atomic
 from .config import ConfigError, RunConfig
+from .runlock import holds_run_dir
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 SAVE_TOTAL_LIMIT = 2  # the latest checkpoint to resume from, and the one before it
@@ -27,6 +28,7 @@ class TrainingMemoryError(ConfigError):
     """Training ran out of GPU memory; the message gives the memory figures and the settings to lower."""
 
 
+@holds_run_dir("train")
 def train(
     cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False, callbacks: list | None = None, overwrite: bool = False
 ) -> dict:
@@ -48,6 +50,7 @@ def train(
     return fit(model, tokenizer, cfg, run_dir, resume=resume, callbacks=callbacks, report=report, overwrite=overwrite)
 
 
+@holds_run_dir("train")
 def fit(
     model,
     tokenizer,
