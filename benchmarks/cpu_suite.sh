@@ -18,15 +18,19 @@ cpu=$("$PY" -c "from semifinetune.env import cpu_line; print(cpu_line())" 2>/dev
 echo "$cpu"
 
 # The last line pytest prints: "1 failed, 371 passed, 18 skipped in 180.24s".
-summary() { grep -E '^=*.* (passed|failed|error|errors|skipped|deselected|no tests ran).* in [0-9.]+s' "$1" | tail -1 | tr -d '='; }
+summary() { grep -E '^=*.* (passed|failed|error|errors|skipped|deselected|no tests ran).* in [0-9.]+s' "$1" | tail -1 | tr -d "=" | xargs; }
 
 [ $# -gt 0 ] || set -- tests
-"$PY" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$LOG_DIR/unit.log"
+# -v into the log, each failure on the console as it happens: a run cut short still names what failed.
+"$PY" -m pytest -v -rfEs -p no:cacheprovider "$@" 2>&1 | tee "$LOG_DIR/unit.log" | grep -E --line-buffered ' (FAILED|ERROR)|^(FAILED|ERROR|SKIPPED)|^=+ .* in [0-9.]+s'
+
 unit=${PIPESTATUS[0]}
 results=("unit suite (CUDA hidden): $(summary "$LOG_DIR/unit.log") [exit $unit]")
 nb=0
 if [ "$*" = tests ]; then
-  "$PY" -m pytest -p no:cacheprovider --nbval tests/nbval --nbval-sanitize-with tests/nbval/sanitize.cfg 2>&1 | tee "$LOG_DIR/nbval.log"
+  "$PY" -m pytest -v -rfE -p no:cacheprovider --nbval tests/nbval --nbval-sanitize-with tests/nbval/sanitize.cfg 2>&1 |
+    tee "$LOG_DIR/nbval.log" | grep -E --line-buffered ' (FAILED|ERROR)|^(FAILED|ERROR)|^=+ .* in [0-9.]+s'
+
   nb=${PIPESTATUS[0]}
   results+=("nbval (CUDA hidden): $(summary "$LOG_DIR/nbval.log") [exit $nb]")
 fi
