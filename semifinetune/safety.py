@@ -77,6 +77,13 @@ def scrub(text: str, secrets: list[str] | None = None) -> str:
 def trained_adapter_dir(run_dir: str | os.PathLike) -> Path:
     """run_dir/adapter, checked to hold a trained adapter in safetensors, before any model loads."""
     folder = runs.run_path(run_dir, runs.ADAPTER)
+    checkpoints = runs.run_path(run_dir, runs.CHECKPOINTS)
+    if not (folder / "adapter_config.json").exists() and any(checkpoints.glob("checkpoint-*")):
+        raise ConfigError(
+            f"{folder} does not exist: training in this run stopped before it saved the adapter (its checkpoints are "
+            f"in {checkpoints}). Finish it with notebook 05's resume=True or `python -m semifinetune train --run-dir "
+            f"{run_dir} --resume`."
+        )
     if not (folder / "adapter_config.json").exists():
         raise ConfigError(
             f"{folder}/adapter_config.json does not exist: there is no trained adapter in this run. "

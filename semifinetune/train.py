@@ -13,6 +13,7 @@ from pathlib import Path
 from . import runs
 from .atomic import write_json_atomic
 from .config import ConfigError, RunConfig
+from .finish import restore_ended_training, training_ended
 from .runlock import holds_run_dir
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -86,14 +87,17 @@ def fit(
         )
     reset_peak_memory()
     before = memory_snapshot()
-    try:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except torch.OutOfMemoryError:
-        raise TrainingMemoryError(out_of_memory_message(cfg, report, run_dir)) from None
+    if checkpoint is not None and training_ended(checkpoint, cfg):  # stopped after its last step: finish, train no more
+        metrics = restore_ended_training(trainer, checkpoint, checkpoints_dir(run_dir), stats_callback)
+    else:
+        try:
+            metrics = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None).metrics
+        except torch.OutOfMemoryError:
+            raise TrainingMemoryError(out_of_memory_message(cfg, report, run_dir)) from None
     after = memory_snapshot()
     held_out_loss = final_held_out_loss(trainer, cfg, run_dir)
     model.config.use_cache = True  # training turns the KV cache off; generation is ~18x slower without it
-    stats = run_stats(cfg, report, trainer, output.metrics, stats_callback, before, after, held_out_loss)
+    stats = run_stats(cfg, report, trainer, metrics, stats_callback, before, after, held_out_loss)
     stats.update(adapter_dir=str(runs.run_path(run_dir, runs.ADAPTER)), resumed_from=str(checkpoint) if checkpoint else None)
     if trainer.is_world_process_zero():  # data-parallel runs: one process writes the run's files
         print(kept_checkpoint_line(stats), flush=True)
@@ -382,10 +386,11 @@ def resume_checkpoint(cfg: RunConfig, run_dir) -> Path:
     if checkpoint is None:
         instead = f"train again from scratch with {OVERWRITE_HOW}" if trained_results(run_dir) else "train without resume (resume=False, or drop --resume)"
         raise ConfigError(f"resume=True but {checkpoints_dir(run_dir)} holds no checkpoint-N folder: {instead}.")
-    if checkpoint_step(checkpoint) >= cfg.max_steps:  # the trainer would run one step past it
-        raise ConfigError(f"{checkpoint} is already at max_steps {cfg.max_steps}: nothing to resume. "
-                          + further_training(cfg, run_dir, checkpoint_step(checkpoint)))
-    return checkpoint
+    if checkpoint_step(checkpoint) > cfg.max_steps:  # max_steps lowered since: the weights went past the config
+        raise ConfigError(f"{checkpoint} is past max_steps {cfg.max_steps}: resuming would keep weights trained longer "
+                          f"than the config says. Set max_steps to {checkpoint_step(checkpoint)} or more again, or "
+                          f"train again from scratch with {OVERWRITE_HOW}.")
+    return checkpoint  # at max_steps (training ended, the rest did not happen): fit() finishes the run from it
 
 
 def further_training(cfg: RunConfig, run_dir, step: int) -> str:
@@ -529,8 +534,8 @@ def run_stats(
         "train_runtime_s": round(runtime, 2),
         # this session's held-out loss passes, inside train_runtime_s
         "eval_runtime_s": round(sum(e.get("eval_runtime", 0.0) for e in state.log_history[session.start_log :]), 2),
-        "samples_per_s": round(samples / runtime, 3),
-        "tokens_per_s": round(tokens / runtime, 1),
+        "samples_per_s": round(samples / runtime, 3) if runtime else None,
+        "tokens_per_s": round(tokens / runtime, 1) if runtime else None,
         "tokens_seen": int(state.num_input_tokens_seen),
         "final_train_loss": history["train_loss"][-1]["loss"] if history["train_loss"] else None,
         "first_eval_loss": history["eval_loss"][0]["loss"] if history["eval_loss"] else None,
