@@ -264,6 +264,7 @@ def command_lock(args):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .atomic import DiskFullError
     from .models import ModelLoadError
     from .safety import scrub
 
@@ -271,6 +272,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with command_lock(args):
             return args.func(args)
-    except (ConfigError, ModelLoadError) as err:  # bad settings, data or model: one line each, no traceback
+    except (ConfigError, ModelLoadError, DiskFullError) as err:  # bad settings, data, model; a full disk: one line each
         print(f"error: {scrub(str(err))}", file=sys.stderr)
         return 2

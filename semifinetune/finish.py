@@ -37,13 +37,11 @@ def restore_ended_training(trainer, checkpoint: Path, checkpoints: Path, session
     from safetensors.torch import load_file
     from transformers import TrainerState
 
-    from .train import checkpoint_complete
-
     state = trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
     kept = Path(checkpoint)
     if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
         kept = Path(checkpoints) / Path(state.best_model_checkpoint).name  # saved as a path from the cwd of the time
-    if not checkpoint_complete(kept):
+    if not (kept / ADAPTER_WEIGHTS).is_file():
         raise ConfigError(f"{kept}, the checkpoint whose weights this run keeps, is missing or incomplete: train again "
                           "from scratch with overwrite=True (--overwrite).")
     loaded = set_peft_model_state_dict(trainer.model, load_file(kept / ADAPTER_WEIGHTS))

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import runs
+from .atomic import csv_bytes, write_bytes_atomic
 from .config import FIELD_TYPES, ConfigError, parse_overrides, parse_value
 from .runlock import holds_run_dir
 
@@ -288,8 +289,7 @@ def run_grid(
                                 overwrite=overwrite)
         rows.append({key: value, "run_dir": str(child), **run_summary(child), "run_seconds": round(sum(t["seconds"] for t in timings), 1)})
     table = pd.DataFrame(rows)
-    runs.ensure_run_dir(run_dir)
-    table.to_csv(Path(run_dir) / GRID_TABLE, index=False)
+    write_bytes_atomic(Path(run_dir) / GRID_TABLE, csv_bytes(table))
     return table
 
 

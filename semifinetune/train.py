@@ -11,10 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import runs
-from .atomic import write_json_atomic
+from .atomic import DiskFullError, is_disk_full, write_json_atomic
 from .config import ConfigError, RunConfig
 from .finish import restore_ended_training, training_ended
 from .runlock import holds_run_dir
+from .safety import DiskSpaceError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 SAVE_TOTAL_LIMIT = 2  # the latest checkpoint to resume from, and the one before it
@@ -94,17 +95,26 @@ def fit(
             metrics = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None).metrics
         except torch.OutOfMemoryError:
             raise TrainingMemoryError(out_of_memory_message(cfg, report, run_dir)) from None
+        except Exception as err:  # the trainer writes checkpoints itself: a full disk surfaces here, in any type
+            if not is_disk_full(err, checkpoints_dir(run_dir)):
+                raise
+            raise checkpoint_disk_full(model, run_dir) from None
     after = memory_snapshot()
-    held_out_loss = final_held_out_loss(trainer, cfg, run_dir)
-    model.config.use_cache = True  # training turns the KV cache off; generation is ~18x slower without it
-    stats = run_stats(cfg, report, trainer, metrics, stats_callback, before, after, held_out_loss)
-    stats.update(adapter_dir=str(runs.run_path(run_dir, runs.ADAPTER)), resumed_from=str(checkpoint) if checkpoint else None)
-    if trainer.is_world_process_zero():  # data-parallel runs: one process writes the run's files
-        print(kept_checkpoint_line(stats), flush=True)
-        save_adapter(trainer.model, tokenizer, run_dir)  # after load_best_model_at_end: the best step's weights
-        history = loss_history(trainer.state.log_history, bool(cfg.validation_file), stats)
-        write_json_atomic(runs.run_path(run_dir, runs.TRAIN_LOG), {**history, "stats": stats})
-        plot_loss_curve(run_dir)
+    try:
+        held_out_loss = final_held_out_loss(trainer, cfg, run_dir)
+        model.config.use_cache = True  # training turns the KV cache off; generation is ~18x slower without it
+        stats = run_stats(cfg, report, trainer, metrics, stats_callback, before, after, held_out_loss)
+        stats.update(adapter_dir=str(runs.run_path(run_dir, runs.ADAPTER)), resumed_from=str(checkpoint) if checkpoint else None)
+        if trainer.is_world_process_zero():  # data-parallel runs: one process writes the run's files
+            print(kept_checkpoint_line(stats), flush=True)
+            save_adapter(trainer.model, tokenizer, run_dir)  # after load_best_model_at_end: the best step's weights
+            history = loss_history(trainer.state.log_history, bool(cfg.validation_file), stats)
+            write_json_atomic(runs.run_path(run_dir, runs.TRAIN_LOG), {**history, "stats": stats})
+            plot_loss_curve(run_dir)
+    except (DiskSpaceError, DiskFullError) as err:  # the steps are done and checkpointed: adapter and log are missing
+        raise DiskSpaceError(f"{err} The training steps are done: then `python -m semifinetune train --run-dir "
+                             f"{run_dir} --resume` (notebook 05 with resume=True) finishes the run without "
+                             "training again.") from None
     return stats
 
 
@@ -411,6 +421,23 @@ def training_disk_bytes(trainable: int) -> int:
     deletes the oldest), each fp32 LoRA weights (4 bytes) + Adam's two moments (8 bytes), and the final adapter."""
     checkpoint = trainable * (4 + 8) + FOLDER_OVERHEAD_BYTES
     return (SAVE_TOTAL_LIMIT + 1) * checkpoint + trainable * 4 + FOLDER_OVERHEAD_BYTES
+
+
+def checkpoint_disk_full(model, run_dir) -> DiskFullError:
+    """The error for a disk that filled while the trainer saved a checkpoint; the checkpoint it cut off is removed,
+    so the run resumes from the one before."""
+    from .atomic import free_bytes, size_text
+
+    discard_incomplete_checkpoints(run_dir)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    last = latest_checkpoint(run_dir)
+    resume = (f"`python -m semifinetune train --run-dir {run_dir} --resume` continues from {last.name}" if last
+              else f"train again (`python -m semifinetune train --run-dir {run_dir} --overwrite`)")
+    return DiskFullError(
+        f"The disk holding {checkpoints_dir(run_dir)} filled while training saved a checkpoint: training needs about "
+        f"{size_text(training_disk_bytes(trainable))} there and {size_text(free_bytes(run_dir))} is free. The checkpoint "
+        f"it was writing was removed. Free some space, then {resume}."
+    )
 
 
 def check_training_disk_space(model, run_dir) -> None:

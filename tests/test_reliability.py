@@ -556,7 +556,6 @@ def test_training_disk_estimate_for_r1():
 def test_training_stops_before_writing_when_the_disk_is_full(tmp_path, monkeypatch):
     import torch
 
-    from semifinetune import safety
     from semifinetune import train as train_module
     from semifinetune.safety import DiskSpaceError
 
@@ -564,7 +563,7 @@ def test_training_stops_before_writing_when_the_disk_is_full(tmp_path, monkeypat
         raise AssertionError("the trainer was built")
 
     monkeypatch.setattr(train_module, "build_trainer", no_trainer)
-    monkeypatch.setattr(safety.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 2**20, 2**20))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 2**20, 2**20))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     model = torch.nn.Linear(1000, 1000)  # 1,001,000 trainable parameters
@@ -572,5 +571,5 @@ def test_training_stops_before_writing_when_the_disk_is_full(tmp_path, monkeypat
         train_module.fit(model, None, make_config("tiny"), run_dir, report={"cuda_available": False, "bf16_supported": False})
     message = str(err.value)
     assert "training checkpoints and the adapter (1,001,000 trainable parameters x 12 bytes x 3 checkpoints)" in message
-    assert "0.00 GiB is free" in message and "Free some space" in message
+    assert "1.00 MiB is free" in message and "Free some space" in message
     assert [p.name for p in run_dir.iterdir()] == ["run.lock"]  # nothing written but the run directory's lock
