@@ -273,6 +273,14 @@ BAD_SETTINGS = [
     ("train_file=data/missing.jsonl", "train_file 'data/missing.jsonl': no such file"),
     ("profile=cpu", "'profile' is not an override: choose it with the profile parameter"),
     ("run_dir=elsewhere", "'run_dir' is a notebook parameter, not a config key"),
+    # settings transformers, peft or numpy would refuse only once the model has loaded
+    ("optim=adamw_bogus", "'optim' = 'adamw_bogus' is not one transformers knows. Valid: adamw_torch, "),
+    ("lr_scheduler_type=bogus", "'lr_scheduler_type' = 'bogus' is not one transformers knows. Valid: linear, cosine"),
+    ("target_modules=qq_proj", "target_modules ['qq_proj'] name no layer of tiny:random-qwen2: LoRA can target q_proj"),
+    ("seed=-1", "'seed' = -1 is out of range: it must be in [0, 4294967295]"),
+    ("temperature=inf", "'temperature' = inf is not a finite number"),
+    ("sweep_temperatures=0.3,inf", "'sweep_temperatures' = [0.3, inf] is not a finite number"),
+    ("model_name=./models/no-such-model", "model_name './models/no-such-model' is no folder on this machine"),
 ]
 
 
