@@ -38,6 +38,8 @@ class NotebookFailed(ConfigError):
 
 def notebook_paths(folder: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]:
     """The six notebooks in order; a missing one is an error that names it."""
+    if Path(folder) == NOTEBOOK_DIR and not runs.in_a_clone():
+        raise ConfigError(runs.clone_message(f"The notebooks folder ({NOTEBOOK_DIR})"))
     paths = [Path(folder) / f"{name}.ipynb" for name in NOTEBOOKS]
     missing = [p.name for p in paths if not p.exists()]
     if missing:

@@ -331,7 +331,7 @@ def test_unsloth_missing_is_named(monkeypatch):
         check_loadable(make_config("tiny", {"backend": "unsloth"}), report)
 
 
-def test_cli_catches_every_config_and_model_error(capsys, monkeypatch):
+def test_cli_catches_every_config_and_model_error(capsys, monkeypatch, tmp_path):
     """Every command goes through main's handler: ConfigError subclasses and ModelLoadError print one line, exit 2."""
     from semifinetune import cli
     from semifinetune.models import ModelLoadError
@@ -344,7 +344,7 @@ def test_cli_catches_every_config_and_model_error(capsys, monkeypatch):
                 raise error
 
             monkeypatch.setattr(cli, function, raising)  # build_parser binds the module's function at call time
-            argv = [command, "--run-dir", "r"] + (["--format", "adapter"] if command == "export" else [])
+            argv = [command, "--run-dir", str(tmp_path / "r")] + (["--format", "adapter"] if command == "export" else [])
             assert cli.main(argv) == 2
             assert capsys.readouterr().err == f"error: {error}\n"
 
