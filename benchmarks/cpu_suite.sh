@@ -11,6 +11,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 export CUDA_VISIBLE_DEVICES=""  # a GPU machine's CPU: everything runs on the CPU, the GPU suite skips itself
+# This checkout's package, in pytest and in nbval's kernels alike (an editable install may point at another copy).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 LOG_DIR=${LOG_DIR:-$(mktemp -d)}
 mkdir -p "$LOG_DIR"
 
