@@ -74,9 +74,11 @@ def fit(
     if resume:
         discard_incomplete_checkpoints(run_dir)  # cut off mid-write by a crash: resume from the one before
     checkpoint = resume_checkpoint(cfg, run_dir) if resume else None
+    # checked before a fresh run clears the old checkpoints, counting their space as free: a disk too small keeps them
+    stale = 0 if resume else sum(p.stat().st_size for p in checkpoints_dir(run_dir).rglob("*") if p.is_file())
+    check_training_disk_space(model, run_dir, stale)
     if not resume:
         shutil.rmtree(checkpoints_dir(run_dir), ignore_errors=True)  # a fresh run never resumes a stale one
-    check_training_disk_space(model, run_dir)
     stats_callback = _StatsCallback()
     trainer = build_trainer(model, tokenizer, cfg, run_dir, report, [stats_callback, *(callbacks or [])], resume)
     world = trainer.args.world_size
@@ -440,13 +442,14 @@ def checkpoint_disk_full(model, run_dir) -> DiskFullError:
     )
 
 
-def check_training_disk_space(model, run_dir) -> None:
-    """Fail before the first step when checkpoints and the adapter would not fit on the run directory's disk."""
+def check_training_disk_space(model, run_dir, freed: int = 0) -> None:
+    """Fail before the first step when checkpoints and the adapter would not fit on the run directory's disk, with
+    `freed` bytes (old checkpoints a fresh run removes) counted as free."""
     from .safety import check_disk_space
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     check_disk_space(
-        run_dir, training_disk_bytes(trainable),
+        run_dir, training_disk_bytes(trainable) - freed,
         f"training checkpoints and the adapter ({trainable:,} trainable parameters x 12 bytes x {SAVE_TOTAL_LIMIT + 1} checkpoints)",
         "Free some space (old runs' checkpoints/ folders, exports) or choose a run_dir on another disk.",
     )

@@ -162,3 +162,21 @@ def test_training_on_a_disk_that_fills_at_a_checkpoint_resumes_once_there_is_spa
     assert stats["global_step"] == 6 and stats["resumed_from"].endswith("checkpoint-3")
     assert json.loads((run_dir / runs.TRAIN_LOG).read_text())["stats"]["global_step"] == 6
     assert _leftovers(run_dir) == []
+
+
+def test_training_again_on_a_full_disk_keeps_the_old_checkpoints(tmp_path, monkeypatch):
+    """A fresh run (overwrite) checks the space before clearing the old checkpoints, counting theirs as free."""
+    import torch
+
+    from semifinetune import train as train_module
+    from semifinetune.config import make_config
+
+    monkeypatch.setattr(train_module, "build_trainer", lambda *a, **k: pytest.fail("the trainer was built"))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 2**20, 2**20))
+    old = tmp_path / runs.CHECKPOINTS / "checkpoint-3"
+    old.mkdir(parents=True)
+    (old / "optimizer.pt").write_bytes(b"\0" * 2**20)  # 1 MiB to be freed: 128 - 1 MiB needed, 1 MiB free
+    with pytest.raises(DiskSpaceError, match=r"needs about 127\.00 MiB and 1\.00 MiB is free"):
+        train_module.fit(torch.nn.Linear(10, 10), None, make_config("tiny"), tmp_path, overwrite=True,
+                         report={"cuda_available": False, "bf16_supported": False})
+    assert (old / "optimizer.pt").stat().st_size == 2**20
