@@ -1,4 +1,4 @@
-"""semifinetune: fine-tune DeepSeek-R1-Distill-Qwen-1.5B on semiconductor knowledge, and measure it.
+"""semifinetune: fine-tune DeepSeek-R1-Distill-Qwen-1.5B on your own questions and answers, and measure it.
 
 Importing the package is cheap: torch, transformers, trl and unsloth load inside the functions that need them.
 """

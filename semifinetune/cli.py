@@ -247,13 +247,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that start a run create its folder; the others work in one that setup made.
+STARTS_A_RUN = ("setup", "run", "notebooks")
+
+
+def command_lock(args):
+    """The run directory's lock, for every command that works in one: a second process is refused before it reads
+    or writes anything there."""
+    from contextlib import nullcontext
+
+    from .runlock import run_lock
+
+    if getattr(args, "run_dir", None) is None:
+        return nullcontext()
+    return run_lock(args.run_dir, args.command, create=args.command in STARTS_A_RUN)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .atomic import DiskFullError
     from .models import ModelLoadError
     from .safety import scrub
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (ConfigError, ModelLoadError) as err:  # bad settings, data or model: one line each, no traceback
+        with command_lock(args):
+            return args.func(args)
+    except (ConfigError, ModelLoadError, DiskFullError) as err:  # bad settings, data, model; a full disk: one line each
         print(f"error: {scrub(str(err))}", file=sys.stderr)
         return 2

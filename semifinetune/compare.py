@@ -11,7 +11,10 @@ import math
 import os
 
 from . import runs
+from .atomic import csv_bytes, write_bytes_atomic
 from .config import ConfigError
+from .runlock import holds_run_dir
+from .safety import check_answers_space
 
 SETS = ("held-out", "general")
 TABLE_COLUMNS = [
@@ -37,6 +40,7 @@ def question_sets(cfg, limit: int = 0, run_dir: str | os.PathLike | None = None)
     return {name: rows[:limit] if limit > 0 else rows for name, rows in sets.items()}
 
 
+@holds_run_dir("evaluate --retrieval")
 def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings=None, batch_size: int | None = None,
                       progress: bool = True, reuse_evaluation: bool = False):
     """The 2 x 2 on both question sets at the run's sampling settings, k notes (default retrieval_compare_k);
@@ -48,7 +52,7 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
     """
     import pandas as pd
 
-    from .evaluate import MODELS, as_model, evaluate_model, load_base_and_tuned, settings_from_config
+    from .evaluate import MODELS, as_model, evaluate_model, load_base_and_tuned, max_new_tokens, settings_from_config
     from .retrieval import check_k, index_training_pairs, retrieve
 
     cfg = runs.open_run(run_dir)
@@ -61,6 +65,8 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
     index = index_training_pairs(cfg)  # train_file only: the held-out answers are never among the notes
     notes = {name: retrieve(index, [row["input"] for row in rows], k) for name, rows in sets.items()}
     reused = _evaluation_without_notes(run_dir, cfg, sets["held-out"]) if reuse_evaluation else None
+    answers = 2 * len(MODELS) * sum(len(rows) for rows in sets.values())  # without and with notes
+    check_answers_space(run_dir, answers, max_new_tokens(settings, cfg), runs.RETRIEVAL)
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
     cells = [(name, notes_k, rows, given) for name, rows in sets.items()
              for notes_k, given in ((0, [[] for _ in rows]), (k, notes[name]))]  # no notes: the model-alone prompt
@@ -82,7 +88,7 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
                     frame = _as_retrieval_rows(reused[reused["model"] == which], tokenizer)
                 frames.append(frame.assign(set=name, model=which, retrieval=retrieval_label(notes_k)))
     table = pd.concat(frames, ignore_index=True)
-    table.to_csv(runs.run_path(run_dir, runs.RETRIEVAL), index=False)  # rewritten each call, like evaluation.csv
+    write_bytes_atomic(runs.run_path(run_dir, runs.RETRIEVAL), csv_bytes(table))  # rewritten each call, like evaluation.csv
     return read_retrieval(run_dir)  # read back: reused and new rows alike typed as the CSV holds them
 
 

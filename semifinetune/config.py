@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shlex
 import typing
@@ -393,6 +394,7 @@ def check_ranges(cfg: "RunConfig") -> None:
         )
     if cfg.early_stopping_patience and not cfg.validation_file:
         raise ConfigError("early_stopping_patience needs a validation_file to watch: set one, or early_stopping_patience=0.")
+    check_library_settings(cfg)
 
 
 PROFILE_IN_OVERRIDES = (
@@ -551,3 +553,65 @@ def config_table(cfg):
         for key, value in cfg.to_dict().items()
     ]
     return pd.DataFrame(rows, columns=["setting", "value", "guide's recipe", "note"]).set_index("setting")
+
+
+# --- settings the libraries would reject only later: checked with the config, before any model loads ---
+
+# transformers 5.17's OptimizerNames and SchedulerType values (tests/test_settings.py compares them with the installed
+# transformers, so a version that changes them fails there): read here without importing transformers, which takes
+# seconds, so that a typo stops notebook 01 in a tenth of a second rather than notebook 05 after the model loads.
+OPTIMIZERS = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor", "adamw_anyprecision",
+    "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit",
+    "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit", "paged_ademamix_32bit",
+    "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo", "adalomo", "grokadamw", "schedule_free_radam",
+    "schedule_free_adamw", "schedule_free_sgd", "apollo_adamw", "apollo_adamw_layerwise", "stable_adamw",
+)
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+)
+# The linear layers LoRA can target in the decoders of this project's models (Qwen2: R1-Distill and the tiny
+# model; Llama: SmolLM2): peft matches each target_modules entry against the end of a module's name.
+DECODER_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+DECODER_FAMILIES = ("qwen2", "llama")  # config.json model_type of a local model with those module names
+SEED_RANGE = (0, 2**32 - 1)  # numpy's seed (transformers' set_seed seeds it) takes no more
+
+
+def check_library_settings(cfg: "RunConfig") -> None:
+    """Each float finite, the seed in numpy's range, optim and lr_scheduler_type among transformers' names, and
+    target_modules among the model's linear layers where the model family is known: each fails here, in words."""
+    for key, value in dataclasses.asdict(cfg).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"Config key {key!r} = {value!r} is not a finite number (inf and nan reach the "
+                              "libraries as errors or as nonsense): give a finite value.")
+    low, high = SEED_RANGE
+    if not low <= cfg.seed <= high:
+        raise ConfigError(f"Config key 'seed' = {cfg.seed} is out of range: it must be in [{low}, {high}] (numpy's "
+                          "seed range), e.g. 42.")
+    for key, valid in (("optim", OPTIMIZERS), ("lr_scheduler_type", SCHEDULERS)):
+        if getattr(cfg, key) not in valid:
+            raise ConfigError(f"Config key {key!r} = {getattr(cfg, key)!r} is not one transformers knows. Valid: "
+                              f"{', '.join(valid)}.")
+    if ALL_LINEAR not in cfg.target_modules and model_family(cfg.model_name) in DECODER_FAMILIES:
+        unknown = [name for name in cfg.target_modules if name.rsplit(".", 1)[-1] not in DECODER_MODULES]
+        if unknown:
+            raise ConfigError(f"target_modules {unknown} name no layer of {cfg.model_name}: LoRA can target "
+                              f"{', '.join(DECODER_MODULES)}, or all-linear (e.g. --set target_modules=q_proj,v_proj).")
+
+
+def model_family(model_name: str) -> str | None:
+    """qwen2 or llama for this project's models and local folders whose config.json says so; None where unknown
+    without a download."""
+    if model_name in (R1_4BIT, TINY_MODEL) or model_name.startswith("deepseek-ai/DeepSeek-R1-Distill-Qwen"):
+        return "qwen2"
+    if model_name == EMBEDDED_MODEL:
+        return "llama"
+    config = Path(model_name).expanduser() / "config.json"
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else None
+    except (OSError, ValueError):
+        return None

@@ -367,13 +367,11 @@ def dequantized_weights(model):
     if not copy_fits(model):
         yield []
         return
-    from bitsandbytes.functional import dequantize_4bit
-
     wrappers = {id(m.base_layer): m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
     copies = []
     for layer in four_bit_layers(model):
         # in the dtype the layer computes in: no cast per call (a pre-quantized checkpoint stores bf16 state)
-        weight = dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        weight = dequantize_layer(layer)
         dtype = layer.compute_dtype or layer.weight.quant_state.dtype
         wrapper = wrappers.get(id(layer))
         delta = None if wrapper is None else _adapter_delta(wrapper)
@@ -386,6 +384,35 @@ def dequantized_weights(model):
     finally:
         for shadowed, _, _ in copies:
             del shadowed.forward
+
+
+def dequantize_layer(layer):
+    """The weight a bitsandbytes Linear4bit computes with, dense, in whichever layout the layer holds it now."""
+    from bitsandbytes.functional import dequantize_4bit
+
+    state = layer.weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):
+        return _unpack_cpu_layout(layer.weight.data, state)
+    return dequantize_4bit(layer.weight.data, state)
+
+
+def _unpack_cpu_layout(data, state):
+    """Dense float32 weight from the layout bitsandbytes 0.50 moves a 4-bit weight into on a CPU with AVX512-BF16,
+    at the layer's first forward in eval mode (functional._convert_weight_packed_for_cpu, for its bf16 kernel).
+
+    That layout interleaves the 4-bit codes in blocks of 32 rows and holds absmax transposed, as bf16;
+    dequantize_4bit reads it as the ordinary layout and returns other weights (off by whole units). Undone here
+    exactly: the same codes times the same bf16 absmax the kernel multiplies by.
+    """
+    import torch
+
+    rows, cols = state.shape
+    # Every 32 bytes hold 64 codes: 32 rows x 2 neighbouring columns, the first 32 in the low halves, the rest high.
+    packed = data.view(torch.uint8).reshape(-1, 32)
+    codes = torch.cat([packed & 0xF, packed >> 4], dim=-1)
+    codes = codes.reshape(rows // 32, cols // 2, 32, 2).transpose(1, 2).reshape(rows, cols)
+    scale = state.absmax.float().T.repeat_interleave(state.blocksize, dim=1)  # [K / blocksize, N] -> [N, K]
+    return state.code.float()[codes.long()] * scale
 
 
 def _adapter_delta(wrapper):

@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
 import shutil
 
 LIBRARIES = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth"]
@@ -121,3 +122,50 @@ def format_report(report: dict) -> str:
     rows = report_rows(report)
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+# --- the CPU: which numeric kernels torch and bitsandbytes pick depends on its flags ---
+
+# Flags that change results or the kernel chosen: bf16/fp16 arithmetic (bitsandbytes' 4-bit CPU kernel needs
+# AVX512-BF16), AMX tiles (oneDNN's bf16 matmuls), AVX512/AVX2 (torch's vectorised CPU kernels); Arm's equivalents.
+NUMERIC_FLAG = re.compile(r"avx512|amx|bf16|fp16|^avx2$|^fma$|vnni|^sve|i8mm|^asimd")
+
+
+def parse_cpuinfo(text: str) -> dict:
+    """Model name and numeric flags from /proc/cpuinfo's text (x86 'flags', Arm 'Features'), first processor."""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    flags = (fields.get("flags") or fields.get("Features") or "").split()
+    model = fields.get("model name") or fields.get("Model") or fields.get("CPU part") or platform.processor() or "unknown"
+    return {"model": model, "flags": sorted(flag for flag in set(flags) if NUMERIC_FLAG.search(flag))}
+
+
+def cpu_features() -> dict:
+    """This machine's CPU model, core count and numeric flags, and the CPU paths torch and bitsandbytes choose."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            found = parse_cpuinfo(file.read())
+    except OSError:  # macOS, Windows: no flags to read, the model from platform
+        found = {"model": platform.processor() or platform.machine(), "flags": []}
+    found["cores"] = os.cpu_count()
+    import torch
+
+    found["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+
+        found["bitsandbytes_bf16_kernel"] = bool(has_avx512bf16())
+    except ImportError:
+        found["bitsandbytes_bf16_kernel"] = None
+    return found
+
+
+def cpu_line(features: dict | None = None) -> str:
+    """One line: the CPU, its numeric flags and the kernels chosen from them."""
+    f = features or cpu_features()
+    kernel = {True: "yes", False: "no", None: "not installed"}[f["bitsandbytes_bf16_kernel"]]
+    return (f"CPU {f['model']} ({f['cores']} cores); flags: {' '.join(f['flags']) or 'none read'}; torch CPU capability "
+            f"{f['torch_cpu_capability']}; bitsandbytes bf16 4-bit kernel: {kernel}")

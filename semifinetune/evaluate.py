@@ -15,7 +15,10 @@ import re
 from contextlib import contextmanager, nullcontext
 
 from . import runs
+from .atomic import csv_bytes, write_bytes_atomic
 from .config import ConfigError, RunConfig
+from .runlock import holds_run_dir
+from .safety import check_answers_space
 
 NOT_APPLICABLE = "n/a"  # think metrics of a model without a reasoning block: not 0, which would read as "never closed"
 ANSWER, UNFINISHED, WHOLE = "answer", "unfinished reasoning", "whole output"  # the `scored_on` values
@@ -293,6 +296,7 @@ def as_model(model, which: str):
         yield model
 
 
+@holds_run_dir("evaluate")
 def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: int | None = None, progress: bool = True) -> dict:
     """Base and tuned on every held-out question at the run's sampling settings (with retrieval_k notes each, where
     set); writes run_dir/evaluation.csv."""
@@ -305,6 +309,7 @@ def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: in
     settings = settings or settings_from_config(cfg)
     eval_rows = read_eval_rows(cfg, run_dir=run_dir)
     notes = notes_for(cfg, [row["input"] for row in eval_rows], cfg.retrieval_k)  # None: retrieval_k 0, off
+    check_answers_space(run_dir, len(eval_rows) * len(MODELS), max_new_tokens(settings, cfg), runs.EVALUATION)
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
     frames = []
     for which in MODELS:
@@ -314,7 +319,7 @@ def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: in
     table = pd.concat(frames, ignore_index=True)
     # Rewritten on every call: evaluation.csv is this step's own output, derived from the adapter (re-running the
     # step redoes it); the adapter and checkpoints it reads are what train() refuses to overwrite.
-    table.to_csv(runs.run_path(run_dir, runs.EVALUATION), index=False)
+    write_bytes_atomic(runs.run_path(run_dir, runs.EVALUATION), csv_bytes(table))
     counts = table.groupby("model")["correct"].sum()
     return {
         "questions": len(eval_rows),
@@ -324,6 +329,12 @@ def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: in
         "retrieval_k": cfg.retrieval_k,
         "file": str(runs.run_path(run_dir, runs.EVALUATION)),
     }
+
+
+def max_new_tokens(settings, cfg: RunConfig) -> int:
+    """The longest answer the settings (one SamplingSettings, or one per row) allow."""
+    per_row = settings if isinstance(settings, (list, tuple)) else [settings]
+    return max((getattr(s, "max_new_tokens", 0) for s in per_row), default=0) or cfg.max_new_tokens
 
 
 def read_evaluation(run_dir: str | os.PathLike):

@@ -25,6 +25,7 @@ from . import runs
 from .atomic import staged
 from .config import EMBEDDED_MODEL, TINY_MODEL, ConfigError, RunConfig
 from .gguf_convert import CONVERTER_TYPES, GGUF_BYTES, QUANTIZE_TYPES, GGUFToolError
+from .runlock import holds_run_dir
 from .safety import trained_adapter_dir
 from .splits import data_name, plan
 
@@ -73,6 +74,7 @@ class PushError(ExportError):
     """No Hugging Face token, or the upload failed; the message never holds the token."""
 
 
+@holds_run_dir("export")
 def export_run(run_dir: str | os.PathLike, fmt: str, overwrite: bool = False, dtype: str | None = None,
                quantization: str | list[str] = "q8_0") -> dict:
     """Write run_dir/export/<fmt>; returns {"format", "folder", "files" (name -> MB), "notes"}.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -103,10 +104,34 @@ def check_loadable(cfg: RunConfig, report: dict) -> None:
     choose_precision(report, cfg.precision)  # fp16/bf16 where the machine has none fail here
     if cfg.model_name == EMBEDDED_MODEL:
         embedded_gguf_path()  # the wheel is missing: say so at notebook 01, not when 02 loads the model
+    check_local_model(cfg.model_name)
     if cfg.backend == "unsloth" and not report["unsloth_importable"]:
         raise ConfigError("backend='unsloth' but Unsloth is not installed. pip install unsloth, or --set backend=auto.")
     if cfg.backend == "unsloth" and not report["cuda_available"]:
         raise ConfigError("backend='unsloth' needs a CUDA GPU. Use --set backend=transformers on this machine.")
+
+
+# A Hugging Face Hub model id: one name, or owner/name, of letters, digits, '-', '_' and '.' (huggingface_hub's rule).
+HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?$")
+
+
+def check_local_model(model_name: str) -> None:
+    """A model_name that is a folder here holds a saved model (config.json); one that is neither a folder nor a Hub id
+    (owner/name) is a path that does not exist. Either fails here, in words, instead of as huggingface_hub's
+    HFValidationError when the model loads."""
+    if model_name in (EMBEDDED_MODEL, TINY_MODEL):
+        return
+    path = Path(model_name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model_name {model_name!r}: the folder {path.resolve()} has no config.json. Point "
+                              "model_name at the folder save_pretrained wrote (config.json, weights, tokenizer files).")
+        return
+    local = model_name.startswith(("/", ".", "~")) or "\\" in model_name or not HUB_ID.match(model_name)
+    if local or ".." in model_name or model_name.startswith("-"):
+        raise ConfigError(f"model_name {model_name!r} is no folder on this machine ({path.resolve()} does not exist) "
+                          "and no Hugging Face Hub id (owner/name, e.g. deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B): "
+                          "fix the path, or name a Hub model.")
 
 
 def check_hub_reachable(model_name: str, timeout_s: float = 3.0) -> None:

@@ -21,7 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import runs
+from .atomic import csv_bytes, write_bytes_atomic
 from .config import FIELD_TYPES, ConfigError, parse_overrides, parse_value
+from .runlock import holds_run_dir
 
 NOTEBOOK_DIR = runs.PROJECT_ROOT / "notebooks"
 NOTEBOOKS = ("01_setup", "02_load_4bit", "03_lora", "04_format", "05_train", "06_inference_sweep")
@@ -37,6 +39,8 @@ class NotebookFailed(ConfigError):
 
 def notebook_paths(folder: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]:
     """The six notebooks in order; a missing one is an error that names it."""
+    if Path(folder) == NOTEBOOK_DIR and not runs.in_a_clone():
+        raise ConfigError(runs.clone_message(f"The notebooks folder ({NOTEBOOK_DIR})"))
     paths = [Path(folder) / f"{name}.ipynb" for name in NOTEBOOKS]
     missing = [p.name for p in paths if not p.exists()]
     if missing:
@@ -207,6 +211,7 @@ def refuse_rerun(run_dir: Path, params: dict, overwrite: bool) -> None:
         )
 
 
+@holds_run_dir("notebooks", create=True)
 def run_notebooks(
     run_dir: str | os.PathLike,
     profile: str = "auto",
@@ -338,6 +343,7 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
     return summary
 
 
+@holds_run_dir("notebooks --grid", create=True)
 def run_grid(
     run_dir: str | os.PathLike,
     profile: str,
@@ -360,8 +366,7 @@ def run_grid(
                                 overwrite=overwrite)
         rows.append({key: value, "run_dir": str(child), **run_summary(child), "run_seconds": round(sum(t["seconds"] for t in timings), 1)})
     table = pd.DataFrame(rows)
-    runs.ensure_run_dir(run_dir)
-    table.to_csv(Path(run_dir) / GRID_TABLE, index=False)
+    write_bytes_atomic(Path(run_dir) / GRID_TABLE, csv_bytes(table))
     return table
 
 

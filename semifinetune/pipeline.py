@@ -10,8 +10,11 @@ from . import runs
 from .atomic import write_json_atomic
 from .colab import GPU_HINT, check_files_on_drive, on_colab
 from .config import ConfigError, RunConfig, make_config, parse_overrides, save_config, training_steps
+from .runlock import holds_run_dir
 from .runs import open_run  # noqa: F401 - notebooks 02-06 import it from here
 
+
+@holds_run_dir("setup", create=True)
 def setup(
     run_dir: str | os.PathLike, profile: str = "auto", overrides: dict | str | None = None, overwrite: bool = False,
     recipe: str = "", **data_files: str,
@@ -109,6 +112,7 @@ def clear_results(run_dir: str | os.PathLike) -> list[str]:
     return removed
 
 
+@holds_run_dir("the baseline (notebook 02)")
 def load_baseline(run_dir: str | os.PathLike) -> dict:
     """Notebook 02: load the model from the run's config, measure it, and record its answer before fine-tuning."""
     from .generate import SamplingSettings, generate
@@ -140,6 +144,7 @@ def load_baseline(run_dir: str | os.PathLike) -> dict:
     return result
 
 
+@holds_run_dir("run", create=True)
 def run_pipeline(run_dir: str | os.PathLike, profile: str = "auto", overrides: dict | str | None = None, overwrite: bool = False) -> dict:
     """The whole job, step by step, as notebooks 01-06 do it; returns each step's summary."""
     from .compare import compare_retrieval, counts_line

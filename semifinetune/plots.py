@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from .atomic import figure_bytes, write_bytes_atomic
+
 
 def token_length_histogram(run_dir: str | os.PathLike):
     """Token lengths of the prepared train and eval sets against max_seq_length; saved as run_dir/data/token_lengths.png."""
@@ -24,7 +26,7 @@ def token_length_histogram(run_dir: str | os.PathLike):
     ax.set_title("Token lengths after formatting")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(runs.run_path(run_dir, runs.DATA) / HISTOGRAM_FILE, dpi=100)
+    write_bytes_atomic(runs.run_path(run_dir, runs.DATA) / HISTOGRAM_FILE, figure_bytes(fig, dpi=100))
     plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
     return fig
 
@@ -61,7 +63,7 @@ def plot_losses(log: dict, path: str | os.PathLike | None = None):
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     if path is not None:
-        fig.savefig(path, dpi=100)
+        write_bytes_atomic(path, figure_bytes(fig, dpi=100))
     plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
     return fig
 
@@ -143,6 +145,7 @@ def plot_retrieval(run_dir: str | os.PathLike):
 # --- the sampling sweep ---
 
 SWEEP_HEATMAP_METRICS = {"recall": "mean keyword recall", "eos_rate": "EOS-stop rate"}
+HEATMAP_SAVE = {"dpi": 100, "bbox_inches": "tight"}  # the colour bars sit outside the axes
 
 
 def plot_sweep_heatmaps(summary, path: str | os.PathLike | None = None):
@@ -166,7 +169,7 @@ def plot_sweep_heatmaps(summary, path: str | os.PathLike | None = None):
             ax.set_title(f"{model}: {label}", fontsize=10)
         fig.colorbar(image, ax=list(axes[row]), shrink=0.8)
     if path is not None:
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        write_bytes_atomic(path, figure_bytes(fig, **HEATMAP_SAVE))
     plt.close(fig)  # shown once, as the cell's value, not again by the inline backend
     return fig
 

@@ -40,13 +40,34 @@ def ensure_run_dir(run_dir: str | os.PathLike) -> Path:
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# semifinetune runs from a clone of its repository: the package reads the data, notebooks and requirements files
+# beside it. An installed wheel holds the package alone (its dependencies declared in pyproject.toml), so a step
+# that needs those files says so instead of failing on a missing path.
+CLONE_FILES = ("data", "notebooks")
+
+
+def in_a_clone() -> bool:
+    """The package sits in a clone of the repository (data/ and notebooks/ beside it), not installed on its own."""
+    return all((PROJECT_ROOT / name).is_dir() for name in CLONE_FILES)
+
+
+def clone_message(needed: str) -> str:
+    return (f"{needed} is part of the repository, and this semifinetune is installed without it "
+            f"({Path(__file__).resolve().parent}). semifinetune runs from a clone: git clone the repository, then "
+            "./install.sh (or, on Colab, notebook 01's install cell) and run it there.")
 
 
 def resolve_data_path(path: str | os.PathLike) -> Path:
-    """A data path from the config: as given if it exists (absolute or from the cwd), else from the project root."""
+    """A data path from the config: as given if it exists (absolute or from the cwd), else from the project root;
+    outside a clone, a relative path that is not here is one of the repository's files, which are not there."""
+    from .config import ConfigError
+
     given = Path(path)
     if given.is_absolute() or given.exists():
         return given
+    if not in_a_clone():
+        raise ConfigError(clone_message(f"{given} (a path relative to the project)") + " Or give paths of your own: "
+                          "--set train_file=PATH --set eval_file=PATH --set validation_file=PATH ('': none).")
     return PROJECT_ROOT / given
 
 

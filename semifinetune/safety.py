@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 from . import runs
+from .atomic import free_bytes, size_text  # noqa: F401 - callers import them from here
 from .config import ConfigError
 
 # Weight files that unpickle when loaded: torch.load of a crafted file runs arbitrary code.
@@ -26,22 +26,29 @@ class UnsafeWeightsError(ConfigError):
     """A weights folder holds pickle files (or no safetensors file); the message says how to convert it."""
 
 
-def free_bytes(folder: str | os.PathLike) -> int:
-    """Free bytes on the disk that holds `folder` (or its nearest existing parent)."""
-    existing = Path(folder).absolute()
-    while not existing.exists():
-        existing = existing.parent
-    return shutil.disk_usage(existing).free
-
-
 def check_disk_space(folder: str | os.PathLike, needed_bytes: float, what: str, fix: str = "") -> None:
     """Fail before writing when the disk holding `folder` has less free space than `needed_bytes`."""
     free = free_bytes(folder)
     if free < needed_bytes:
         raise DiskSpaceError(
-            f"Not enough disk space for {what} in {folder}: it needs about {needed_bytes / 2**30:.2f} GiB "
-            f"and {free / 2**30:.2f} GiB is free. {fix or 'Free some space and try again.'}"
+            f"Not enough disk space for {what} in {folder}: it needs about {size_text(needed_bytes)} "
+            f"and {size_text(free)} is free. {fix or 'Free some space and try again.'}"
         )
+
+
+# Bytes a row of an answers table can take: the answer (about 4 characters a token, up to 6 with CSV quoting of
+# non-ASCII text), the question, reference keywords and the metric columns.
+ANSWER_BYTES_PER_TOKEN = 6
+ANSWER_ROW_BYTES = 2048
+PLOT_BYTES = 2**20
+
+
+def check_answers_space(run_dir: str | os.PathLike, answers: int, max_new_tokens: int, what: str) -> None:
+    """Before generating: the disk holding run_dir has room for the table of `answers` rows (and its plots), so a
+    full disk stops the step before the generation, not after it."""
+    needed = answers * (max_new_tokens * ANSWER_BYTES_PER_TOKEN + ANSWER_ROW_BYTES) + PLOT_BYTES
+    check_disk_space(run_dir, needed, f"{what} ({answers:,} answers of up to {max_new_tokens} tokens)",
+                     "Free some space (old runs' checkpoints/ folders, exports) or choose a run_dir on another disk.")
 
 
 def refuse_pickle_weights(folder: str | os.PathLike) -> None:
@@ -77,6 +84,13 @@ def scrub(text: str, secrets: list[str] | None = None) -> str:
 def trained_adapter_dir(run_dir: str | os.PathLike) -> Path:
     """run_dir/adapter, checked to hold a trained adapter in safetensors, before any model loads."""
     folder = runs.run_path(run_dir, runs.ADAPTER)
+    checkpoints = runs.run_path(run_dir, runs.CHECKPOINTS)
+    if not (folder / "adapter_config.json").exists() and any(checkpoints.glob("checkpoint-*")):
+        raise ConfigError(
+            f"{folder} does not exist: training in this run stopped before it saved the adapter (its checkpoints are "
+            f"in {checkpoints}). Finish it with notebook 05's resume=True or `python -m semifinetune train --run-dir "
+            f"{run_dir} --resume`."
+        )
     if not (folder / "adapter_config.json").exists():
         raise ConfigError(
             f"{folder}/adapter_config.json does not exist: there is no trained adapter in this run. "

@@ -12,8 +12,10 @@ import itertools
 import os
 
 from . import runs
-from .atomic import write_json_atomic
+from .atomic import csv_bytes, figure_bytes, json_bytes, write_files_atomic
 from .config import ConfigError, RunConfig
+from .runlock import holds_run_dir
+from .safety import check_answers_space
 
 SETTING_COLUMNS = ["temperature", "top_p", "repetition_penalty", "max_new_tokens"]
 DEEPSEEK = {"temperature": 0.6, "top_p": 0.95}  # DeepSeek-R1 README, "Usage Recommendations"
@@ -39,6 +41,7 @@ def sweep_settings(cfg: RunConfig) -> list:
     return [SamplingSettings(t, p, n, r) for t, p, r, n in grid]
 
 
+@holds_run_dir("sweep")
 def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progress: bool = True):
     """Base and tuned over the grid, cfg.sweep_samples draws each (retrieval_k notes in each prompt, where set);
     writes sweep.csv, its summary, heatmaps, recommendation."""
@@ -52,10 +55,12 @@ def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progres
     cfg = open_run(run_dir)
     eval_rows = read_eval_rows(cfg, cfg.sweep_questions, run_dir)
     notes = notes_for(cfg, [row["input"] for row in eval_rows], cfg.retrieval_k)  # None: retrieval_k 0, off
-    model, tokenizer = load_base_and_tuned(cfg, run_dir)
     # The whole grid as one list of rows (setting x draw x question), generated together: rows of every setting
     # share each batch, which keeps a GPU busy (generate() batches only rows of equal max_new_tokens).
     grid = [(settings, sample) for settings in sweep_settings(cfg) for sample in range(cfg.sweep_samples)]
+    check_answers_space(run_dir, len(grid) * len(eval_rows) * len(MODELS), max(s.max_new_tokens for s, _ in grid),
+                        f"{runs.SWEEP} and its summary")
+    model, tokenizer = load_base_and_tuned(cfg, run_dir)
     rows = [row for _ in grid for row in eval_rows]
     per_row = [settings for settings, _ in grid for _ in eval_rows]
     per_row_notes = None if notes is None else [given for _ in grid for given in notes]
@@ -72,14 +77,18 @@ def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progres
                 )
             frames.append(pd.concat([frame.drop(columns="question_id"), labels], axis=1).assign(model=which))
     table = pd.concat(frames, ignore_index=True)
-    # Rewritten on every call, like evaluation.csv: the sweep's own outputs, re-running the step redoes them.
-    table.to_csv(runs.run_path(run_dir, runs.SWEEP), index=False)
-    summary = summarize_sweep(table)
-    summary.to_csv(runs.run_path(run_dir, SUMMARY_FILE), index=False)
-    write_recommendation(run_dir, recommend_settings(summary), clock["seconds"], len(table), memory_snapshot())
-    from .plots import plot_sweep_heatmaps
+    # Rewritten on every call, like evaluation.csv: the sweep's own outputs, re-running the step redoes them. One
+    # set, replaced together: the recommendation never stands beside tables of another sweep.
+    from .plots import HEATMAP_SAVE, plot_sweep_heatmaps
 
-    plot_sweep_heatmaps(summary, runs.run_path(run_dir, HEATMAP_FILE))
+    summary = summarize_sweep(table)
+    recommendation = recommendation_record(recommend_settings(summary), clock["seconds"], len(table), memory_snapshot())
+    write_files_atomic({
+        runs.run_path(run_dir, runs.SWEEP): csv_bytes(table),
+        runs.run_path(run_dir, SUMMARY_FILE): csv_bytes(summary),
+        runs.run_path(run_dir, runs.RECOMMENDED): json_bytes(recommendation),
+        runs.run_path(run_dir, HEATMAP_FILE): figure_bytes(plot_sweep_heatmaps(summary), **HEATMAP_SAVE),
+    }, "the sweep's tables, recommendation and heatmaps")
     return table
 
 
@@ -125,14 +134,10 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def write_recommendation(run_dir: str | os.PathLike, recommendation: dict, seconds: float, rows: int,
-                         memory: dict | None = None) -> None:
-    """recommended_settings.json: the recommendation, the sweep's time and answers, and its memory (peaks since the
-    sweep began, measure.memory_snapshot)."""
-    write_json_atomic(
-        runs.run_path(run_dir, runs.RECOMMENDED),
-        {**recommendation, "sweep_seconds": seconds, "sweep_answers": rows, "sweep_memory": memory or {}},
-    )
+def recommendation_record(recommendation: dict, seconds: float, rows: int, memory: dict | None = None) -> dict:
+    """recommended_settings.json's content: the recommendation, the sweep's time and answers, and its memory (peaks
+    since the sweep began, measure.memory_snapshot)."""
+    return {**recommendation, "sweep_seconds": seconds, "sweep_answers": rows, "sweep_memory": memory or {}}
 
 
 def temperature_comparison(table, low: float = 0.3, high: float = 0.6, boot: int = 2000, seed: int = 0):

@@ -11,8 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import runs
-from .atomic import write_json_atomic
+from .atomic import DiskFullError, is_disk_full, write_json_atomic
 from .config import ConfigError, RunConfig
+from .finish import restore_ended_training, training_ended
+from .runlock import holds_run_dir
+from .safety import DiskSpaceError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 SAVE_TOTAL_LIMIT = 2  # the latest checkpoint to resume from, and the one before it
@@ -27,6 +30,7 @@ class TrainingMemoryError(ConfigError):
     """Training ran out of GPU memory; the message gives the memory figures and the settings to lower."""
 
 
+@holds_run_dir("train")
 def train(
     cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False, callbacks: list | None = None, overwrite: bool = False
 ) -> dict:
@@ -48,6 +52,7 @@ def train(
     return fit(model, tokenizer, cfg, run_dir, resume=resume, callbacks=callbacks, report=report, overwrite=overwrite)
 
 
+@holds_run_dir("train")
 def fit(
     model,
     tokenizer,
@@ -69,9 +74,11 @@ def fit(
     if resume:
         discard_incomplete_checkpoints(run_dir)  # cut off mid-write by a crash: resume from the one before
     checkpoint = resume_checkpoint(cfg, run_dir) if resume else None
+    # checked before a fresh run clears the old checkpoints, counting their space as free: a disk too small keeps them
+    stale = 0 if resume else sum(p.stat().st_size for p in checkpoints_dir(run_dir).rglob("*") if p.is_file())
+    check_training_disk_space(model, run_dir, stale)
     if not resume:
         shutil.rmtree(checkpoints_dir(run_dir), ignore_errors=True)  # a fresh run never resumes a stale one
-    check_training_disk_space(model, run_dir)
     stats_callback = _StatsCallback()
     trainer = build_trainer(model, tokenizer, cfg, run_dir, report, [stats_callback, *(callbacks or [])], resume)
     world = trainer.args.world_size
@@ -83,21 +90,33 @@ def fit(
         )
     reset_peak_memory()
     before = memory_snapshot()
-    try:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except torch.OutOfMemoryError:
-        raise TrainingMemoryError(out_of_memory_message(cfg, report, run_dir)) from None
+    if checkpoint is not None and training_ended(checkpoint, cfg):  # stopped after its last step: finish, train no more
+        metrics = restore_ended_training(trainer, checkpoint, checkpoints_dir(run_dir), stats_callback)
+    else:
+        try:
+            metrics = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None).metrics
+        except torch.OutOfMemoryError:
+            raise TrainingMemoryError(out_of_memory_message(cfg, report, run_dir)) from None
+        except Exception as err:  # the trainer writes checkpoints itself: a full disk surfaces here, in any type
+            if not is_disk_full(err, checkpoints_dir(run_dir)):
+                raise
+            raise checkpoint_disk_full(model, run_dir) from None
     after = memory_snapshot()
-    held_out_loss = final_held_out_loss(trainer, cfg, run_dir)
-    model.config.use_cache = True  # training turns the KV cache off; generation is ~18x slower without it
-    stats = run_stats(cfg, report, trainer, output.metrics, stats_callback, before, after, held_out_loss)
-    stats.update(adapter_dir=str(runs.run_path(run_dir, runs.ADAPTER)), resumed_from=str(checkpoint) if checkpoint else None)
-    if trainer.is_world_process_zero():  # data-parallel runs: one process writes the run's files
-        print(kept_checkpoint_line(stats), flush=True)
-        save_adapter(trainer.model, tokenizer, run_dir)  # after load_best_model_at_end: the best step's weights
-        history = loss_history(trainer.state.log_history, bool(cfg.validation_file), stats)
-        write_json_atomic(runs.run_path(run_dir, runs.TRAIN_LOG), {**history, "stats": stats})
-        plot_loss_curve(run_dir)
+    try:
+        held_out_loss = final_held_out_loss(trainer, cfg, run_dir)
+        model.config.use_cache = True  # training turns the KV cache off; generation is ~18x slower without it
+        stats = run_stats(cfg, report, trainer, metrics, stats_callback, before, after, held_out_loss)
+        stats.update(adapter_dir=str(runs.run_path(run_dir, runs.ADAPTER)), resumed_from=str(checkpoint) if checkpoint else None)
+        if trainer.is_world_process_zero():  # data-parallel runs: one process writes the run's files
+            print(kept_checkpoint_line(stats), flush=True)
+            save_adapter(trainer.model, tokenizer, run_dir)  # after load_best_model_at_end: the best step's weights
+            history = loss_history(trainer.state.log_history, bool(cfg.validation_file), stats)
+            write_json_atomic(runs.run_path(run_dir, runs.TRAIN_LOG), {**history, "stats": stats})
+            plot_loss_curve(run_dir)
+    except (DiskSpaceError, DiskFullError) as err:  # the steps are done and checkpointed: adapter and log are missing
+        raise DiskSpaceError(f"{err} The training steps are done: then `python -m semifinetune train --run-dir "
+                             f"{run_dir} --resume` (notebook 05 with resume=True) finishes the run without "
+                             "training again.") from None
     return stats
 
 
@@ -379,10 +398,11 @@ def resume_checkpoint(cfg: RunConfig, run_dir) -> Path:
     if checkpoint is None:
         instead = f"train again from scratch with {OVERWRITE_HOW}" if trained_results(run_dir) else "train without resume (resume=False, or drop --resume)"
         raise ConfigError(f"resume=True but {checkpoints_dir(run_dir)} holds no checkpoint-N folder: {instead}.")
-    if checkpoint_step(checkpoint) >= cfg.max_steps:  # the trainer would run one step past it
-        raise ConfigError(f"{checkpoint} is already at max_steps {cfg.max_steps}: nothing to resume. "
-                          + further_training(cfg, run_dir, checkpoint_step(checkpoint)))
-    return checkpoint
+    if checkpoint_step(checkpoint) > cfg.max_steps:  # max_steps lowered since: the weights went past the config
+        raise ConfigError(f"{checkpoint} is past max_steps {cfg.max_steps}: resuming would keep weights trained longer "
+                          f"than the config says. Set max_steps to {checkpoint_step(checkpoint)} or more again, or "
+                          f"train again from scratch with {OVERWRITE_HOW}.")
+    return checkpoint  # at max_steps (training ended, the rest did not happen): fit() finishes the run from it
 
 
 def further_training(cfg: RunConfig, run_dir, step: int) -> str:
@@ -405,13 +425,31 @@ def training_disk_bytes(trainable: int) -> int:
     return (SAVE_TOTAL_LIMIT + 1) * checkpoint + trainable * 4 + FOLDER_OVERHEAD_BYTES
 
 
-def check_training_disk_space(model, run_dir) -> None:
-    """Fail before the first step when checkpoints and the adapter would not fit on the run directory's disk."""
+def checkpoint_disk_full(model, run_dir) -> DiskFullError:
+    """The error for a disk that filled while the trainer saved a checkpoint; the checkpoint it cut off is removed,
+    so the run resumes from the one before."""
+    from .atomic import free_bytes, size_text
+
+    discard_incomplete_checkpoints(run_dir)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    last = latest_checkpoint(run_dir)
+    resume = (f"`python -m semifinetune train --run-dir {run_dir} --resume` continues from {last.name}" if last
+              else f"train again (`python -m semifinetune train --run-dir {run_dir} --overwrite`)")
+    return DiskFullError(
+        f"The disk holding {checkpoints_dir(run_dir)} filled while training saved a checkpoint: training needs about "
+        f"{size_text(training_disk_bytes(trainable))} there and {size_text(free_bytes(run_dir))} is free. The checkpoint "
+        f"it was writing was removed. Free some space, then {resume}."
+    )
+
+
+def check_training_disk_space(model, run_dir, freed: int = 0) -> None:
+    """Fail before the first step when checkpoints and the adapter would not fit on the run directory's disk, with
+    `freed` bytes (old checkpoints a fresh run removes) counted as free."""
     from .safety import check_disk_space
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     check_disk_space(
-        run_dir, training_disk_bytes(trainable),
+        run_dir, training_disk_bytes(trainable) - freed,
         f"training checkpoints and the adapter ({trainable:,} trainable parameters x 12 bytes x {SAVE_TOTAL_LIMIT + 1} checkpoints)",
         "Free some space (old runs' checkpoints/ folders, exports) or choose a run_dir on another disk.",
     )
@@ -526,8 +564,8 @@ def run_stats(
         "train_runtime_s": round(runtime, 2),
         # this session's held-out loss passes, inside train_runtime_s
         "eval_runtime_s": round(sum(e.get("eval_runtime", 0.0) for e in state.log_history[session.start_log :]), 2),
-        "samples_per_s": round(samples / runtime, 3),
-        "tokens_per_s": round(tokens / runtime, 1),
+        "samples_per_s": round(samples / runtime, 3) if runtime else None,
+        "tokens_per_s": round(tokens / runtime, 1) if runtime else None,
         "tokens_seen": int(state.num_input_tokens_seen),
         "final_train_loss": history["train_loss"][-1]["loss"] if history["train_loss"] else None,
         "first_eval_loss": history["eval_loss"][0]["loss"] if history["eval_loss"] else None,

@@ -223,13 +223,19 @@ def test_settings_list_must_match_questions(tiny):
         generate(model, tokenizer, QUESTIONS, [SamplingSettings()] * 2, progress=False)
 
 
-def _lora_4bit_layer():
+def _lora_4bit_layer(portable: bool = True):
     bnb = pytest.importorskip("bitsandbytes")
     from peft import LoraConfig
     from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
 
     torch.manual_seed(0)
     base_layer = bnb.nn.Linear4bit(64, 32, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
+    if portable:
+        # bitsandbytes' own switch, set from the CPU's flags: on a CPU with AVX512-BF16 the layer's first forward in
+        # eval mode moves the weight into its bf16 kernel's layout and computes in bf16, whatever compute_dtype says.
+        # Off, every CPU computes in float32, so the references below hold to 1e-4 on any CPU; the bf16 kernel's
+        # layout and outputs have tests of their own.
+        base_layer.support_avx512bf16_for_cpu = False
     lora = LoraLinear4bit(base_layer, "default", config=LoraConfig(r=4), r=4, lora_alpha=8)
     torch.nn.init.normal_(lora.lora_B["default"].weight)  # a trained adapter: B no longer zero
     return torch.nn.Sequential(lora).eval(), lora, base_layer
@@ -255,6 +261,58 @@ def test_dequantized_weights_fold_the_adapter_in_and_give_the_same_outputs():
     assert torch.allclose(tuned_dense, tuned, atol=1e-4) and torch.allclose(base_dense, base, atol=1e-4)
     assert not torch.allclose(tuned, base, atol=1e-2)  # the adapter matters, so it was folded in, not dropped
     assert torch.equal(after, tuned)  # the 4-bit forward and the adapter are back after the block
+
+
+def test_the_copy_reads_the_layout_of_bitsandbytes_bf16_cpu_kernel():
+    """On a CPU with AVX512-BF16, bitsandbytes moves a 4-bit weight into another layout (codes interleaved by 32 rows,
+    absmax transposed, as bf16) at the layer's first forward in eval mode. The copy is the same weight from either
+    layout, up to absmax's rounding to bf16. The move is bitsandbytes' own function, so this runs on every CPU."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu, dequantize_4bit
+
+    from semifinetune.decode import dequantized_weights
+
+    model, lora, base_layer = _lora_4bit_layer()
+    with torch.no_grad():
+        with dequantized_weights(model) as copies:
+            plain = copies[0][2].clone()
+        weight = base_layer.weight
+        weight.data, weight.quant_state = _convert_weight_packed_for_cpu(weight.data, weight.quant_state)
+        # the packed bytes read as the plain layout, the adapter added: off by whole units where the weight is
+        misread = dequantize_4bit(weight.data, weight.quant_state).float() + _delta(lora)
+        with dequantized_weights(model) as copies:
+            packed = copies[0][2]
+    assert weight.quant_state.packing_format_for_cpu and packed.dtype == plain.dtype == torch.float32
+    base_weight = plain - _delta(lora)
+    assert ((packed - plain).abs() <= 2**-8 * base_weight.abs() + 1e-6).all()  # absmax as bf16: 8 significant bits
+    assert (misread - plain).abs().max() > 100 * (packed - plain).abs().max()
+
+
+def _delta(lora):
+    """The adapter's part of the copy: scaling x B @ A."""
+    return lora.scaling["default"] * (lora.lora_B["default"].weight @ lora.lora_A["default"].weight)
+
+
+def _has_avx512_bf16() -> bool:
+    bnb = pytest.importorskip("bitsandbytes")
+    return bool(bnb.functional.has_avx512bf16())
+
+
+@pytest.mark.skipif("not _has_avx512_bf16()", reason="CPU-dependent: bitsandbytes uses its bf16 CPU kernel only where the "
+                    "CPU has AVX512-BF16, which this one lacks (its layout is tested on every CPU above)")
+def test_on_a_cpu_with_avx512_bf16_the_copy_agrees_with_the_bf16_kernel():
+    """The layer's own forward moves the weight and computes in bf16; the copy (float32) agrees to bf16 rounding."""
+    from semifinetune.decode import dequantized_weights
+
+    model, lora, base_layer = _lora_4bit_layer(portable=False)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        tuned = model(x)
+        assert base_layer.weight.quant_state.packing_format_for_cpu  # the forward moved the weight
+        with dequantized_weights(model):
+            tuned_dense = model(x)
+        after = model(x)
+    assert torch.allclose(tuned_dense, tuned, rtol=2**-7, atol=1e-2)  # bf16 inputs and weights: 8 significant bits
+    assert torch.equal(after, tuned)
 
 
 @contextmanager

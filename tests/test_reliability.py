@@ -274,6 +274,14 @@ BAD_SETTINGS = [
     ("train_file=data/missing.jsonl", "train_file 'data/missing.jsonl': no such file"),
     ("profile=cpu", "'profile' is not an override: choose it with the profile parameter"),
     ("run_dir=elsewhere", "'run_dir' is a notebook parameter, not a config key"),
+    # settings transformers, peft or numpy would refuse only once the model has loaded
+    ("optim=adamw_bogus", "'optim' = 'adamw_bogus' is not one transformers knows. Valid: adamw_torch, "),
+    ("lr_scheduler_type=bogus", "'lr_scheduler_type' = 'bogus' is not one transformers knows. Valid: linear, cosine"),
+    ("target_modules=qq_proj", "target_modules ['qq_proj'] name no layer of tiny:random-qwen2: LoRA can target q_proj"),
+    ("seed=-1", "'seed' = -1 is out of range: it must be in [0, 4294967295]"),
+    ("temperature=inf", "'temperature' = inf is not a finite number"),
+    ("sweep_temperatures=0.3,inf", "'sweep_temperatures' = [0.3, inf] is not a finite number"),
+    ("model_name=./models/no-such-model", "model_name './models/no-such-model' is no folder on this machine"),
 ]
 
 
@@ -324,7 +332,7 @@ def test_unsloth_missing_is_named(monkeypatch):
         check_loadable(make_config("tiny", {"backend": "unsloth"}), report)
 
 
-def test_cli_catches_every_config_and_model_error(capsys, monkeypatch):
+def test_cli_catches_every_config_and_model_error(capsys, monkeypatch, tmp_path):
     """Every command goes through main's handler: ConfigError subclasses and ModelLoadError print one line, exit 2."""
     from semifinetune import cli
     from semifinetune.models import ModelLoadError
@@ -337,7 +345,7 @@ def test_cli_catches_every_config_and_model_error(capsys, monkeypatch):
                 raise error
 
             monkeypatch.setattr(cli, function, raising)  # build_parser binds the module's function at call time
-            argv = [command, "--run-dir", "r"] + (["--format", "adapter"] if command == "export" else [])
+            argv = [command, "--run-dir", str(tmp_path / "r")] + (["--format", "adapter"] if command == "export" else [])
             assert cli.main(argv) == 2
             assert capsys.readouterr().err == f"error: {error}\n"
 
@@ -557,7 +565,6 @@ def test_training_disk_estimate_for_r1():
 def test_training_stops_before_writing_when_the_disk_is_full(tmp_path, monkeypatch):
     import torch
 
-    from semifinetune import safety
     from semifinetune import train as train_module
     from semifinetune.safety import DiskSpaceError
 
@@ -565,7 +572,7 @@ def test_training_stops_before_writing_when_the_disk_is_full(tmp_path, monkeypat
         raise AssertionError("the trainer was built")
 
     monkeypatch.setattr(train_module, "build_trainer", no_trainer)
-    monkeypatch.setattr(safety.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 2**20, 2**20))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 2**20, 2**20))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     model = torch.nn.Linear(1000, 1000)  # 1,001,000 trainable parameters
@@ -573,5 +580,5 @@ def test_training_stops_before_writing_when_the_disk_is_full(tmp_path, monkeypat
         train_module.fit(model, None, make_config("tiny"), run_dir, report={"cuda_available": False, "bf16_supported": False})
     message = str(err.value)
     assert "training checkpoints and the adapter (1,001,000 trainable parameters x 12 bytes x 3 checkpoints)" in message
-    assert "0.00 GiB is free" in message and "Free some space" in message
-    assert list(run_dir.iterdir()) == []  # nothing written
+    assert "1.00 MiB is free" in message and "Free some space" in message
+    assert [p.name for p in run_dir.iterdir()] == ["run.lock"]  # nothing written but the run directory's lock

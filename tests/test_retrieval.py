@@ -280,7 +280,7 @@ def test_cli_evaluate_retrieval(rag_run, tmp_path, capsys):
     assert "--retrieval takes a number of notes of 1 or more" in capsys.readouterr().err
 
 
-def test_run_summary_line_holds_the_2x2(monkeypatch, capsys):
+def test_run_summary_line_holds_the_2x2(monkeypatch, capsys, tmp_path):
     from semifinetune import cli
 
     result = {
@@ -290,7 +290,7 @@ def test_run_summary_line_holds_the_2x2(monkeypatch, capsys):
         "recommended": {"temperature": 0.3, "top_p": 1.0},
     }
     monkeypatch.setattr("semifinetune.pipeline.run_pipeline", lambda *args, **kwargs: result)
-    assert cli.main(["run", "--profile", "tiny", "--run-dir", "r"]) == 0
+    assert cli.main(["run", "--profile", "tiny", "--run-dir", str(tmp_path / "r")]) == 0  # the lock makes the folder
     out = capsys.readouterr().out
     assert "held-out correct: base 1, tuned 2 of 6; with retrieval, correct: held-out base 1, base + top 1 4" in out
 
