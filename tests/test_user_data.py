@@ -219,3 +219,29 @@ def test_the_data_name_comes_from_the_training_file():
     assert data_name(make_config("tiny")) == "semiconductor"
     assert data_name(make_config("tiny", {"train_file": "my data/acme_faq.csv"})) == "acme-faq"
     assert data_name(make_config("tiny", {"train_file": "rajpurkar/squad:train"})) == "squad"
+
+
+@pytest.mark.parametrize("name, fmt", [*FORMATS.items(), ("hub-style folder", "columns"), ("quorvane.parquet", "columns")])
+def test_run_tiny_end_to_end_on_each_format(tmp_path, name, fmt):
+    """The whole pipeline (01-06 as `run` does them) with the user's file as the only data."""
+    import pandas as pd
+
+    from semifinetune.pipeline import run_pipeline
+
+    source = EXAMPLES / name
+    if name == "hub-style folder":  # the layout load_dataset reads for a Hub id, here on disk
+        (tmp_path / "repo" / "data").mkdir(parents=True)
+        pd.read_csv(EXAMPLES / "quorvane.csv").to_json(tmp_path / "repo" / "data" / "train.jsonl", orient="records", lines=True)
+        source = tmp_path / "repo"
+    elif name.endswith(".parquet"):
+        source = tmp_path / name
+        pd.read_csv(EXAMPLES / "quorvane.csv").to_parquet(source)
+    run_dir = tmp_path / "run"
+    result = run_pipeline(run_dir, "tiny", {"train_file": str(source), "retrieval_compare_questions": 2, "sweep_questions": 2})
+    summary = json.loads((run_dir / "data" / "summary.json").read_text())
+    assert summary["data_format"] == fmt and summary["train"]["examples"] == 28
+    assert (summary["eval"]["source"], summary["eval"]["examples"], summary["validation"]["examples"]) == ("sample", 22, 6 if fmt != "messages" else 5)
+    evaluation = pd.read_csv(run_dir / "evaluation.csv")
+    assert len(evaluation) == 2 * summary["eval"]["examples"] and set(evaluation["verdict_by"]) == {"key terms"}
+    assert evaluation["token_f1"].between(0, 1).all() and result["evaluation"]["questions"] == summary["eval"]["examples"]
+    assert (run_dir / "adapter" / "adapter_config.json").exists()
