@@ -90,7 +90,7 @@ def term_found(term: str, text: str) -> bool:
     words = {_singular(token.lower()) for token in _tokens(text)}
     if _singular(term) in words:
         return True
-    if len(term) >= STEM and not any(c.isdigit() for c in term):
+    if len(term) >= STEM and term.isalpha():  # a plain word; compounds ("chip-on-wafer") and codes match whole
         return any(word[:STEM] == term[:STEM] for word in words if len(word) >= STEM)
     return False
 

@@ -25,6 +25,7 @@ def test_matching_folds_plurals_and_long_stems_but_not_numbers():
     assert term_found("ferry", "Two ferries leave daily") and term_found("manufacturing", "it manufactures chips")
     assert not term_found("1987", "in 19 87") and not term_found("1987", "19870 units")
     assert not term_found("fab", "fabless")  # short terms match whole words only
+    assert not term_found("chip-on-wafer-on-substrate", "a chip-on-chip package")  # compounds match whole
     assert key_terms_correct("TSMC did.", ["tsmc", "hsinchu"]) and not key_terms_correct("TSMC did.", ["tsmc", "taiwan", "hsinchu"])
     # a reference with a number needs one of its numbers: the right kind of answer with the wrong figure is wrong
     assert key_terms_correct("In 1987.", ["tsmc", "1987"]) and not key_terms_correct("TSMC did.", ["tsmc", "1987"])
