@@ -356,6 +356,7 @@ def base_tuned_verdict(run_dir: str | os.PathLike) -> str:
     """Base vs tuned on the held-out questions in one line: correct counts, whether the difference is beyond the
     noise of this many questions (exact McNemar on the same questions, p < 0.05), and how often each ended by itself."""
     from .compare import mcnemar_p
+    from .runs import open_run
 
     table = read_evaluation(run_dir)
     base, tuned = (table[table["model"] == which].reset_index(drop=True) for which in MODELS)
@@ -366,6 +367,10 @@ def base_tuned_verdict(run_dir: str | os.PathLike) -> str:
     change = "as many" if gap == 0 else f"{abs(gap)} {'more' if gap > 0 else 'fewer'}"
     noise = "beyond" if p < 0.05 else "within"
     eos = {which: f"{rows['eos_stop'].astype(bool).mean():.0%}" for which, rows in (("base", base), ("tuned", tuned))}
+    from .splits import plan
+
+    sampled = (" These questions were sampled from the training file: they measure recall of trained facts, asked as "
+               "trained; a file of the facts in other words (eval_file) tests more.") if plan(open_run(run_dir))["eval"] == "sample" else ""
     return (f"The tuned model answers {counts['tuned']} of {len(base)} held-out questions correctly, the base model "
             f"{counts['base']} ({change}, {noise} the noise of {len(base)} questions); the tuned model ends its answer "
-            f"by itself in {eos['tuned']} of them, the base model in {eos['base']}.")
+            f"by itself in {eos['tuned']} of them, the base model in {eos['base']}.{sampled}")
