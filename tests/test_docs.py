@@ -13,7 +13,7 @@ from semifinetune.notebooks import NOTEBOOK_DIR
 from semifinetune.runs import PROJECT_ROOT
 
 README = PROJECT_ROOT / "README.md"
-PAGES = [README, PROJECT_ROOT / "BENCHMARKS.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+PAGES = [README, PROJECT_ROOT / "BENCHMARKS.md", *sorted((PROJECT_ROOT / "docs").rglob("*.md"))]
 HOME = "https://github.com/semifinetune/semifinetune/blob/main/"  # the notebooks link docs/ here: Colab has no relative links
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
@@ -82,6 +82,7 @@ def test_relative_links_resolve(page):
 
 def test_every_docs_page_is_linked_from_the_readme():
     linked = {(README.parent / t.partition("#")[0]).resolve() for t in links(README)}
+    linked |= {path / "README.md" for path in linked}  # a folder's link shows its README.md
     unlinked = [p.name for p in PAGES[2:] if p.resolve() not in linked]
     assert unlinked == [], f"docs pages nothing in the README leads to: {unlinked}"
 
@@ -105,3 +106,25 @@ def test_notebook_links_into_docs_resolve(path):
     problems = [why for t in targets if (why := broken(PROJECT_ROOT / "README.md", t[len(HOME):]))]
     assert problems == [], f"{path.name}: {problems}"
     assert path.stem == "02_load_4bit" or targets, f"{path.name} links nothing in docs/"
+
+
+EXAMPLE = PROJECT_ROOT / "docs" / "example"
+
+
+def test_the_example_run_is_the_six_notebooks_executed_on_the_cpu_profile():
+    """docs/example: every notebook executed on the embedded model, no error, no stderr, no progress bar; the
+    README's picture beside them."""
+    from semifinetune.notebooks import NOTEBOOKS
+
+    for name in NOTEBOOKS:
+        nb = nbformat.read(EXAMPLE / f"{name}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.execution_count is not None for c in code), f"{name}: not executed"
+        for cell in code:
+            for out in cell.outputs:
+                assert out.output_type != "error", f"{name}: {out.ename}: {out.evalue}"
+                assert not (out.output_type == "stream" and out.name == "stderr"), f"{name}: {out.text[:200]}"
+                assert "application/vnd.jupyter.widget-view+json" not in out.get("data", {}), f"{name}: a widget"
+        shown = "\n".join(o.get("text", "") or o.get("data", {}).get("text/plain", "") for c in code for o in c.outputs)
+        assert "embedded:SmolLM2-135M-Instruct (cpu profile)" in shown, f"{name}: not the cpu profile's run"
+    assert (EXAMPLE / "base_vs_tuned.png").stat().st_size > 5000
