@@ -252,8 +252,8 @@ def execute_into_run(path: Path, run_dir: Path, parameters: dict, cwd: str | os.
 
 NEXT_STEPS = (
     "Next: notebook 02 (02 and 03 only show the model and its LoRA, and can be skipped: 04 goes on from what this "
-    "notebook wrote), each in a runtime of its own; the badges below open them. Or run 02-06 here, one after another in "
-    f"this runtime: set {RUN_REST} = True in the parameters cell and run all cells again."
+    "notebook wrote); the badges below open them in Colab. Or run 02-06 from here, one after another: set "
+    f"{RUN_REST} = True in the parameters cell and run all cells again."
 )
 
 
