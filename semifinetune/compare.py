@@ -13,6 +13,7 @@ import os
 from . import runs
 from .atomic import csv_bytes, write_bytes_atomic
 from .config import ConfigError
+from .evaluate import mcnemar_p  # noqa: F401 - the tests and notebooks read it from here too
 from .runlock import holds_run_dir
 from .safety import check_answers_space
 
@@ -30,13 +31,12 @@ def retrieval_label(k: int) -> str:
 def question_sets(cfg, limit: int = 0, run_dir: str | os.PathLike | None = None) -> dict[str, list[dict]]:
     """The held-out questions (eval_file, or the run's sample) and the general ones (general_eval_file), validated,
     with key terms; the first `limit` of each if limit > 0."""
-    from .data import read_examples
-    from .evaluate import read_eval_rows
+    from .data import read_examples, split_examples
     from .refscore import with_key_terms
     from .splits import locate
 
     general = read_examples(locate(cfg.general_eval_file), "eval")
-    sets = {"held-out": read_eval_rows(cfg, run_dir=run_dir), "general": with_key_terms(general, [r["output"] for r in general])}
+    sets = {"held-out": split_examples(cfg, "eval", run_dir), "general": with_key_terms(general, [r["output"] for r in general])}
     return {name: rows[:limit] if limit > 0 else rows for name, rows in sets.items()}
 
 
@@ -155,16 +155,6 @@ def _rate(values) -> float:
 
     known = pd.Series(list(values), dtype=object).dropna()
     return float(known.map(lambda v: v is True or str(v).lower() == "true").mean()) if len(known) else math.nan
-
-
-def mcnemar_p(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p: the chance of a split at least this uneven of the questions only one side got
-    right, were both sides equally good."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
-    return min(1.0, 2 * tail)
 
 
 def _cells(table, name: str) -> dict:

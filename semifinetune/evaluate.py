@@ -10,6 +10,7 @@ row's `scored_on` says which rule applied: "answer", "unfinished reasoning", or 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from contextlib import contextmanager, nullcontext
@@ -352,12 +353,19 @@ def evaluation_summary(run_dir: str | os.PathLike):
     return summarize(read_evaluation(run_dir), ["model"]).set_index("model")
 
 
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p: the chance of a split at least this uneven of the questions only one side got
+    right, were both sides equally good."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def base_tuned_verdict(run_dir: str | os.PathLike) -> str:
     """Base vs tuned on the held-out questions in one line: correct counts, whether the difference is beyond the
     noise of this many questions (exact McNemar on the same questions, p < 0.05), and how often each ended by itself."""
-    from .compare import mcnemar_p
-    from .runs import open_run
-
     table = read_evaluation(run_dir)
     base, tuned = (table[table["model"] == which].reset_index(drop=True) for which in MODELS)
     right = {which: rows["correct"].astype(bool) for which, rows in (("base", base), ("tuned", tuned))}
@@ -367,10 +375,10 @@ def base_tuned_verdict(run_dir: str | os.PathLike) -> str:
     change = "as many" if gap == 0 else f"{abs(gap)} {'more' if gap > 0 else 'fewer'}"
     noise = "beyond" if p < 0.05 else "within"
     eos = {which: f"{rows['eos_stop'].astype(bool).mean():.0%}" for which, rows in (("base", base), ("tuned", tuned))}
-    from .splits import plan
-
+    summary = runs.run_path(run_dir, runs.DATA) / "summary.json"  # notebook 04's: where the questions came from
+    sampled = summary.exists() and json.loads(summary.read_text(encoding="utf-8")).get("eval", {}).get("source") == "sample"
     sampled = (" These questions were sampled from the training file: they measure recall of trained facts, asked as "
-               "trained; a file of the facts in other words (eval_file) tests more.") if plan(open_run(run_dir))["eval"] == "sample" else ""
+               "trained; a file of the facts in other words (eval_file) tests more.") if sampled else ""
     return (f"The tuned model answers {counts['tuned']} of {len(base)} held-out questions correctly, the base model "
             f"{counts['base']} ({change}, {noise} the noise of {len(base)} questions); the tuned model ends its answer "
             f"by itself in {eos['tuned']} of them, the base model in {eos['base']}.{sampled}")

@@ -31,14 +31,21 @@ VALIDATION_SHARE, VALIDATION_MAX, HELD_OUT_MAX = 0.2, 30, 100
 
 def locate(given: str) -> str:
     """A data setting as a readable source: a path as given where it exists, else from the project root where it
-    exists there, else as given (a Hub dataset id, or a missing file that the check names)."""
-    from .sources import split_source
+    exists there, else as given (a Hub dataset id, or a missing file that the check names). Outside a clone, a
+    relative path to one of the repository's files says that the project runs from a clone."""
+    from .sources import is_hub_id, split_source
 
-    name, split = split_source(given)
-    suffix = given[len(name):]  # ":split", where one was named
-    if Path(name).is_absolute() or Path(name).exists() or not (runs.PROJECT_ROOT / name).exists():
+    if given in (AUTO, ""):
         return given
-    return str(runs.PROJECT_ROOT / name) + suffix
+    name, _ = split_source(given)
+    suffix = given[len(name):]  # ":split", where one was named
+    if Path(name).is_absolute() or Path(name).exists():
+        return given
+    if (runs.PROJECT_ROOT / name).exists():
+        return str(runs.PROJECT_ROOT / name) + suffix
+    if not is_hub_id(given) and not runs.in_a_clone():
+        runs.resolve_data_path(name)  # raises: the repository's files are not beside this installed package
+    return given
 
 
 def is_shipped(given: str, shipped) -> bool:

@@ -72,12 +72,14 @@ def config_summary(cfg, run_dir: str | os.PathLike | None = None):
     """The run's config in five lines a user checks: model, data, recipe, steps, run directory (config_table(cfg),
     or `cfg` alone, shows every setting)."""
     from .colab import on_colab
+    from .splits import plan
 
     effective = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     targets = ", ".join(cfg.target_modules)
+    held_out = plan(cfg)["eval"]  # "auto" as the run reads it: the shipped file, or a sample of the training file
     rows = {
         "model": f"{cfg.model_name} ({cfg.profile} profile{', 4-bit' if cfg.load_in_4bit else ''})",
-        "data": f"train {cfg.train_file}; held-out questions {cfg.eval_file}",
+        "data": f"train {cfg.train_file}; held-out questions {held_out if held_out != 'sample' else 'sampled from it'}",
         "recipe": f"{cfg.recipe}: lr {cfg.learning_rate:g}, LoRA r{cfg.lora_r}/alpha{cfg.lora_alpha} on {targets}",
         "steps": f"{cfg.max_steps} at effective batch {effective}",
     }
