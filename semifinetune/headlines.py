@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 from pathlib import Path
 
 from . import runs
@@ -39,9 +40,11 @@ def baseline_line(run_dir: Path, executed=None) -> str:
 
 def lora_line(run_dir: Path, executed: str | os.PathLike | None = None) -> str:
     """03 writes nothing to the run: its count is read from the executed notebook's report cell."""
-    report = shown_value(executed or run_dir / "notebooks" / "03_lora.ipynb", "lora_parameter_report(model)")
-    return (f"LoRA: {report['trainable_params']:,} trainable parameters, {report['trainable_percent']}% of the base "
-            f"model's {report['base_params']:,}; adapter {report['adapter_mb']} MB")
+    shown = shown_text(executed or run_dir / "notebooks" / "03_lora.ipynb", "lora_summary(lora_parameter_report(model))")
+    values = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in shown.splitlines() if line.strip())
+    trainable, percent = re.match(r"([\d,]+) \(([\d.]+)%", values["trainable parameters"]).groups()
+    return (f"LoRA: {trainable} trainable parameters, {percent}% of the base model's "
+            f"{values['base model parameters'].split(' (')[0]}; adapter {values['adapter size'].split(' (')[0]}")
 
 
 def data_line(run_dir: Path, executed=None) -> str:
@@ -82,8 +85,8 @@ HEADLINES = {
 }
 
 
-def shown_value(path: str | os.PathLike, call: str):
-    """The value an executed notebook shows for the cell that ends with `call` (its text/plain, as a literal)."""
+def shown_text(path: str | os.PathLike, call: str) -> str:
+    """The text an executed notebook shows for the cell that ends with `call` (its text/plain)."""
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
@@ -91,5 +94,10 @@ def shown_value(path: str | os.PathLike, call: str):
         if cell.cell_type == "code" and cell.source.strip().endswith(call):
             for output in cell.get("outputs", []):
                 if "text/plain" in output.get("data", {}):
-                    return ast.literal_eval(output["data"]["text/plain"])
+                    return output["data"]["text/plain"]
     raise KeyError(call)
+
+
+def shown_value(path: str | os.PathLike, call: str):
+    """The value an executed notebook shows for the cell that ends with `call` (its text/plain, as a literal)."""
+    return ast.literal_eval(shown_text(path, call))
