@@ -21,6 +21,7 @@ SUMMARY_FILE = "summary.json"
 HISTOGRAM_FILE = "token_lengths.png"
 KINDS = ("train", "eval")  # eval: held-out or validation questions, whose keyword groups (optional) are checked too
 SAME_PROBLEM_SHOWN = 5  # a problem met on more lines than this is listed this often, then counted
+LOCATION = r":(?:item |row )?(\d+)(?: turn \d+)?: "  # the line, item or row a problem names, after the file
 
 # Chat-template markers (`<|im_start|>`, `<|end_of_text|>`), R1's full-width ones (`<｜end▁of▁sentence｜>`)
 # and the think tags: typed into the data they either become real special tokens or split into junk pieces.
@@ -43,13 +44,12 @@ def data_error(problems: list[str]) -> DataError:
         lines += group[:SAME_PROBLEM_SHOWN]
         if len(group) > SAME_PROBLEM_SHOWN:
             lines.append(f"... and {len(group) - SAME_PROBLEM_SHOWN} more with the same problem: {text}")
-    count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
-    return DataError("\n".join(lines) + (f"\n({count} in all)" if len(problems) > SAME_PROBLEM_SHOWN else ""))
+    return DataError("\n".join(lines) + (f"\n({len(problems)} problems in all)" if len(problems) > SAME_PROBLEM_SHOWN else ""))
 
 
 def _without_location(problem: str) -> str:
     """The problem's text after its `file:line: ` prefix, with numbers of tokens masked (they differ by line)."""
-    text = re.sub(r"^.*?:(?:item |row )?\d+(?: turn \d+)?: ", "", problem, count=1)
+    text = re.sub(r"^.*?" + LOCATION, "", problem, count=1)
     return re.sub(r"^\d+ tokens", "N tokens", text)
 
 
@@ -145,7 +145,7 @@ def read_source(path: str | os.PathLike, kind: str = "train", columns: tuple[str
 
 def _line_number(problem: str) -> int:
     """The line (item, row) number a problem names, to list problems in file order."""
-    match = re.search(r":(?:item |row )?(\d+)(?: turn \d+)?: ", problem)
+    match = re.search(LOCATION, problem)
     return int(match.group(1)) if match else 0
 
 
@@ -254,6 +254,19 @@ def describe_data(cfg: RunConfig, found: dict[str, Source]) -> str:
     chosen = splits.plan(cfg)
     counts = {split: len(source.records) for split, source in found.items()}
     return f"data format: {found['train'].format}\n" + splits.describe(chosen, counts)
+
+
+def training_examples(cfg: RunConfig) -> list[dict]:
+    """The training file's examples alone (retrieval's notes), without reading or sampling the question files."""
+    from .sources import exists
+
+    given = splits.locate(cfg.train_file)
+    if not exists(given):
+        raise data_error([_missing("train_file", cfg.train_file)])
+    source = read_source(given, "train", **_options(cfg))
+    if source.problems:
+        raise data_error(source.problems)
+    return [record.value for record in source.records]
 
 
 def split_examples(cfg: RunConfig, split: str, run_dir: str | os.PathLike | None) -> list[dict]:

@@ -69,13 +69,13 @@ def index_pairs(pairs: list[dict], source: str = "") -> NoteIndex:
 
 def index_training_pairs(cfg: RunConfig) -> NoteIndex:
     """The index over cfg.train_file (validated), the only file retrieval may read notes from."""
-    from .data import split_examples
+    from .data import training_examples
     from .splits import locate
 
     files = {str(Path(locate(name)).resolve()) for name in (cfg.eval_file, cfg.general_eval_file) if Path(locate(name)).is_file()}
     if Path(locate(cfg.train_file)).is_file() and str(Path(locate(cfg.train_file)).resolve()) in files:
         raise ConfigError(f"train_file {cfg.train_file} is also an evaluation file: retrieval would read the answers of the questions it is scored on.")
-    return index_pairs(split_examples(cfg, "train", None), cfg.train_file)
+    return index_pairs(training_examples(cfg), cfg.train_file)
 
 
 def retrieve(index: NoteIndex, questions: list[str], k: int) -> list[list[dict]]:
