@@ -4,6 +4,7 @@ Colab user runs it: each notebook in its own kernel, only the Drive folder share
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import os
 import re
@@ -67,6 +68,9 @@ def on_colab(tmp_path, monkeypatch):
     drive.mount = mount
     package = types.ModuleType("google.colab")
     package.drive = drive
+    # Specs as real imports have them: accelerate's find_spec("google.colab") raises on a module without one.
+    package.__spec__ = importlib.machinery.ModuleSpec("google.colab", None, is_package=True)
+    drive.__spec__ = importlib.machinery.ModuleSpec("google.colab.drive", None)
     monkeypatch.setitem(sys.modules, "google.colab", package)
     monkeypatch.setitem(sys.modules, "google.colab.drive", drive)
     monkeypatch.setenv("SEMIFINETUNE_DRIVE", str(tmp_path / "drive"))
