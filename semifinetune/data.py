@@ -12,6 +12,7 @@ from pathlib import Path
 from .atomic import write_text_atomic
 from .config import ConfigError, RunConfig
 from .rowformats import detect_format, to_examples, unknown_format
+from .runlock import holds_run_dir
 from .sources import Record, read_rows
 from . import splits
 
@@ -378,6 +379,7 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+@holds_run_dir("prepare-data")
 def prepare_data(run_dir: str | os.PathLike, tokenizer=None) -> dict:
     """Notebook 04: validate the run's train, eval and validation files, format and tokenize them into run_dir/data/."""
     from . import runs
