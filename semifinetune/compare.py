@@ -24,8 +24,30 @@ TABLE_COLUMNS = [
 ]
 
 
+EXTRA_RANKS = 20  # ranked notes looked through for ones that lack the answer
+
+
 def retrieval_label(k: int) -> str:
     return f"top {k}" if k else "off"
+
+
+def distractors_label(k: int) -> str:
+    """The third column: k notes, none of which holds the answer (does the model pass over notes that do not help?)."""
+    return f"{k} distractor{'s' if k != 1 else ''}"
+
+
+def is_distractors(label: str) -> bool:
+    return "distractor" in label
+
+
+def distractor_notes(index, rows: list[dict], k: int) -> list[list[dict]]:
+    """For each question, the best-ranked k notes whose answers do not hold its answer (evaluate.notes_hold_answer):
+    what retrieval gives when it misses."""
+    from .evaluate import notes_hold_answer
+    from .retrieval import retrieve
+
+    ranked = retrieve(index, [row["input"] for row in rows], min(k + EXTRA_RANKS, len(index.pairs)))
+    return [[note for note in notes if not notes_hold_answer([note], row)][:k] for notes, row in zip(ranked, rows)]
 
 
 def question_sets(cfg, limit: int = 0, run_dir: str | os.PathLike | None = None) -> dict[str, list[dict]]:
@@ -43,8 +65,9 @@ def question_sets(cfg, limit: int = 0, run_dir: str | os.PathLike | None = None)
 @holds_run_dir("evaluate --retrieval")
 def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings=None, batch_size: int | None = None,
                       progress: bool = True, reuse_evaluation: bool = False):
-    """The 2 x 2 on both question sets at the run's sampling settings, k notes (default retrieval_compare_k);
-    writes run_dir/retrieval.csv (one row per answer) and returns it as read back.
+    """The 2 x 2 on both question sets at the run's sampling settings, k notes (default retrieval_compare_k), and a
+    third column of k notes that lack the answer (distractor_notes); writes run_dir/retrieval.csv (one row per answer)
+    and returns it as read back.
 
     reuse_evaluation: take the held-out answers without notes from evaluation.csv instead of generating them again,
     where it was written without notes for the same questions. They are the same answers (same prompts, batches and
@@ -64,13 +87,15 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
     sets = question_sets(cfg, cfg.retrieval_compare_questions, run_dir)
     index = index_training_pairs(cfg)  # train_file only: the held-out answers are never among the notes
     notes = {name: retrieve(index, [row["input"] for row in rows], k) for name, rows in sets.items()}
+    misses = {name: distractor_notes(index, rows, k) for name, rows in sets.items()}
     reused = _evaluation_without_notes(run_dir, cfg, sets["held-out"]) if reuse_evaluation else None
-    answers = 2 * len(MODELS) * sum(len(rows) for rows in sets.values())  # without and with notes
+    answers = 3 * len(MODELS) * sum(len(rows) for rows in sets.values())  # without notes, with notes, with distractors
     check_answers_space(run_dir, answers, max_new_tokens(settings, cfg), runs.RETRIEVAL)
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
-    cells = [(name, notes_k, rows, given) for name, rows in sets.items()
-             for notes_k, given in ((0, [[] for _ in rows]), (k, notes[name]))]  # no notes: the model-alone prompt
-    fresh = [cell for cell in cells if reused is None or cell[:2] != ("held-out", 0)]
+    cells = [(name, label, rows, given) for name, rows in sets.items()  # no notes: the model-alone prompt
+             for label, given in ((retrieval_label(0), [[] for _ in rows]), (retrieval_label(k), notes[name]),
+                                  (distractors_label(k), misses[name]))]
+    fresh = [cell for cell in cells if reused is None or cell[:2] != ("held-out", retrieval_label(0))]
     frames = []
     for which in MODELS:
         with as_model(model, which):
@@ -79,14 +104,14 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
             answered = evaluate_model(model, tokenizer, [row for cell in fresh for row in cell[2]], settings, cfg.seed,
                                       batch_size, progress, cfg.cuda_graphs, [n for cell in fresh for n in cell[3]])
             start, by_cell = 0, {}
-            for name, notes_k, rows, _ in fresh:
-                by_cell[name, notes_k] = answered.iloc[start : start + len(rows)].assign(question_id=range(len(rows)))
+            for name, label, rows, _ in fresh:
+                by_cell[name, label] = answered.iloc[start : start + len(rows)].assign(question_id=range(len(rows)))
                 start += len(rows)
-            for name, notes_k, _, _ in cells:
-                frame = by_cell.get((name, notes_k))
+            for name, label, _, _ in cells:
+                frame = by_cell.get((name, label))
                 if frame is None:
                     frame = _as_retrieval_rows(reused[reused["model"] == which], tokenizer)
-                frames.append(frame.assign(set=name, model=which, retrieval=retrieval_label(notes_k)))
+                frames.append(frame.assign(set=name, model=which, retrieval=label))
     table = pd.concat(frames, ignore_index=True)
     write_bytes_atomic(runs.run_path(run_dir, runs.RETRIEVAL), csv_bytes(table))  # rewritten each call, like evaluation.csv
     return read_retrieval(run_dir)  # read back: reused and new rows alike typed as the CSV holds them
@@ -144,7 +169,7 @@ def retrieval_table(table):
     summary = summary.merge(extra, on=["set", "model", "retrieval"]).rename(columns={"answers": "questions"})
     summary = summary.set_index(["set", "model", "retrieval"])[TABLE_COLUMNS]
     # Sets in SETS order, then base before tuned, each without notes first: the 2 x 2 read row by row.
-    labels = sorted(set(summary.index.get_level_values("retrieval")), key=lambda r: (r != "off", r))
+    labels = sorted(set(summary.index.get_level_values("retrieval")), key=lambda r: (r != "off", is_distractors(r), r))
     order = [(s, m, r) for s in SETS for m in MODELS for r in labels if (s, m, r) in summary.index]
     return summary.loc[order]
 
@@ -158,10 +183,12 @@ def _rate(values) -> float:
 
 
 def _cells(table, name: str) -> dict:
-    """{(model, with_notes): per-question correct Series} of one question set."""
+    """{(model, with_notes): per-question correct Series} of one question set; (model, "distractors") for the
+    third column where the table has it."""
     rows = table[table["set"] == name]
     return {
-        (model, retrieval != "off"): group.set_index("question_id")["correct"].astype(bool)
+        (model, "distractors" if is_distractors(retrieval) else retrieval != "off"):
+            group.set_index("question_id")["correct"].astype(bool)
         for (model, retrieval), group in rows.groupby(["model", "retrieval"])
     }
 
@@ -242,8 +269,11 @@ def retrieval_verdict(table) -> str:
     notes = f"top {k}"
 
     def counts(cells) -> str:
+        missed = "".join(f", {model} + {distractors_label(k)} {int(cells[(model, 'distractors')].sum())}"
+                         for model in ("base", "tuned") if (model, "distractors") in cells)
         return (f"base {int(cells[('base', False)].sum())}, base + {notes} {int(cells[('base', True)].sum())}, "
-                f"tuned {int(cells[('tuned', False)].sum())}, tuned + {notes} {int(cells[('tuned', True)].sum())} correct")
+                f"tuned {int(cells[('tuned', False)].sum())}, tuned + {notes} {int(cells[('tuned', True)].sum())}"
+                f"{missed} correct")
 
     rag, tuned, p_rag = _versus(held[("base", True)], held[("tuned", False)])
     both, best, p_both = _versus(held[("tuned", True)], held[("base", True)] if rag >= tuned else held[("tuned", False)])
@@ -264,4 +294,31 @@ def retrieval_verdict(table) -> str:
         costs[-1] = f"{label} {costs[-1]}"
     noise = "" if any("beyond" in cost for cost in costs) else " (all within the noise)"
     lines.append(f"general, {len(general[('base', False)])} questions: {counts(general)}: {'; '.join(costs)}{noise}.")
-    return "\n".join(lines)
+    return "\n".join([best_mode_line(held, k)] + lines)
+
+
+def best_mode_line(held: dict, k: int) -> str:
+    """Which way of answering (base or tuned, without or with the top k notes) gets most held-out questions right,
+    with a 95% interval, and its lead over the next (exact McNemar on the same questions)."""
+    notes = "the top note" if k == 1 else f"the top {k} notes"
+    names = {("base", False): "the base model", ("base", True): f"the base model with {notes}",
+             ("tuned", False): "the tuned model", ("tuned", True): f"the tuned model with {notes}"}
+    ranked = sorted(names, key=lambda cell: -int(held[cell].sum()))
+    best, second = ranked[0], ranked[1]
+    n, right = len(held[best]), int(held[best].sum())
+    low, high = wilson_interval(right, n)
+    _, other, p = _versus(held[best], held[second])
+    lead = ("as many as" if right == other else f"{right - other} more than") + \
+        f" {names[second]} ({'beyond' if p < 0.05 else 'within'} the noise)"
+    return (f"Most held-out answers right: {names[best]}, {right} of {n} ({right / n:.0%}; 95% interval "
+            f"{low:.0%}-{high:.0%}), {lead}.")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's score interval for a share successes / n (good at small n and near 0 or 1)."""
+    if n == 0:
+        return 0.0, 1.0
+    share = successes / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

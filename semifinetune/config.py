@@ -110,6 +110,15 @@ class RunConfig:
     # `run`); 0 skips it. 1: the base SmolLM2 answered 25 of 30 held-out questions with the best pair, 23 with 3.
     retrieval_compare_k: int = 1
     retrieval_compare_questions: int = 0  # the first N of each question set in the 2 x 2; 0: all
+    # What the index holds: "rows" (every training row), "facts" (one row per source fact: where the rows carry a
+    # `form` field, the "original" ones, without their rewordings and reverse questions), "topics" (the facts of one
+    # `topic` field joined into one note). "auto": facts where the rows say which they are, else rows.
+    retrieval_index: str = "auto"
+    # Retrieval-augmented fine-tuning (the raft recipe; Zhang et al. 2403.10131): each training question gets
+    # raft_notes notes from the index, the fact it came from among distractors in a raft_oracle_share of the examples
+    # and distractors only in the rest. 0: the training prompts are the questions alone.
+    raft_notes: int = 0
+    raft_oracle_share: float = 0.8
 
     def __post_init__(self) -> None:
         check_types(dataclasses.asdict(self))
@@ -233,6 +242,15 @@ RECIPES: dict[str, dict[str, dict]] = {
 }
 
 
+# raft: the facts recipe with notes in the training prompts (raft.py): 3 notes from the index, the fact's own among
+# them in 80% of the examples (the paper's P), and the 2 x 2 at the same 3 notes. 3 notes hold the answer to 66 of
+# the 73 held-out questions, 1 note to 54 (BENCHMARKS.md, "Which notes to index").
+RAFT = {"raft_notes": 3, "raft_oracle_share": 0.8, "retrieval_compare_k": 3}
+RECIPES["raft"] = {
+    "cpu": {**RECIPES["facts"]["cpu"], **RAFT, "max_seq_length": 384},  # 3 notes add ~140 tokens to each prompt
+    "t4": {**RECIPES["facts"]["t4"], **RAFT},
+}
+
 # Why each recipe, in a sentence notebook 05 shows (recipe_note).
 RECIPE_WHY = {
     "guide": "the guide's own hyperparameters, kept for comparison: on the embedded model they answered 4 of 73 "
@@ -240,6 +258,9 @@ RECIPE_WHY = {
     "facts": "chosen by the recipe study (benchmarks/study_recipes.py, BENCHMARKS.md \"Teaching the facts\"): LoRA on every "
              "linear layer at a LoRA-sized learning rate, over the training file's rewordings and reverse questions, and "
              "the checkpoint whose answers to the validation questions score best",
+    "raft": "retrieval-augmented fine-tuning (Zhang et al. 2403.10131): the facts recipe with retrieved notes in every "
+            "training prompt, the fact's own note among distractors in most of them, so that the model learns to read "
+            "the right note and to pass over the others",
 }
 
 
@@ -249,9 +270,12 @@ def recipe_note(cfg: "RunConfig") -> str:
         return f"profile {cfg.profile!r} keeps its own few quick training settings (a test model): recipes apply to t4 and cpu."
     settings = (f"lr {cfg.learning_rate:g}, LoRA r{cfg.lora_r}/alpha{cfg.lora_alpha} on {', '.join(cfg.target_modules)}, "
                 f"{cfg.max_steps} steps at effective batch {cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps}")
+    if cfg.raft_notes:
+        settings += f", {cfg.raft_notes} notes in each training prompt"
     other = "facts" if cfg.recipe == "guide" else "guide"
     return (f"recipe {cfg.recipe!r} ({settings}): {RECIPE_WHY[cfg.recipe]}. To train with {other!r} instead: notebook 01 "
-            f"with recipe = \"{other}\" (command line: --recipe {other}), then notebooks 02-06.")
+            f"with recipe = \"{other}\" (command line: --recipe {other}), then notebooks 02-06; the recipes: "
+            f"{', '.join(RECIPES)}.")
 
 
 def training_steps(cfg: "RunConfig", rows: int) -> int:
@@ -371,6 +395,9 @@ RANGES: dict[str, tuple] = {
     "retrieval_k": (lambda v: 0 <= v <= 20, "0 (off) to 20 notes; each note adds ~60 prompt tokens"),
     "retrieval_compare_k": (lambda v: 0 <= v <= 20, "0 (no 2 x 2) to 20 notes"),
     "retrieval_compare_questions": (lambda v: v >= 0, "0 (all) or more"),
+    "retrieval_index": (lambda v: v in ("auto", "rows", "facts", "topics"), "'auto', 'rows', 'facts' or 'topics'"),
+    "raft_notes": (lambda v: 0 <= v <= 20, "0 (off) to 20 notes in each training prompt"),
+    "raft_oracle_share": (lambda v: 0 <= v <= 1, "in [0, 1]: the share of training prompts whose notes hold their fact"),
     "num_train_epochs": (lambda v: 0 <= v <= 1000, "0 (max_steps decides) or a positive number of epochs"),
     "min_steps": (lambda v: v >= 0, "0 or more"),
     "format": (lambda v: v in ("chat", "guide"), "'chat' or 'guide'"),

@@ -392,7 +392,7 @@ def prepare_data(run_dir: str | os.PathLike, tokenizer=None) -> dict:
         from .models import load_tokenizer
 
         tokenizer = load_tokenizer(cfg)
-    found, chosen = read_splits(cfg, run_dir), splits.plan(cfg)
+    found, chosen = _with_notes(cfg, read_splits(cfg, run_dir)), splits.plan(cfg)
     rows, too_long = _tokenized(found, cfg, tokenizer)
     if too_long:
         raise data_error(too_long)
@@ -410,6 +410,16 @@ def prepare_data(run_dir: str | os.PathLike, tokenizer=None) -> dict:
         }
     write_json_atomic(runs.run_path(run_dir, runs.DATA) / SUMMARY_FILE, summary)
     return summary
+
+
+def _with_notes(cfg: RunConfig, found: dict[str, Source]) -> dict[str, Source]:
+    """The splits with notes in their questions where the recipe trains with them (raft.py), records still located."""
+    from .raft import with_training_notes
+
+    noted = with_training_notes(cfg, {split: [record.value for record in source.records] for split, source in found.items()})
+    return {split: dataclasses.replace(source, records=[dataclasses.replace(record, value=value)
+                                                        for record, value in zip(source.records, noted[split])])
+            for split, source in found.items()}
 
 
 def read_prepared(run_dir: str | os.PathLike, split: str) -> list[dict]:

@@ -112,24 +112,25 @@ def plot_base_vs_tuned(run_dir: str | os.PathLike):
 
 
 def plot_retrieval(run_dir: str | os.PathLike):
-    """The 2 x 2 (retrieval.csv): correct answers of base and tuned, each without and with the retrieved notes, one
-    panel per question set; saved as run_dir/retrieval.png."""
+    """The 2 x 2 (retrieval.csv): correct answers of base and tuned, each without notes, with the retrieved notes and
+    with notes that lack the answer, one panel per question set; saved as run_dir/retrieval.png."""
     import matplotlib.pyplot as plt
 
     from . import runs
-    from .compare import correct_counts, read_retrieval
+    from .compare import correct_counts, is_distractors, read_retrieval
 
     counts = correct_counts(read_retrieval(run_dir))
-    fig, axes = plt.subplots(1, len(counts), figsize=(3.8 * len(counts), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(counts), figsize=(4.6 * len(counts), 3.6), squeeze=False)
     for ax, (name, cells) in zip(axes[0], counts.items()):
-        # base, base + notes, tuned, tuned + notes: the 2 x 2 read left to right
-        labels = sorted((label for label in cells if label != "questions"), key=lambda label: (label.split(" ")[0], label))
+        # base, base + notes, base + distractors, then the same for tuned: read left to right
+        labels = sorted((label for label in cells if label != "questions"),
+                        key=lambda label: (label.split(" ")[0], "+" in label, is_distractors(label), label))
         questions = cells["questions"]
         colors = [MODEL_COLORS[label.split(" ")[0]] for label in labels]
         bars = ax.bar(range(len(labels)), [cells[label] for label in labels], color=colors, edgecolor="black", linewidth=0.5)
         for bar, label in zip(bars, labels):
             if "+" in label:
-                bar.set_hatch("//")  # with notes in the prompt
+                bar.set_hatch(".." if is_distractors(label) else "//")  # with notes in the prompt: helpful, or not
         _bar_labels(ax, bars, [str(cells[label]) for label in labels])
         ax.set_xticks(range(len(labels)), [label.replace(" + ", "\n+ ") for label in labels], fontsize=8)
         ax.set_ylim(0, questions * 1.15)

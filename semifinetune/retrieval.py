@@ -24,7 +24,10 @@ class NoteIndex:
 
 
 def note_text(pair: dict) -> str:
-    """One training pair as a note: its question and its answer (BM25 scores both, the prompt shows both)."""
+    """One training pair as a note: its question and its answer (BM25 scores both, the prompt shows both); a topic's
+    note, its pairs one after another."""
+    if "pairs" in pair:
+        return "\n".join(note_text(one) for one in pair["pairs"])
     return f"Q: {pair['input']}\nA: {pair['output']}"
 
 
@@ -67,15 +70,47 @@ def index_pairs(pairs: list[dict], source: str = "") -> NoteIndex:
     return NoteIndex(pairs=list(pairs), retriever=retriever, source=source)
 
 
+ORIGINAL = "original"  # the `form` of a source fact's own row; its rewordings and reverse questions have others
+
+
+def index_kind(examples: list[dict], kind: str = "auto") -> str:
+    """What retrieval_index means for these rows: "auto" is "facts" where the rows say which are source facts (a
+    `form` field), else "rows"."""
+    if kind != "auto":
+        return kind
+    return "facts" if any(row.get("form") == ORIGINAL for row in examples) else "rows"
+
+
+def index_entries(examples: list[dict], kind: str = "auto") -> list[dict]:
+    """The notes an index holds (retrieval_index): every row, the source facts alone, or one note per topic.
+
+    The shipped training file holds each of its 255 facts in up to four wordings; indexing all 766 rows fills the top
+    of the ranking with one fact's wordings. On the shipped questions both find the fact about as often
+    (BENCHMARKS.md, "Which notes to index"); one note per fact is a third of the index and of its duplicates.
+    """
+    kind = index_kind(examples, kind)
+    facts = [row for row in examples if row.get("form", ORIGINAL) == ORIGINAL] or list(examples)
+    if kind == "rows":
+        return list(examples)
+    if kind == "facts":
+        return facts
+    topics: dict[str, list[dict]] = {}
+    for row in facts:
+        topics.setdefault(str(row.get("topic") or row["input"]), []).append(row)  # a row without a topic: its own
+    return [{"input": f"topic {name}", "output": " ".join(pair["output"] for pair in pairs), "topic": name, "pairs": pairs}
+            for name, pairs in topics.items()]
+
+
 def index_training_pairs(cfg: RunConfig) -> NoteIndex:
-    """The index over cfg.train_file (validated), the only file retrieval may read notes from."""
+    """The index over cfg.train_file (validated), the only file retrieval may read notes from, holding what
+    cfg.retrieval_index says."""
     from .data import training_examples
     from .splits import locate
 
     files = {str(Path(locate(name)).resolve()) for name in (cfg.eval_file, cfg.general_eval_file) if Path(locate(name)).is_file()}
     if Path(locate(cfg.train_file)).is_file() and str(Path(locate(cfg.train_file)).resolve()) in files:
         raise ConfigError(f"train_file {cfg.train_file} is also an evaluation file: retrieval would read the answers of the questions it is scored on.")
-    return index_pairs(training_examples(cfg), cfg.train_file)
+    return index_pairs(index_entries(training_examples(cfg), cfg.retrieval_index), cfg.train_file)
 
 
 def retrieve(index: NoteIndex, questions: list[str], k: int) -> list[list[dict]]:

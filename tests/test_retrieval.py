@@ -21,7 +21,9 @@ from semifinetune.config import ConfigError, make_config, parse_assignments
 from semifinetune.data import read_examples, validate_files
 from semifinetune.formats import chat_prompt, opens_think_block
 from semifinetune.generate import SamplingSettings
-from semifinetune.retrieval import NOTES_HEADER, index_pairs, index_training_pairs, notes_for, retrieve, with_notes
+from semifinetune.retrieval import (
+    NOTES_HEADER, index_entries, index_kind, index_pairs, index_training_pairs, note_text, notes_for, retrieve, with_notes,
+)
 from semifinetune.runs import PROJECT_ROOT
 
 DATA = PROJECT_ROOT / "data"
@@ -39,7 +41,8 @@ def index(tiny_cfg):
 def test_a_training_question_retrieves_its_own_pair(index):
     questions = [pair["input"] for pair in index.pairs]
     notes = retrieve(index, questions, 10)
-    assert len(index.pairs) == len(read_examples(DATA / "semiconductor_train.jsonl", "train"))
+    rows = read_examples(DATA / "semiconductor_train.jsonl", "train")
+    assert index.pairs == [row for row in rows if row["form"] == "original"]  # "auto": the source facts alone
     ranks = [[note["input"] for note in given].index(question) if question in [note["input"] for note in given] else None
              for question, given in zip(questions, notes)]
     # Each fact is in several wordings, which compete for the first places: a one-word question such as
@@ -48,6 +51,18 @@ def test_a_training_question_retrieves_its_own_pair(index):
     assert all(len(given) == 10 and all(a["score"] >= b["score"] for a, b in zip(given, given[1:])) for given in notes)
     (top,) = retrieve(index, ["Who founded TSMC and in which year?"], 1)[0]
     assert "TSMC" in top["input"] + top["output"]
+
+
+def test_the_index_holds_rows_facts_or_topics():
+    rows = [{"input": "q1", "output": "a1", "topic": "t", "form": "original"},
+            {"input": "q1 again", "output": "a1 again", "topic": "t", "form": "rewording"},
+            {"input": "q2", "output": "a2", "topic": "t", "form": "original"},
+            {"input": "q3", "output": "a3", "topic": "u", "form": "original"}]
+    assert index_entries(rows, "rows") == rows and index_entries(rows) == index_entries(rows, "facts") == [rows[0], rows[2], rows[3]]
+    topics = index_entries(rows, "topics")
+    assert [entry["topic"] for entry in topics] == ["t", "u"] and note_text(topics[0]) == "Q: q1\nA: a1\nQ: q2\nA: a2"
+    plain = [{"input": "q", "output": "a"}]
+    assert index_entries(plain) == plain and index_kind(plain) == "rows"  # no `form` field: every row is a fact
 
 
 def test_the_index_holds_training_pairs_only(index, tiny_cfg):
@@ -136,13 +151,15 @@ def rag(rag_run):
     return compare_retrieval(rag_run, k=2, settings=GREEDY, progress=False)
 
 
-def test_the_2x2_has_four_rows_per_set_with_the_right_columns(rag, rag_run):
+def test_the_2x2_has_three_rows_per_model_and_set_with_the_right_columns(rag, rag_run):
     table = retrieval_table(rag)
     assert list(table.index) == [
-        (s, m, r) for s in ("held-out", "general") for m in ("base", "tuned") for r in ("off", "top 2")
+        (s, m, r) for s in ("held-out", "general") for m in ("base", "tuned") for r in ("off", "top 2", "2 distractors")
     ]
     assert list(table.columns) == TABLE_COLUMNS
-    assert list(table["questions"]) == [6] * 4 + [4] * 4
+    assert list(table["questions"]) == [6] * 6 + [4] * 6
+    missed = table.xs("2 distractors", level="retrieval")
+    assert (missed["notes_hold_answer"] == 0).all()  # the third column's notes never hold the answer
     for key, row in table.iterrows():
         cell = rag[(rag["set"] == key[0]) & (rag["model"] == key[1]) & (rag["retrieval"] == key[2])]
         assert row["correct"] == cell["correct"].sum() and 0 <= row["eos_rate"] <= 1
@@ -151,7 +168,7 @@ def test_the_2x2_has_four_rows_per_set_with_the_right_columns(rag, rag_run):
     assert off["notes_hold_answer"].isna().all() and on["notes_hold_answer"].between(0, 1).all()
     assert set(rag.loc[rag["retrieval"] == "top 2", "notes_k"]) == {2} and set(rag.loc[rag["retrieval"] == "off", "notes_k"]) == {0}
     back = read_retrieval(rag_run)
-    assert len(back) == len(rag) == 4 * (6 + 4) and list(back["answer"].fillna("")) == list(rag["answer"].fillna(""))
+    assert len(back) == len(rag) == 6 * (6 + 4) and list(back["answer"].fillna("")) == list(rag["answer"].fillna(""))
 
 
 def test_without_notes_the_2x2_answers_as_evaluate_does(rag, rag_run):

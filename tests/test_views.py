@@ -4,7 +4,7 @@ and the loss plot's single legend. Hand-made tables with hand-checked values."""
 import pandas as pd
 import pytest
 
-from semifinetune.compare import retrieval_verdict
+from semifinetune.compare import distractors_label, retrieval_verdict
 from semifinetune.evaluate import base_tuned_verdict
 from semifinetune.plots import BASE_VS_TUNED_PLOT, RETRIEVAL_PLOT, plot_base_vs_tuned, plot_losses, plot_retrieval
 from semifinetune.sweep import recommendation_line, temperature_comparison, temperature_verdict
@@ -20,13 +20,14 @@ def _evaluation(run_dir, base: list[bool], tuned: list[bool], base_eos: list[boo
 
 def _retrieval(run_dir, held: dict, general: dict, k: int = 1):
     """retrieval.csv from {(model, with_notes): [correct per question]} per set."""
-    rows = [{"set": name, "model": model, "retrieval": f"top {k}" if noted else "off", "notes_k": k if noted else 0,
-             "question_id": q, "correct": ok}
-            for name, cells in (("held-out", held), ("general", general))
-            for (model, noted), correct in cells.items() for q, ok in enumerate(correct)]
-    table = pd.DataFrame(rows)
+    table = _retrieval_table(held, general, k)
     table.to_csv(run_dir / "retrieval.csv", index=False)
     return table
+
+
+def _label(noted, k: int) -> str:
+    """(model, noted) keys: False for no notes, True for the top k, "distractors" for the third column."""
+    return distractors_label(k) if noted == "distractors" else f"top {k}" if noted else "off"
 
 
 HELD = {("base", False): [False] * 20, ("base", True): [True] * 16 + [False] * 4,
@@ -107,6 +108,8 @@ def test_retrieval_verdict_one_line_per_set_with_the_counts():
 
     table = _retrieval_table()
     assert retrieval_verdict(table).splitlines() == [
+        "Most held-out answers right: the tuned model with the top note, 17 of 20 (85%; 95% interval 64%-95%), 1 more "
+        "than the base model with the top note (within the noise).",
         "held-out, 20 questions: base 0, base + top 1 16, tuned 3, tuned + top 1 17 correct: retrieval beats the "
         "fine-tune; using both changes nothing beyond the noise.",
         "general, 10 questions: base 10, base + top 1 10, tuned 6, tuned + top 1 9 correct: the fine-tune costs 4; "
@@ -123,7 +126,7 @@ def test_retrieval_verdict_one_line_per_set_with_the_counts():
 
 
 def _retrieval_table(held=HELD, general=GENERAL, k=1):
-    rows = [{"set": name, "model": model, "retrieval": f"top {k}" if noted else "off", "notes_k": k if noted else 0,
+    rows = [{"set": name, "model": model, "retrieval": _label(noted, k), "notes_k": k if noted else 0,
              "question_id": q, "correct": ok}
             for name, cells in (("held-out", held), ("general", general))
             for (model, noted), correct in cells.items() for q, ok in enumerate(correct)]
@@ -140,6 +143,17 @@ def test_retrieval_bars_read_as_the_2x2(tmp_path):
     assert [t.get_text() for t in held.get_xticklabels()] == ["base", "base\n+ top 3", "tuned", "tuned\n+ top 3"]
     assert [bool(bar.get_hatch()) for bar in held.patches] == [False, True, False, True]  # with notes: hatched
     assert (tmp_path / RETRIEVAL_PLOT).stat().st_size > 5000
+
+
+def test_the_distractor_column_is_counted_drawn_and_said(tmp_path):
+    held = {**HELD, ("base", "distractors"): [True] * 2 + [False] * 18, ("tuned", "distractors"): [True] * 4 + [False] * 16}
+    general = {**GENERAL, ("base", "distractors"): [True] * 9 + [False], ("tuned", "distractors"): [True] * 8 + [False] * 2}
+    _retrieval(tmp_path, held, general, k=3)
+    held_ax, _ = [ax for ax in plot_retrieval(tmp_path).axes if ax.patches]
+    assert [bar.get_height() for bar in held_ax.patches] == [0, 16, 2, 3, 17, 4]
+    assert [bar.get_hatch() for bar in held_ax.patches] == [None, "//", "..", None, "//", ".."]
+    verdict = retrieval_verdict(_retrieval_table(held, general, k=3))
+    assert "tuned + top 3 17, base + 3 distractors 2, tuned + 3 distractors 4 correct" in verdict
 
 
 # --- the sweep ---
