@@ -249,6 +249,7 @@ RAFT = {"raft_notes": 3, "raft_oracle_share": 0.8, "retrieval_compare_k": 3}
 RECIPES["raft"] = {
     "cpu": {**RECIPES["facts"]["cpu"], **RAFT, "max_seq_length": 384},  # 3 notes add ~140 tokens to each prompt
     "t4": {**RECIPES["facts"]["t4"], **RAFT},
+    "tiny": RAFT,  # the test model keeps its quick training settings, with the notes
 }
 
 # Why each recipe, in a sentence notebook 05 shows (recipe_note).
