@@ -37,7 +37,8 @@ def main() -> None:
     from semifinetune.batch_plan import default_batch_size
     from semifinetune.generate import SamplingSettings, generate
     from semifinetune.models import load_model
-    from semifinetune.retrieval import notes_for, with_notes
+    from semifinetune.notes import notes_for
+    from semifinetune.retrieval import with_notes
 
     cfg = make_config("t4", {"model_name": args.model})
     report = environment_report()

@@ -56,7 +56,8 @@ def answer_modes(cfg, model, tokenizer, index_kinds=("auto",)) -> dict:
 
     from semifinetune.compare import distractor_notes
     from semifinetune.evaluate import evaluate_model, settings_from_config
-    from semifinetune.retrieval import index_training_pairs, retrieve
+    from semifinetune.notes import index_training_pairs
+    from semifinetune.retrieval import retrieve
 
     sets = question_sets(cfg)
     cells = []
@@ -176,7 +177,8 @@ def hit_rates(profile: str = "cpu") -> str:
     from semifinetune.data import split_examples
     from semifinetune.evaluate import notes_hold_answer
     from semifinetune.models import load_tokenizer
-    from semifinetune.retrieval import index_training_pairs, note_text, retrieve
+    from semifinetune.notes import index_training_pairs
+    from semifinetune.retrieval import note_text, retrieve
 
     cfg = make_config(profile)
     tokenizer = load_tokenizer(cfg)

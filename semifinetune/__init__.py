@@ -33,7 +33,7 @@ _EXPORTS = {
     "SamplingSettings": "generate",
     "evaluate_model": "evaluate",
     "compare_base_tuned": "evaluate",
-    "index_training_pairs": "retrieval",
+    "index_training_pairs": "notes",
     "retrieve": "retrieval",
     "compare_retrieval": "compare",
     "retrieval_table": "compare",

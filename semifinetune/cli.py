@@ -50,6 +50,8 @@ def cmd_run(args) -> int:
           f"held-out correct: base {evaluation['base_correct']}, tuned {evaluation['tuned_correct']} "
           f"of {evaluation['questions']}{retrieval}; recommended temperature {best['temperature']}, top_p {best['top_p']}; "
           f"results in {args.run_dir}")
+    if result.get("best_mode"):
+        print(result["best_mode"])
     return 0
 
 

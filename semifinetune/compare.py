@@ -76,7 +76,8 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
     import pandas as pd
 
     from .evaluate import MODELS, as_model, evaluate_model, load_base_and_tuned, max_new_tokens, settings_from_config
-    from .retrieval import check_k, index_training_pairs, retrieve
+    from .notes import index_training_pairs
+    from .retrieval import check_k, retrieve
 
     cfg = runs.open_run(run_dir)
     k = cfg.retrieval_compare_k if k is None else k
@@ -295,6 +296,11 @@ def retrieval_verdict(table) -> str:
     noise = "" if any("beyond" in cost for cost in costs) else " (all within the noise)"
     lines.append(f"general, {len(general[('base', False)])} questions: {counts(general)}: {'; '.join(costs)}{noise}.")
     return "\n".join([best_mode_line(held, k)] + lines)
+
+
+def best_mode(table) -> str:
+    """best_mode_line of a compare_retrieval table's held-out questions."""
+    return best_mode_line(_cells(table, "held-out"), int(table.loc[table["retrieval"] != "off", "notes_k"].max()))
 
 
 def best_mode_line(held: dict, k: int) -> str:

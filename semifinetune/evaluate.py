@@ -303,7 +303,7 @@ def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: in
     set); writes run_dir/evaluation.csv."""
     import pandas as pd
 
-    from .retrieval import notes_for
+    from .notes import notes_for
     from .runs import open_run
 
     cfg = open_run(run_dir)

@@ -147,7 +147,7 @@ def load_baseline(run_dir: str | os.PathLike) -> dict:
 @holds_run_dir("run", create=True)
 def run_pipeline(run_dir: str | os.PathLike, profile: str = "auto", overrides: dict | str | None = None, overwrite: bool = False) -> dict:
     """The whole job, step by step, as notebooks 01-06 do it; returns each step's summary."""
-    from .compare import compare_retrieval, counts_line
+    from .compare import best_mode, compare_retrieval, counts_line
     from .data import prepare_data
     from .evaluate import compare_base_tuned
     from .sweep import run_sweep
@@ -165,14 +165,17 @@ def run_pipeline(run_dir: str | os.PathLike, profile: str = "auto", overrides: d
     _step("06 evaluate base vs tuned")
     print(workload_line(run_dir), flush=True)
     evaluation = compare_base_tuned(run_dir)
-    retrieval = ""
+    retrieval = best = ""
     if cfg.retrieval_compare_k > 0:
-        _step(f"06 base and tuned, without and with the top {cfg.retrieval_compare_k} training pairs")
-        retrieval = counts_line(compare_retrieval(run_dir, reuse_evaluation=True))  # held-out, no notes: just measured
+        _step(f"06 base and tuned, without notes, with the top {cfg.retrieval_compare_k} training pairs and with "
+              f"{cfg.retrieval_compare_k} that lack the answer")
+        table = compare_retrieval(run_dir, reuse_evaluation=True)  # held-out, no notes: just measured
+        retrieval, best = counts_line(table), best_mode(table)
     _step("06 sampling sweep")
     run_sweep(run_dir)
     recommended = json.loads(runs.run_path(run_dir, runs.RECOMMENDED).read_text(encoding="utf-8"))
-    return {"data": data, "train": stats, "evaluation": evaluation, "retrieval": retrieval, "recommended": recommended}
+    return {"data": data, "train": stats, "evaluation": evaluation, "retrieval": retrieval, "best_mode": best,
+            "recommended": recommended}
 
 
 def _step(name: str) -> None:

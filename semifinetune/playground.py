@@ -110,7 +110,7 @@ def playground(run_dir: str | os.PathLike, interactive: bool = True):
 
     from .evaluate import MODELS, load_base_and_tuned, sample_question
     from .generate import SamplingSettings
-    from .retrieval import index_training_pairs
+    from .notes import index_training_pairs
     from .runs import open_run
 
     cfg = open_run(run_dir)

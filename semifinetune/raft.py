@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 
 from .config import RunConfig
-from .retrieval import NoteIndex, retrieve, with_notes
+from .retrieval import NoteIndex, index_entries, index_pairs, retrieve, with_notes
 
 EXTRA = 10  # ranked entries looked at beyond the ones needed: room to skip the row's own fact and its wordings
 
@@ -68,9 +68,7 @@ def with_training_notes(cfg: RunConfig, examples_by_split: dict[str, list[dict]]
     under `question`. Unchanged where raft_notes is 0."""
     if not cfg.raft_notes:
         return examples_by_split
-    from .retrieval import index_training_pairs
-
-    index = index_training_pairs(cfg)
+    index = index_pairs(index_entries(examples_by_split["train"], cfg.retrieval_index), cfg.train_file)
     out = {}
     for split, examples in examples_by_split.items():
         if split == "train":

@@ -8,9 +8,8 @@ of the answer key, not knowledge. The notes go in the user turn because R1's cha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError
 
 NOTES_HEADER = "Notes that may help:"
 QUESTION_LEAD = "Question:"
@@ -101,18 +100,6 @@ def index_entries(examples: list[dict], kind: str = "auto") -> list[dict]:
             for name, pairs in topics.items()]
 
 
-def index_training_pairs(cfg: RunConfig) -> NoteIndex:
-    """The index over cfg.train_file (validated), the only file retrieval may read notes from, holding what
-    cfg.retrieval_index says."""
-    from .data import training_examples
-    from .splits import locate
-
-    files = {str(Path(locate(name)).resolve()) for name in (cfg.eval_file, cfg.general_eval_file) if Path(locate(name)).is_file()}
-    if Path(locate(cfg.train_file)).is_file() and str(Path(locate(cfg.train_file)).resolve()) in files:
-        raise ConfigError(f"train_file {cfg.train_file} is also an evaluation file: retrieval would read the answers of the questions it is scored on.")
-    return index_pairs(index_entries(training_examples(cfg), cfg.retrieval_index), cfg.train_file)
-
-
 def retrieve(index: NoteIndex, questions: list[str], k: int) -> list[list[dict]]:
     """The top k pairs for each question, best first, each with its BM25 `score`; k = 0 gives no notes."""
     check_k(k, len(index.pairs))
@@ -139,11 +126,3 @@ def with_notes(question: str, notes: list[dict]) -> str:
         return question
     listed = "\n\n".join(note_text(note) for note in notes)
     return f"{NOTES_HEADER}\n\n{listed}\n\n{QUESTION_LEAD} {question}"
-
-
-def notes_for(cfg: RunConfig, questions: list[str], k: int) -> list[list[dict]] | None:
-    """The top k training pairs for each question; None when k is 0 (retrieval off, nothing indexed)."""
-    check_k(k)
-    if k == 0:
-        return None
-    return retrieve(index_training_pairs(cfg), questions, k)

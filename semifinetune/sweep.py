@@ -49,7 +49,7 @@ def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progres
 
     from .evaluate import MODELS, as_model, evaluate_model, load_base_and_tuned, read_eval_rows
     from .measure import memory_snapshot, reset_peak_memory, timed
-    from .retrieval import notes_for
+    from .notes import notes_for
     from .runs import open_run
 
     cfg = open_run(run_dir)

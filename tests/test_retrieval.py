@@ -21,9 +21,8 @@ from semifinetune.config import ConfigError, make_config, parse_assignments
 from semifinetune.data import read_examples, validate_files
 from semifinetune.formats import chat_prompt, opens_think_block
 from semifinetune.generate import SamplingSettings
-from semifinetune.retrieval import (
-    NOTES_HEADER, index_entries, index_kind, index_pairs, index_training_pairs, note_text, notes_for, retrieve, with_notes,
-)
+from semifinetune.notes import index_training_pairs, notes_for
+from semifinetune.retrieval import NOTES_HEADER, index_entries, index_kind, index_pairs, note_text, retrieve, with_notes
 from semifinetune.runs import PROJECT_ROOT
 
 DATA = PROJECT_ROOT / "data"

@@ -172,7 +172,8 @@ def test_sweep_sized_batches_replay_one_recording_and_a_second_call_draws_the_sa
 def _with_retrieved_notes(questions: list[str]) -> list[str]:
     """Each question with the top 3 training pairs in its user turn, as retrieval_k=3 asks."""
     from semifinetune.config import make_config
-    from semifinetune.retrieval import notes_for, with_notes
+    from semifinetune.notes import notes_for
+    from semifinetune.retrieval import with_notes
 
     prompted = [with_notes(q, notes) for q, notes in zip(questions, notes_for(make_config("t4"), questions, 3))]
     assert min(map(len, prompted)) > 3 * max(map(len, questions))  # several times longer prompts
