@@ -50,8 +50,10 @@ def question_sets(cfg) -> dict:
     return sets(cfg)
 
 
-def answer_modes(cfg, model, tokenizer, index_kinds=("auto",)) -> dict:
-    """{set: {mode label: [correct per question]}}: every mode of every set in one generate() call."""
+def answer_modes(cfg, model, tokenizer, index_kinds: tuple[str, ...] = ()) -> dict:
+    """{set: {mode label: [correct per question]}}: every mode of every set in one generate() call; over each kind of
+    index in index_kinds (labels then name the kind), else over the run's own (cfg.retrieval_index)."""
+    index_kinds = index_kinds or (cfg.retrieval_index,)
     import dataclasses
 
     from semifinetune.compare import distractor_notes
@@ -82,7 +84,7 @@ def answer_modes(cfg, model, tokenizer, index_kinds=("auto",)) -> dict:
     return found
 
 
-def run_recipe(name: str, seed: int, folder: Path, profile: str, extra: dict) -> dict:
+def run_recipe(name: str, seed: int, folder: Path, profile: str, extra: dict, all_indexes: bool = False) -> dict:
     from semifinetune.data import prepare_data
     from semifinetune.evaluate import as_model, load_base_and_tuned
     from semifinetune.pipeline import setup
@@ -96,7 +98,7 @@ def run_recipe(name: str, seed: int, folder: Path, profile: str, extra: dict) ->
     log = read_train_log(run_dir)
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
     with as_model(model, "tuned"):
-        answers = answer_modes(cfg, model, tokenizer)
+        answers = answer_modes(cfg, model, tokenizer, INDEXES if all_indexes else ())
     return {"name": name, "seed": seed, "overrides": {**RECIPES[name], **extra}, "train_rows": data["train"]["examples"],
             "train_seconds": stats["train_runtime_s"], "global_step": stats["global_step"], "kept_step": stats["kept_step"],
             "validation_recall": log["validation_recall"], "answers": answers,
@@ -112,9 +114,10 @@ def run_base(seed: int, profile: str, extra: dict) -> dict:
     return {"name": "base", "seed": seed, "answers": answer_modes(cfg, model, tokenizer, INDEXES)}
 
 
-def child(job: str, folder: Path, profile: str, extra: dict) -> None:
+def child(job: str, folder: Path, profile: str, extra: dict, all_indexes: bool) -> None:
     name, seed = job.rsplit("-s", 1)
-    result = run_base(int(seed), profile, extra) if name == "base" else run_recipe(name, int(seed), folder, profile, extra)
+    result = (run_base(int(seed), profile, extra) if name == "base" else
+              run_recipe(name, int(seed), folder, profile, extra, all_indexes))
     (folder / f"{job}.json").write_text(json.dumps(result), encoding="utf-8")
 
 
@@ -207,6 +210,11 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--hits", action="store_true", help="the index study alone")
+    parser.add_argument("--collect", nargs="*", metavar="DIR",
+                        help="train nothing: summarise (and with --out record) the job files in these folders")
+    parser.add_argument("--card", default="", help="with --collect: the GPU the jobs ran on")
+    parser.add_argument("--machine", default="", help="with --collect: the machine the jobs ran on")
+    parser.add_argument("--all-indexes", action="store_true", help="score the tuned models over every kind of index")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hits:
@@ -218,7 +226,7 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     extra = parse_assignments(args.set)
     if args.child:
-        child(args.child, folder, args.profile, extra)
+        child(args.child, folder, args.profile, extra, args.all_indexes)
         return
     names = args.only or ["base", *RECIPES]
     unknown = [n for n in names if n != "base" and n not in RECIPES]
@@ -226,8 +234,12 @@ def main() -> None:
         sys.exit(f"unknown recipes {unknown}; known: base, {', '.join(RECIPES)}")
     jobs = [f"{name}-s{seed}" for seed in args.seeds for name in names]
     started = time.perf_counter()
-    launch(jobs, folder, args.jobs, args.cores_per_job, ["--profile", args.profile, *(f"--set={item}" for item in args.set)])
-    results = [json.loads((folder / f"{job}.json").read_text()) for job in jobs if (folder / f"{job}.json").exists()]
+    if args.collect is None:
+        passed = ["--profile", args.profile, *(f"--set={item}" for item in args.set), *(["--all-indexes"] if args.all_indexes else [])]
+        launch(jobs, folder, args.jobs, args.cores_per_job, passed)
+        results = [json.loads((folder / f"{job}.json").read_text()) for job in jobs if (folder / f"{job}.json").exists()]
+    else:
+        results = [json.loads(path.read_text()) for where in args.collect for path in sorted(Path(where).glob("*-s*.json"))]
     print(markdown(results))
     if args.out:
         import datetime
@@ -237,9 +249,8 @@ def main() -> None:
 
         from semifinetune.env import environment_report
 
-        report = environment_report()
-        card = report.get("gpu_name") or ""
-        entry = {"benchmark": "modes_study", "date": datetime.date.today().isoformat(), "machine": machine(), "card": card,
+        card = args.card or environment_report().get("gpu_name", "")
+        entry = {"benchmark": "modes_study", "date": datetime.date.today().isoformat(), "machine": args.machine or machine(), "card": card,
                  "profile": args.profile, "seeds": args.seeds, "jobs": args.jobs, "extra": extra,
                  "seconds": round(time.perf_counter() - started), "results": results}
         counts = summary(results)

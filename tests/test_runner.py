@@ -250,11 +250,11 @@ def test_run_command_and_notebooks_give_the_same_results(tmp_path):
             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        if command == "run":  # its summary line carries the 2 x 2: base/tuned x without/with retrieval, both sets
-            summary = result.stdout.strip().splitlines()[-1]
-            assert re.search(r"with retrieval, correct: held-out base \d+, base \+ top 1 \d+, tuned \d+, "
-                             r"tuned \+ top 1 \d+ of 4; general base \d+, base \+ top 1 \d+, tuned \d+, "
-                             r"tuned \+ top 1 \d+ of 30;", summary), summary
+        if command == "run":  # its summary line carries the 2 x 2 (base/tuned x none/notes/distractors), both sets
+            summary, best = result.stdout.strip().splitlines()[-2:]
+            cells = r"base \d+, base \+ top 1 \d+, base \+ 1 distractor \d+, tuned \d+, tuned \+ top 1 \d+, tuned \+ 1 distractor \d+"
+            assert re.search(rf"with retrieval, correct: held-out {cells} of 4; general {cells} of 30;", summary), summary
+            assert best.startswith("Most held-out answers right: the ") and " of 4 (" in best, best
     main, papermill = tmp_path / "main", tmp_path / "papermill"
     assert json.loads((main / "config.json").read_text()) == json.loads((papermill / "config.json").read_text())
     logs = [json.loads((d / "train_log.json").read_text()) for d in (main, papermill)]
