@@ -39,9 +39,11 @@ RECIPES = {
 INDEXES = ("rows", "facts", "topics")
 
 
-def modes(k_values=(1, 3)) -> list[tuple[str, int, bool]]:
-    """(label, k, distractors): without notes, the top k, and 3 notes that lack the answer."""
-    return [("off", 0, False)] + [(f"top {k}", k, False) for k in k_values] + [("3 distractors", 3, True)]
+def modes(k_values=(1, 3)) -> list[tuple[str, int, str]]:
+    """(label, k, which notes): without notes, the top k, the top note above the floor (notes.score_floor at
+    retrieval_floor 0.5), and 3 notes that lack the answer."""
+    return ([("off", 0, "")] + [(f"top {k}", k, "top") for k in k_values] + [("top 1 above the floor", 1, "floor"),
+            ("3 distractors", 3, "distractors")])
 
 
 def question_sets(cfg) -> dict:
@@ -53,25 +55,27 @@ def question_sets(cfg) -> dict:
 def answer_modes(cfg, model, tokenizer, index_kinds: tuple[str, ...] = ()) -> dict:
     """{set: {mode label: [correct per question]}}: every mode of every set in one generate() call; over each kind of
     index in index_kinds (labels then name the kind), else over the run's own (cfg.retrieval_index)."""
-    index_kinds = index_kinds or (cfg.retrieval_index,)
     import dataclasses
 
     from semifinetune.compare import distractor_notes
     from semifinetune.evaluate import evaluate_model, settings_from_config
-    from semifinetune.notes import index_training_pairs
+    from semifinetune.notes import above_floor, index_training_pairs, score_floor
     from semifinetune.retrieval import retrieve
 
+    index_kinds = index_kinds or (cfg.retrieval_index,)
     sets = question_sets(cfg)
     cells = []
     for kind in index_kinds:
         index = index_training_pairs(dataclasses.replace(cfg, retrieval_index=kind))
-        for label, k, missing in modes():
+        floor = score_floor(dataclasses.replace(cfg, retrieval_floor=0.5), index)
+        for label, k, which in modes():
             if label == "off" and kind != index_kinds[0]:
                 continue  # the same prompts whatever the index
             name = label if len(index_kinds) == 1 or label == "off" else f"{label} {kind}"
             for set_name, rows in sets.items():
                 questions = [row["input"] for row in rows]
-                given = (distractor_notes(index, rows, k) if missing else
+                given = (distractor_notes(index, rows, k) if which == "distractors" else
+                         above_floor(retrieve(index, questions, k), floor) if which == "floor" else
                          retrieve(index, questions, k) if k else [[] for _ in rows])
                 cells.append((set_name, name, rows, given))
     frame = evaluate_model(model, tokenizer, [row for cell in cells for row in cell[2]], settings_from_config(cfg),

@@ -69,14 +69,14 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
     third column of k notes that lack the answer (distractor_notes); writes run_dir/retrieval.csv (one row per answer)
     and returns it as read back.
 
-    reuse_evaluation: take the held-out answers without notes from evaluation.csv instead of generating them again,
-    where it was written without notes for the same questions. They are the same answers (same prompts, batches and
-    seed) only if compare_base_tuned ran at the run's settings, as notebook 06 and `run` call it.
+    reuse_evaluation: take one held-out cell from evaluation.csv instead of generating it again, where it was written
+    for the same questions without notes (retrieval_k 0) or with the same k notes. They are the same answers (same
+    prompts, batches and seed) only if compare_base_tuned ran at the run's settings, as notebook 06 and `run` call it.
     """
     import pandas as pd
 
     from .evaluate import MODELS, as_model, evaluate_model, load_base_and_tuned, max_new_tokens, settings_from_config
-    from .notes import index_training_pairs
+    from .notes import above_floor, index_training_pairs, score_floor
     from .retrieval import check_k, retrieve
 
     cfg = runs.open_run(run_dir)
@@ -87,16 +87,18 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
     settings = settings or settings_from_config(cfg)
     sets = question_sets(cfg, cfg.retrieval_compare_questions, run_dir)
     index = index_training_pairs(cfg)  # train_file only: the held-out answers are never among the notes
-    notes = {name: retrieve(index, [row["input"] for row in rows], k) for name, rows in sets.items()}
+    floor = score_floor(cfg, index, run_dir)  # the notes as evaluate gives them: none below the floor
+    notes = {name: above_floor(retrieve(index, [row["input"] for row in rows], k), floor) for name, rows in sets.items()}
     misses = {name: distractor_notes(index, rows, k) for name, rows in sets.items()}
-    reused = _evaluation_without_notes(run_dir, cfg, sets["held-out"]) if reuse_evaluation else None
+    reused = _evaluation_reused(run_dir, cfg, sets["held-out"], k) if reuse_evaluation else None
+    reused_label = retrieval_label(cfg.retrieval_k)  # the cell evaluation.csv answered: no notes, or the top k
     answers = 3 * len(MODELS) * sum(len(rows) for rows in sets.values())  # without notes, with notes, with distractors
     check_answers_space(run_dir, answers, max_new_tokens(settings, cfg), runs.RETRIEVAL)
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
     cells = [(name, label, rows, given) for name, rows in sets.items()  # no notes: the model-alone prompt
              for label, given in ((retrieval_label(0), [[] for _ in rows]), (retrieval_label(k), notes[name]),
                                   (distractors_label(k), misses[name]))]
-    fresh = [cell for cell in cells if reused is None or cell[:2] != ("held-out", retrieval_label(0))]
+    fresh = [cell for cell in cells if reused is None or cell[:2] != ("held-out", reused_label)]
     frames = []
     for which in MODELS:
         with as_model(model, which):
@@ -118,28 +120,32 @@ def compare_retrieval(run_dir: str | os.PathLike, k: int | None = None, settings
     return read_retrieval(run_dir)  # read back: reused and new rows alike typed as the CSV holds them
 
 
-def _evaluation_without_notes(run_dir, cfg, rows: list[dict]):
-    """evaluation.csv's rows for these questions where it holds both models' answers without notes to them (as its
-    first questions, in order), else None."""
+def _evaluation_reused(run_dir, cfg, rows: list[dict], k: int):
+    """evaluation.csv's rows for these questions where it holds both models' answers to them (as its first
+    questions, in order) in one of the 2 x 2's cells: without notes (retrieval_k 0) or with the same top k notes
+    (retrieval_k = k, the same floor); else None."""
     import pandas as pd
 
     from .evaluate import MODELS, read_evaluation
 
-    if cfg.retrieval_k or not runs.run_path(run_dir, runs.EVALUATION).exists():
+    if cfg.retrieval_k not in (0, k) or not runs.run_path(run_dir, runs.EVALUATION).exists():
         return None
     table = read_evaluation(run_dir)
     questions = [row["input"] for row in rows]
     kept = [table[table["model"] == which].head(len(questions)) for which in MODELS]
     same = all(list(frame["question"]) == questions for frame in kept)
-    return pd.concat(kept) if same and "notes_k" not in table else None
+    return pd.concat(kept) if same and ("notes_k" in table) == bool(cfg.retrieval_k) else None
 
 
 def _as_retrieval_rows(frame, tokenizer):
-    """evaluation.csv rows of one model in the shape evaluate_model gives with no notes."""
+    """evaluation.csv rows of one model in the shape evaluate_model gives (with no notes, the notes columns added)."""
     from .formats import chat_prompt
 
+    frame = frame.drop(columns="model").reset_index(drop=True)
+    if "notes_k" in frame:  # answered with notes: evaluate_model wrote every column
+        return frame
     prompts = [chat_prompt(tokenizer, question) for question in frame["question"]]
-    return frame.drop(columns="model").reset_index(drop=True).assign(
+    return frame.assign(
         notes_k=0, notes="[]", notes_hold_answer=None,
         prompt_tokens=[len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts],
     )

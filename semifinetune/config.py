@@ -110,6 +110,10 @@ class RunConfig:
     # `run`); 0 skips it. 1: the base SmolLM2 answered 25 of 30 held-out questions with the best pair, 23 with 3.
     retrieval_compare_k: int = 1
     retrieval_compare_questions: int = 0  # the first N of each question set in the 2 x 2; 0: all
+    # Notes only for questions whose best note scores at least this share of the lowest best-note score among the
+    # validation questions (which are in the domain by construction); the others get the bare question, as a
+    # question outside the domain gains nothing from the nearest training pair. 0: notes for every question.
+    retrieval_floor: float = 0.0
     # What the index holds: "rows" (every training row), "facts" (one row per source fact: where the rows carry a
     # `form` field, the "original" ones, without their rewordings and reverse questions), "topics" (the facts of one
     # `topic` field joined into one note). "auto": facts where the rows say which they are, else rows.
@@ -200,6 +204,12 @@ PROFILES: dict[str, dict] = {
 # run where it was measured (and the cpu profile's 10 minutes), min_steps gives a tiny file enough updates.
 EPOCHS_PER_FACT = 6.0
 
+# How the facts recipe's model answers: with the top training pair in its prompt, where that pair scores above the
+# floor. The study of recipes x answering modes (benchmarks/study_modes.py, BENCHMARKS.md "Fine-tune and retrieve")
+# found this the mode with the most held-out answers (facts + top note: 52 of 73 over 3 seeds; alone 41; the base
+# model with the note 34), and the floor keeps the notes away from general questions, where they cost answers.
+ANSWER_MODE = {"retrieval_k": 1, "retrieval_floor": 0.5}
+
 RECIPES: dict[str, dict[str, dict]] = {
     "guide": {},
     "facts": {
@@ -221,6 +231,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             "logging_steps": 5,
             "save_steps": 20,
             "eval_steps": 20,
+            **ANSWER_MODE,
         },
         # R1-1.5B: the same shape of recipe at a 1.5B model's LoRA learning rate (about 10x a full fine-tune's
         # 2e-5: Schulman et al. 2025, "LoRA Without Regret"; Biderman et al. 2405.09673), rank 16 (alpha 2r; rank
@@ -237,6 +248,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             "save_steps": 50,
             "eval_steps": 50,
             "early_stopping_patience": 2,
+            **ANSWER_MODE,
         },
     },
 }
@@ -245,7 +257,7 @@ RECIPES: dict[str, dict[str, dict]] = {
 # raft: the facts recipe with notes in the training prompts (raft.py): 3 notes from the index, the fact's own among
 # them in 80% of the examples (the paper's P), and the 2 x 2 at the same 3 notes. 3 notes hold the answer to 66 of
 # the 73 held-out questions, 1 note to 54 (BENCHMARKS.md, "Which notes to index").
-RAFT = {"raft_notes": 3, "raft_oracle_share": 0.8, "retrieval_compare_k": 3}
+RAFT = {"raft_notes": 3, "raft_oracle_share": 0.8, "retrieval_compare_k": 3, "retrieval_k": 3}
 RECIPES["raft"] = {
     "cpu": {**RECIPES["facts"]["cpu"], **RAFT, "max_seq_length": 384},  # 3 notes add ~140 tokens to each prompt
     "t4": {**RECIPES["facts"]["t4"], **RAFT},
@@ -397,6 +409,7 @@ RANGES: dict[str, tuple] = {
     "retrieval_compare_k": (lambda v: 0 <= v <= 20, "0 (no 2 x 2) to 20 notes"),
     "retrieval_compare_questions": (lambda v: v >= 0, "0 (all) or more"),
     "retrieval_index": (lambda v: v in ("auto", "rows", "facts", "topics"), "'auto', 'rows', 'facts' or 'topics'"),
+    "retrieval_floor": (lambda v: 0 <= v <= 1, "in [0, 1]: 0 gives notes to every question"),
     "raft_notes": (lambda v: 0 <= v <= 20, "0 (off) to 20 notes in each training prompt"),
     "raft_oracle_share": (lambda v: 0 <= v <= 1, "in [0, 1]: the share of training prompts whose notes hold their fact"),
     "num_train_epochs": (lambda v: 0 <= v <= 1000, "0 (max_steps decides) or a positive number of epochs"),

@@ -309,7 +309,7 @@ def compare_base_tuned(run_dir: str | os.PathLike, settings=None, batch_size: in
     cfg = open_run(run_dir)
     settings = settings or settings_from_config(cfg)
     eval_rows = read_eval_rows(cfg, run_dir=run_dir)
-    notes = notes_for(cfg, [row["input"] for row in eval_rows], cfg.retrieval_k)  # None: retrieval_k 0, off
+    notes = notes_for(cfg, [row["input"] for row in eval_rows], cfg.retrieval_k, run_dir)  # None: retrieval_k 0, off
     check_answers_space(run_dir, len(eval_rows) * len(MODELS), max_new_tokens(settings, cfg), runs.EVALUATION)
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
     frames = []

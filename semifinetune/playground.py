@@ -55,7 +55,7 @@ def describe(generation) -> str:
 def describe_notes(notes: list[dict]) -> str:
     """The retrieved training pairs as the playground lists them: rank, BM25 score, question and answer."""
     if not notes:
-        return "retrieval off: the prompt is the question alone"
+        return "no notes (retrieval off, or no note scored above the run's retrieval_floor): the prompt is the question alone"
     lines = [f"{len(notes)} retrieved {'note' if len(notes) == 1 else 'notes'} (BM25 over train_file), in the prompt of both models:"]
     for rank, note in enumerate(notes, start=1):
         lines += [f"{rank}. [score {note['score']:.2f}] Q: {note['input']}", f"   A: {note['output']}"]
@@ -64,18 +64,20 @@ def describe_notes(notes: list[dict]) -> str:
 
 def answer_both(model, tokenizer, index, question: str, settings, k: int, cfg,
                 on_notes: Callable[[list[dict]], None] | None = None,
-                on_text: Callable[[str, str], None] | None = None) -> tuple[list[dict], dict]:
-    """One click: the top k notes for the question (k 0: none), and base and tuned answers to it with those notes.
+                on_text: Callable[[str, str], None] | None = None, floor: float = 0.0) -> tuple[list[dict], dict]:
+    """One click: the top k notes for the question (k 0: none; none where the best scores under floor, as in
+    evaluation), and base and tuned answers to it with those notes.
 
     `on_notes(notes)` is called before generating; `on_text(which, piece)` as each answer is generated, base first.
     The answers are the same with or without on_text: the streamer only watches the tokens generate() chooses.
     """
     from .evaluate import MODELS, as_model
     from .generate import eos_token_ids, generate
+    from .notes import above_floor
     from .retrieval import retrieve, with_notes
     from .streaming import answer_streamer
 
-    (notes,) = retrieve(index, [question], k)
+    (notes,) = above_floor(retrieve(index, [question], k), floor)
     if on_notes is not None:
         on_notes(notes)
     answers = {}
@@ -110,12 +112,13 @@ def playground(run_dir: str | os.PathLike, interactive: bool = True):
 
     from .evaluate import MODELS, load_base_and_tuned, sample_question
     from .generate import SamplingSettings
-    from .notes import index_training_pairs
+    from .notes import index_training_pairs, score_floor
     from .runs import open_run
 
     cfg = open_run(run_dir)
     model, tokenizer = load_base_and_tuned(cfg, run_dir)
     index = index_training_pairs(cfg)  # train_file only, as in evaluation
+    floor = score_floor(cfg, index, run_dir)
     start = starting_settings(run_dir, cfg)
     prompt = w.Textarea(value=sample_question(cfg, run_dir), description="prompt", layout=w.Layout(width="95%", height="4em"))
     temperature = w.FloatSlider(value=start["temperature"], min=0.0, max=1.5, step=0.05, description="temperature")
@@ -143,7 +146,7 @@ def playground(run_dir: str | os.PathLike, interactive: bool = True):
     def on_click(_):
         settings = SamplingSettings(temperature.value, top_p.value, max_new.value, cfg.repetition_penalty)
         k = notes_k.value if retrieval.value else 0
-        _, answers = answer_both(model, tokenizer, index, prompt.value, settings, k, cfg, show_notes, show_piece)
+        _, answers = answer_both(model, tokenizer, index, prompt.value, settings, k, cfg, show_notes, show_piece, floor)
         # The raw text streamed in order (reasoning, then answer); once both are done each box shows the answer
         # first, with its reasoning and how it ended, as describe() lays it out.
         for which in MODELS:

@@ -54,7 +54,7 @@ def run_sweep(run_dir: str | os.PathLike, batch_size: int | None = None, progres
 
     cfg = open_run(run_dir)
     eval_rows = read_eval_rows(cfg, cfg.sweep_questions, run_dir)
-    notes = notes_for(cfg, [row["input"] for row in eval_rows], cfg.retrieval_k)  # None: retrieval_k 0, off
+    notes = notes_for(cfg, [row["input"] for row in eval_rows], cfg.retrieval_k, run_dir)  # None: retrieval_k 0, off
     # The whole grid as one list of rows (setting x draw x question), generated together: rows of every setting
     # share each batch, which keeps a GPU busy (generate() batches only rows of equal max_new_tokens).
     grid = [(settings, sample) for settings in sweep_settings(cfg) for sample in range(cfg.sweep_samples)]

@@ -64,6 +64,23 @@ def test_the_index_holds_rows_facts_or_topics():
     assert index_entries(plain) == plain and index_kind(plain) == "rows"  # no `form` field: every row is a fact
 
 
+def test_the_floor_gives_notes_to_questions_in_the_domain_only(index, tiny_cfg):
+    import dataclasses
+
+    from semifinetune.notes import above_floor, score_floor
+
+    assert score_floor(tiny_cfg, index) == 0.0  # off by default: every question gets its notes
+    cfg = dataclasses.replace(tiny_cfg, retrieval_floor=0.5)
+    validation = read_examples(DATA / "semiconductor_val.jsonl", "eval")
+    lowest = min(notes[0]["score"] for notes in retrieve(index, [row["input"] for row in validation], 1))
+    assert score_floor(cfg, index) == pytest.approx(0.5 * lowest)
+    questions = ["What is the capital of France?", "Which company is the largest contract chipmaker?"]
+    general, domain = notes_for(cfg, questions, 2)
+    assert general == [] and len(domain) == 2  # outside the domain: the bare question
+    assert above_floor([[{"score": 1.0}], [{"score": 3.0}], []], 2.0) == [[], [{"score": 3.0}], []]
+    assert score_floor(dataclasses.replace(cfg, validation_file=""), index) == 0.0  # nothing to read the scale off
+
+
 def test_the_index_holds_training_pairs_only(index, tiny_cfg):
     indexed = {pair["input"] for pair in index.pairs}
     for name in ("semiconductor_eval.jsonl", "general_eval.jsonl"):
@@ -182,7 +199,7 @@ def test_without_notes_the_2x2_answers_as_evaluate_does(rag, rag_run):
 
 
 def test_reused_evaluation_gives_the_same_2x2(rag, rag_run, tmp_path):
-    from semifinetune.compare import _evaluation_without_notes, question_sets
+    from semifinetune.compare import _evaluation_reused, question_sets
     from semifinetune.evaluate import compare_base_tuned, read_evaluation
     from semifinetune.runs import open_run
 
@@ -195,12 +212,24 @@ def test_reused_evaluation_gives_the_same_2x2(rag, rag_run, tmp_path):
     pd.testing.assert_frame_equal(retrieval_table(again)[columns], retrieval_table(rag)[columns])
     cfg = open_run(run_dir)
     held_out = question_sets(cfg)["held-out"]
-    first = _evaluation_without_notes(run_dir, cfg, held_out[:3])  # retrieval_compare_questions 3: the first 3 reused
+    first = _evaluation_reused(run_dir, cfg, held_out[:3], 2)  # retrieval_compare_questions 3: the first 3 reused
     assert list(first["question"]) == [row["input"] for row in held_out[:3]] * 2
-    assert _evaluation_without_notes(run_dir, cfg, held_out[1:4]) is None  # other questions: generated afresh
+    assert _evaluation_reused(run_dir, cfg, held_out[1:4], 2) is None  # other questions: generated afresh
     assert [len(rows) for rows in question_sets(cfg, 3).values()] == [3, 3]
     noted = _with_settings(run_dir, tmp_path / "noted", retrieval_k=1)
-    assert _evaluation_without_notes(noted, open_run(noted), held_out) is None  # written with notes
+    assert _evaluation_reused(noted, open_run(noted), held_out, 2) is None  # written without notes, read with them
+
+
+def test_an_evaluation_with_the_same_notes_fills_the_notes_cell(rag, rag_run, tmp_path):
+    from semifinetune.evaluate import compare_base_tuned, read_evaluation
+
+    run_dir = _with_settings(rag_run, tmp_path, retrieval_k=2)
+    compare_base_tuned(run_dir, GREEDY, progress=False)  # notes in every prompt: the run's answering mode
+    again = compare_retrieval(run_dir, k=2, settings=GREEDY, progress=False, reuse_evaluation=True)
+    held_noted = (again["set"] == "held-out") & (again["retrieval"] == "top 2")
+    assert list(again.loc[held_noted, "seconds"]) == list(read_evaluation(run_dir)["seconds"])  # copied
+    columns = ["questions", "correct", "recall", "eos_rate", "answer_words", "new_tokens", "prompt_tokens", "notes_hold_answer"]
+    pd.testing.assert_frame_equal(retrieval_table(again)[columns], retrieval_table(rag)[columns])
 
 
 def _hand_table(held: dict, general: dict, k: int = 1) -> pd.DataFrame:
@@ -318,7 +347,7 @@ def test_playground_lists_the_retrieved_notes(index, tiny_run):
     (notes,) = retrieve(index, ["Who founded TSMC?"], 2)
     text = describe_notes(notes)
     assert text.splitlines()[0].startswith("2 retrieved notes") and f"1. [score {notes[0]['score']:.2f}] Q: {notes[0]['input']}" in text
-    assert describe_notes([]) == "retrieval off: the prompt is the question alone"
+    assert describe_notes([]).endswith(": the prompt is the question alone")
     start = starting_settings(tiny_run, open_run(tiny_run))
     assert (start["retrieval"], start["notes_k"]) == (False, 1)  # off as configured, ready at retrieval_compare_k
 
