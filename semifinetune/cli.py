@@ -13,8 +13,9 @@ def _add_run_args(parser: argparse.ArgumentParser, profile: bool = True) -> None
     if profile:
         parser.add_argument("--profile", default="auto",
                             help="auto (default: t4 on a CUDA GPU, cpu elsewhere), t4 (GPU + hub), cpu (embedded model), tiny (tests)")
-    parser.add_argument("--recipe", help="how the model learns: facts (the profiles' default, chosen by a study) or guide "
-                        "(the guide's exact hyperparameters); a --grid over recipe=guide,facts compares them")
+    parser.add_argument("--recipe", help="how the model learns: facts (the profiles' default, chosen by a study), raft "
+                        "(facts with retrieved notes in the training prompts) or guide (the guide's exact "
+                        "hyperparameters); a --grid over recipe=guide,facts,raft compares them")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
 
 
