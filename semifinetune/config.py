@@ -107,7 +107,7 @@ class RunConfig:
     # --- retrieval (the alternative to fine-tuning: the top k training pairs by BM25 pasted into the prompt) ---
     retrieval_k: int = 0  # notes in every prompt of evaluate, the sweep and the playground; 0: off, the model alone
     # Notes in the "with retrieval" half of the base/tuned x without/with 2 x 2 (notebook 06, `evaluate --retrieval`,
-    # `run`); 0 skips it. 1: the base SmolLM2 answered 25 of 30 held-out questions with the best pair, 23 with 3.
+    # `run`); 0 skips it. 1: the facts recipe's answering mode (retrieval_k), the most held-out answers in the study.
     retrieval_compare_k: int = 1
     retrieval_compare_questions: int = 0  # the first N of each question set in the 2 x 2; 0: all
     # Notes only for questions whose best note scores at least this share of the lowest best-note score among the
@@ -255,8 +255,9 @@ RECIPES: dict[str, dict[str, dict]] = {
 
 
 # raft: the facts recipe with notes in the training prompts (raft.py): 3 notes from the index, the fact's own among
-# them in 80% of the examples (the paper's P), and the 2 x 2 at the same 3 notes. 3 notes hold the answer to 66 of
-# the 73 held-out questions, 1 note to 54 (BENCHMARKS.md, "Which notes to index").
+# them in 80% of the examples (the paper's P), answering and compared with the top 3 (which hold the answer to 66 of
+# the 73 held-out questions, the top note to 54). Measured over 3 seeds: 52 of 73 with 3 notes, as many as facts
+# with one, but 9 alone and 2 with notes that lack the answer (BENCHMARKS.md, "Fine-tune and retrieve").
 RAFT = {"raft_notes": 3, "raft_oracle_share": 0.8, "retrieval_compare_k": 3, "retrieval_k": 3}
 RECIPES["raft"] = {
     "cpu": {**RECIPES["facts"]["cpu"], **RAFT, "max_seq_length": 384},  # 3 notes add ~140 tokens to each prompt

@@ -379,6 +379,9 @@ def base_tuned_verdict(run_dir: str | os.PathLike) -> str:
     sampled = summary.exists() and json.loads(summary.read_text(encoding="utf-8")).get("eval", {}).get("source") == "sample"
     sampled = (" These questions were sampled from the training file: they measure recall of trained facts, asked as "
                "trained; a file of the facts in other words (eval_file) tests more.") if sampled else ""
+    k = int(table["notes_k"].max()) if "notes_k" in table else 0
+    noted = (f", each given the top {'training pair' if k == 1 else f'{k} training pairs'} in its prompt where one "
+             f"matches (retrieval_k; the comparison below shows each model without them)") if k else ""
     return (f"The tuned model answers {counts['tuned']} of {len(base)} held-out questions correctly, the base model "
-            f"{counts['base']} ({change}, {noise} the noise of {len(base)} questions); the tuned model ends its answer "
-            f"by itself in {eos['tuned']} of them, the base model in {eos['base']}.{sampled}")
+            f"{counts['base']} ({change}, {noise} the noise of {len(base)} questions){noted}; the tuned model ends its "
+            f"answer by itself in {eos['tuned']} of them, the base model in {eos['base']}.{sampled}")

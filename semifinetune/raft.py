@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 
 from .config import RunConfig
-from .retrieval import NoteIndex, index_entries, index_pairs, retrieve, with_notes
+from .retrieval import NoteIndex, _tokens, index_entries, index_pairs, retrieve, with_notes
 
 EXTRA = 10  # ranked entries looked at beyond the ones needed: room to skip the row's own fact and its wordings
 
@@ -36,14 +36,8 @@ def source_entry(index: NoteIndex, example: dict) -> int:
 
 def _ranked(index: NoteIndex, query: str, k: int) -> list[int]:
     """Index positions of the top k entries for the query, best first."""
-    documents, _ = index.retriever.retrieve(_query_tokens(query), k=min(k, len(index.pairs)), show_progress=False)
+    documents, _ = index.retriever.retrieve(_tokens([query]), k=min(k, len(index.pairs)), show_progress=False)
     return [int(doc) for doc in documents[0]]
-
-
-def _query_tokens(query: str):
-    from .retrieval import _tokens
-
-    return _tokens([query])
 
 
 def training_notes(index: NoteIndex, examples: list[dict], n: int, oracle_share: float, seed: int) -> list[list[dict]]:

@@ -11,11 +11,21 @@ from semifinetune.sweep import recommendation_line, temperature_comparison, temp
 from semifinetune.tables import WrappedTable, config_summary
 
 
-def _evaluation(run_dir, base: list[bool], tuned: list[bool], base_eos: list[bool], tuned_eos: list[bool]):
+def _evaluation(run_dir, base: list[bool], tuned: list[bool], base_eos: list[bool], tuned_eos: list[bool], notes_k=None):
     rows = [{"model": model, "question_id": q, "question": f"q{q}", "correct": ok, "eos_stop": eos}
             for model, correct, stops in (("base", base, base_eos), ("tuned", tuned, tuned_eos))
             for q, (ok, eos) in enumerate(zip(correct, stops))]
-    pd.DataFrame(rows).to_csv(run_dir / "evaluation.csv", index=False)
+    table = pd.DataFrame(rows)
+    if notes_k is not None:  # evaluated with notes (retrieval_k): notes_k per answer, 0 where none scored above the floor
+        table["notes_k"] = [notes_k[q] for q in table["question_id"]]
+    table.to_csv(run_dir / "evaluation.csv", index=False)
+
+
+def test_the_verdict_says_when_the_answers_had_notes(tmp_path):
+    _evaluation(tmp_path, base=[True, False], tuned=[True, True], base_eos=[True] * 2, tuned_eos=[True] * 2, notes_k=[1, 0])
+    assert ", each given the top training pair in its prompt where one matches (retrieval_k;" in base_tuned_verdict(tmp_path)
+    _evaluation(tmp_path, base=[True, False], tuned=[True, True], base_eos=[True] * 2, tuned_eos=[True] * 2)
+    assert "training pair" not in base_tuned_verdict(tmp_path)
 
 
 def _retrieval(run_dir, held: dict, general: dict, k: int = 1):
