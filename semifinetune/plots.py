@@ -132,7 +132,8 @@ def plot_retrieval(run_dir: str | os.PathLike):
             if "+" in label:
                 bar.set_hatch(".." if is_distractors(label) else "//")  # with notes in the prompt: helpful, or not
         _bar_labels(ax, bars, [str(cells[label]) for label in labels])
-        ax.set_xticks(range(len(labels)), [label.replace(" + ", "\n+ ") for label in labels], fontsize=8)
+        ax.set_xticks(range(len(labels)), [label.replace(" + ", "\n+ ").replace(" distractor", "\ndistractor")
+                                           for label in labels], fontsize=8)
         ax.set_ylim(0, questions * 1.15)
         ax.set_ylabel("correct answers")
         ax.set_title(f"{name}: {questions} questions", fontsize=10)

@@ -162,6 +162,7 @@ def test_the_distractor_column_is_counted_drawn_and_said(tmp_path):
     held_ax, _ = [ax for ax in plot_retrieval(tmp_path).axes if ax.patches]
     assert [bar.get_height() for bar in held_ax.patches] == [0, 16, 2, 3, 17, 4]
     assert [bar.get_hatch() for bar in held_ax.patches] == [None, "//", "..", None, "//", ".."]
+    assert held_ax.get_xticklabels()[2].get_text() == "base\n+ 3\ndistractors"  # three short lines: no overlap
     verdict = retrieval_verdict(_retrieval_table(held, general, k=3))
     assert "tuned + top 3 17, base + 3 distractors 2, tuned + 3 distractors 4 correct" in verdict
 
