@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from study_recipes import launch, machine  # noqa: E402
 
 FULL = {"max_steps": 200, "save_steps": 40, "eval_steps": 40}  # the facts recipe's measured full length on this model
 RECIPES = {
@@ -125,27 +125,6 @@ def child(job: str, folder: Path, profile: str, extra: dict, all_indexes: bool) 
     (folder / f"{job}.json").write_text(json.dumps(result), encoding="utf-8")
 
 
-def launch(jobs: list[str], folder: Path, parallel: int, cores_per_job: int, passed: list[str]) -> None:
-    """Each job in its own process, `parallel` at a time, each pinned to its own cores."""
-    pending, running = list(jobs), {}
-    free = [list(range(i * cores_per_job, (i + 1) * cores_per_job)) for i in range(parallel)]
-    while pending or running:
-        while pending and free:
-            job, cores = pending.pop(0), free.pop(0)
-            env = {**os.environ, "OMP_NUM_THREADS": str(len(cores)), "MKL_NUM_THREADS": str(len(cores))}
-            log = open(folder / f"{job}.log", "w")
-            process = subprocess.Popen([sys.executable, __file__, "--child", job, "--folder", str(folder), *passed],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       preexec_fn=(lambda c=cores: os.sched_setaffinity(0, c)) if parallel > 1 else None)
-            running[process] = (job, cores, log)
-        time.sleep(2)
-        for process in [p for p in running if p.poll() is not None]:
-            job, cores, log = running.pop(process)
-            log.close()
-            free.append(cores)
-            print(f"{job}: exit {process.returncode}", flush=True)
-
-
 def spread(values: list[int]) -> str:
     """mean +- sample standard deviation (over seeds), with the values."""
     if len(values) == 1:
@@ -240,7 +219,7 @@ def main() -> None:
     started = time.perf_counter()
     if args.collect is None:
         passed = ["--profile", args.profile, *(f"--set={item}" for item in args.set), *(["--all-indexes"] if args.all_indexes else [])]
-        launch(jobs, folder, args.jobs, args.cores_per_job, passed)
+        launch(jobs, folder, args.jobs, args.cores_per_job, passed, __file__)
         results = [json.loads((folder / f"{job}.json").read_text()) for job in jobs if (folder / f"{job}.json").exists()]
     else:
         results = [json.loads(path.read_text()) for where in args.collect for path in sorted(Path(where).glob("*-s*.json"))]
@@ -249,7 +228,6 @@ def main() -> None:
         import datetime
 
         from record import record
-        from study_recipes import machine
 
         from semifinetune.env import environment_report
 

@@ -147,8 +147,8 @@ def child(name: str, folder: Path, profile: str, extra: dict) -> None:
     (folder / f"{name}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
 
 
-def launch(names: list[str], folder: Path, jobs: int, cores_per_job: int, passed: list[str]) -> None:
-    """Run each name in its own process, `jobs` at a time, each pinned to its own cores."""
+def launch(names: list[str], folder: Path, jobs: int, cores_per_job: int, passed: list[str], script: str = __file__) -> None:
+    """Run each name in its own process (`script --child NAME`), `jobs` at a time, each pinned to its own cores."""
     pending, running = list(names), {}
     free = [list(range(i * cores_per_job, (i + 1) * cores_per_job)) for i in range(jobs)]
     while pending or running:
@@ -156,7 +156,7 @@ def launch(names: list[str], folder: Path, jobs: int, cores_per_job: int, passed
             name, cores = pending.pop(0), free.pop(0)
             env = {**os.environ, "OMP_NUM_THREADS": str(len(cores)), "MKL_NUM_THREADS": str(len(cores))}
             log = open(folder / f"{name}.log", "w")
-            command = [sys.executable, __file__, "--child", name, "--folder", str(folder), *passed]
+            command = [sys.executable, script, "--child", name, "--folder", str(folder), *passed]
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                        preexec_fn=(lambda c=cores: os.sched_setaffinity(0, c)) if jobs > 1 else None)
             running[process] = (name, cores, log)
