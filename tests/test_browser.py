@@ -186,7 +186,7 @@ def test_the_playground_in_a_browser(tiny_run, jupyterlab, tmp_path):
         notes, base, tuned = (boxes.nth(boxes.count() + i).inner_text() for i in (-3, -2, -1))
         browser.close()
 
-    assert notes.startswith("retrieval off")  # the box starts unticked: the question alone
+    assert notes.startswith("no notes (retrieval off")  # the box starts unticked: the question alone
     assert base.startswith("BASE") and tuned.startswith("TUNED")
     assert FINISHED.search(base) and FINISHED.search(tuned)
     base_stream, tuned_stream = streamed(snapshots, 0), streamed(snapshots, 1)
