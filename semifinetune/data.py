@@ -416,6 +416,8 @@ def _with_notes(cfg: RunConfig, found: dict[str, Source]) -> dict[str, Source]:
     """The splits with notes in their questions where the recipe trains with them (raft.py), records still located."""
     from .raft import with_training_notes
 
+    if not cfg.raft_notes:
+        return found
     noted = with_training_notes(cfg, {split: [record.value for record in source.records] for split, source in found.items()})
     return {split: dataclasses.replace(source, records=[dataclasses.replace(record, value=value)
                                                         for record, value in zip(source.records, noted[split])])
