@@ -46,18 +46,12 @@ def modes(k_values=(1, 3)) -> list[tuple[str, int, str]]:
             ("3 distractors", 3, "distractors")])
 
 
-def question_sets(cfg) -> dict:
-    from semifinetune.compare import question_sets as sets
-
-    return sets(cfg)
-
-
 def answer_modes(cfg, model, tokenizer, index_kinds: tuple[str, ...] = ()) -> dict:
     """{set: {mode label: [correct per question]}}: every mode of every set in one generate() call; over each kind of
     index in index_kinds (labels then name the kind), else over the run's own (cfg.retrieval_index)."""
     import dataclasses
 
-    from semifinetune.compare import distractor_notes
+    from semifinetune.compare import distractor_notes, question_sets
     from semifinetune.evaluate import evaluate_model, settings_from_config
     from semifinetune.notes import above_floor, index_training_pairs, score_floor
     from semifinetune.retrieval import retrieve
@@ -158,7 +152,7 @@ def hit_rates(profile: str = "cpu") -> str:
     held-out and validation questions; with the notes' mean length in the embedded model's tokens."""
     import dataclasses
 
-    from semifinetune.compare import question_sets as sets
+    from semifinetune.compare import question_sets
     from semifinetune.config import make_config
     from semifinetune.data import split_examples
     from semifinetune.evaluate import notes_hold_answer
@@ -168,7 +162,7 @@ def hit_rates(profile: str = "cpu") -> str:
 
     cfg = make_config(profile)
     tokenizer = load_tokenizer(cfg)
-    questions = {"held-out": sets(cfg)["held-out"], "validation": split_examples(cfg, "validation", None)}
+    questions = {"held-out": question_sets(cfg)["held-out"], "validation": split_examples(cfg, "validation", None)}
     lines = ["| index | notes | tokens per note | held-out top 1 | top 3 | validation top 1 | top 3 |", "|---|---|---|---|---|---|---|"]
     for kind in INDEXES:
         index = index_training_pairs(dataclasses.replace(cfg, retrieval_index=kind))
