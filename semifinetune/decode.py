@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 
-from .decode_attention import decode_attention
+from .decode_attention import decode_attention, kernels_usable
 
 FINISHED_CHECK_EVERY = 16  # decoding steps between checks that every row has ended (each check waits for the GPU)
 TOP_P_CANDIDATES = 1024  # the most likely tokens per row among which top_p looks for its cut before sorting all
@@ -78,7 +78,7 @@ def _top_p_removed_by_sorting(scores, top_p):
     return remove_sorted.scatter(1, sorted_ids, remove_sorted)
 
 
-def sample_next(logits, temperature, top_p, generator=None):
+def sample_next(logits, temperature, top_p, generator=None, seed: int | None = None):
     """One token per row from warp_scores' distribution, without cutting the vocabulary at every step.
 
     Each row draws from its whole tempered distribution, as torch.multinomial draws one sample (the argmax of p / q,
@@ -89,8 +89,20 @@ def sample_next(logits, temperature, top_p, generator=None):
     without a token after MAX_DRAWS draws take one from warp_scores itself (same distribution). Greedy rows
     (temperature 0) take the argmax. The cut by sorting the vocabulary cost 13 ms of a 29 ms step at 822 rows on an
     H200 where a distribution is flat (BENCHMARKS.md).
+
+    With a `seed` (where kernels_usable), sample_kernel draws the same distribution in two reads of the logits, with
+    noise of its own; the rows it leaves pending draw here.
     """
     import torch
+
+    if seed is not None:
+        from . import sample_kernel
+
+        chosen, pending = sample_kernel.draw(logits, temperature, top_p, seed)
+        if bool(pending.any()):
+            rows = pending.nonzero().squeeze(1)
+            chosen[rows] = sample_next(logits[rows], temperature[rows], top_p[rows], generator)
+        return chosen
 
     greedy = temperature <= 0
     probs = (logits.float() / torch.where(greedy, 1.0, temperature).unsqueeze(1)).softmax(dim=-1)
@@ -169,9 +181,16 @@ class StaticDecoder:
         self.prompt_len = torch.zeros(1, **long)  # this batch's padded prompt length
         self.prompt_slots = torch.zeros((rows, self.total), dtype=torch.bool, device=self.device)
         self.real_tokens = torch.zeros((rows, 1), **long)
+        self.first_slot = torch.zeros(rows, **long)  # each row's first real prompt slot (its prompt is left-padded)
         self.token = torch.zeros((rows, 1), **long)
         self.cache_position = torch.zeros(1, **long)
         self.use_graphs = cuda_graph and _graphs_supported(self.device)
+        # Triton's kernels for attention and the draw where they run; the recorded step keeps what it was recorded with
+        self.attention_kernel = self.sampling_kernel = kernels_usable(self.device)
+        if self.sampling_kernel:
+            from .sample_kernel import fits
+
+            self.sampling_kernel = fits(rows, model.config.vocab_size)
         self.graphs, self.pool, self.graph_logits = {}, None, None  # attention length -> its replay; one memory pool
 
     def fits(self, rows: int, prompt_len: int, max_new_tokens: int) -> bool:
@@ -197,12 +216,18 @@ class StaticDecoder:
         eos = torch.tensor(sorted(eos_ids), device=self.device)
         # The noise comes from a generator of its own, seeded from torch's CPU generator (what seed_everything seeds):
         # a failed recording leaves torch's CUDA generator unusable, not this one.
-        generator = torch.Generator(device=self.device).manual_seed(int(torch.randint(2**62, ()).item()))
+        base_seed = int(torch.randint(2**62, ()).item())
+        generator = torch.Generator(device=self.device).manual_seed(base_seed)
+        step_seeds = torch.Generator().manual_seed(base_seed)  # one per step for sample_kernel, drawn on the host
+        if self.attention_kernel and not bool((attention_mask.cumsum(dim=1) > 0).eq(attention_mask.bool()).all()):
+            raise ValueError("The attention kernel reads each row's slots from its first real token on: pad the "
+                             "prompts on the left (tokenizer.padding_side = 'left').")
 
         self.prompt_len.fill_(prompt_len)
         self.prompt_slots.zero_()
         self.prompt_slots[:, :prompt_len] = attention_mask.bool()
         self.real_tokens.copy_(attention_mask.long().sum(dim=1, keepdim=True))
+        self.first_slot.copy_(prompt_len - self.real_tokens.squeeze(1))
         self.token.fill_(pad_id)
         with decode_attention(self.model) as keys_cut_to_mask:
             logits = self._prefill(input_ids, attention_mask, keys_cut_to_mask)
@@ -213,7 +238,8 @@ class StaticDecoder:
             new_ids = torch.full((batch_rows, self.max_new_tokens), pad_id, dtype=torch.long, device=self.device)
             finished = torch.zeros(batch_rows, dtype=torch.bool, device=self.device)
             for k in range(self.max_new_tokens):
-                chosen = sample_next(logits[:batch_rows], temperature, top_p, generator).masked_fill(finished, pad_id)
+                seed = int(torch.randint(2**31 - 1, (), generator=step_seeds)) if self.sampling_kernel else None
+                chosen = sample_next(logits[:batch_rows], temperature, top_p, generator, seed).masked_fill(finished, pad_id)
                 new_ids[:, k] = chosen
                 finished |= torch.isin(chosen, eos)
                 if streamer is not None:  # the host waits for each token anyway, so the loop may stop right at the end
@@ -272,6 +298,7 @@ class StaticDecoder:
             cache_position=self.cache_position,
             past_key_values=self.cache,
             use_cache=True,
+            **({"decode_first": self.first_slot, "decode_last": self.cache_position} if self.attention_kernel else {}),
         ).logits[:, -1]
 
     def _next_logits(self, length: int):

@@ -88,3 +88,72 @@ def greedy_ids(model, tokenizer, questions: list[str], max_new_tokens: int, way:
 def mean_agreement(reference: list[list[int]], other: list[list[int]]) -> float:
     """Mean over answers of prefix_agreement."""
     return sum(prefix_agreement(a, b) for a, b in zip(reference, other)) / len(reference)
+
+
+def fp32_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """The reference: attention over the mask's slots with every input and operation in float32."""
+    import torch
+
+    group = query.shape[1] // key.shape[1]
+    length = attention_mask.shape[-1]
+    key, value = (t[:, :, :length].float().repeat_interleave(group, dim=1) for t in (key, value))
+    scores = query.float() @ key.transpose(-1, -2) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    weights = (scores + attention_mask.float()).softmax(dim=-1)
+    return (weights @ value).transpose(1, 2).to(query.dtype), None
+
+
+def attention_variants() -> dict:
+    """name -> attention function (transformers' interface) for one decoding step: the fp32 reference, transformers'
+    own SDPA over the whole cache (keys copied per query head), the loop's SDPA path (grouped heads, keys cut at the
+    bucket) and the Triton kernel (each row's own slots)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from semifinetune.decode_attention import grouped_attention
+
+    def transformers_sdpa(module, query, key, value, attention_mask, **kwargs):
+        kwargs.pop("decode_first", None), kwargs.pop("decode_last", None)
+        full = attention_mask.new_full((*attention_mask.shape[:-1], key.shape[2]), attention_mask.min())
+        full[..., : attention_mask.shape[-1]] = attention_mask
+        return sdpa_attention_forward(module, query, key, value, full, **kwargs)
+
+    def grouped_sdpa(module, query, key, value, attention_mask, **kwargs):
+        kwargs.pop("decode_first", None), kwargs.pop("decode_last", None)
+        return grouped_attention(module, query, key, value, attention_mask, **kwargs)
+
+    return {"fp32": fp32_attention, "transformers_sdpa": transformers_sdpa, "grouped_sdpa": grouped_sdpa,
+            "kernel": grouped_attention}
+
+
+def attention_errors(decoder, length: int) -> dict:
+    """One decoding step of `decoder` (prefilled, its cache_position set) run eagerly with each attention variant:
+    {variant: (attention output's relative error against fp32 on the same inputs, averaged over layers; the step's
+    relative logit error against the step with fp32 attention in every layer)}. Every layer's input comes from the
+    fp32 reference, so each variant meets the same inputs."""
+    import torch
+    from transformers import AttentionInterface
+
+    from semifinetune.decode_attention import NAME
+
+    variants = attention_variants()
+    errors = {name: [] for name in variants}
+
+    def compared(module, query, key, value, attention_mask, **kwargs):
+        reference = fp32_attention(module, query, key, value, attention_mask, **kwargs)[0].float()
+        for name, function in variants.items():
+            out = function(module, query, key, value, attention_mask, **dict(kwargs))[0].float()
+            errors[name].append(((out - reference).norm() / reference.norm()).item())
+        return reference.to(query.dtype), None
+
+    def logits_with(function):
+        AttentionInterface.register(NAME, function)
+        return decoder._step(length).float()
+
+    AttentionInterface.register(NAME, compared)
+    decoder._step(length)
+    reference = logits_with(fp32_attention)
+    centred = (reference - reference.mean(dim=-1, keepdim=True)).norm()
+    found = {}
+    for name, function in variants.items():
+        logits = logits_with(function)
+        found[name] = (sum(errors[name]) / len(errors[name]), ((logits - reference).norm() / centred).item())
+    return found

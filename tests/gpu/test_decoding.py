@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
 from gpu_helpers import QUESTIONS, greedy_ids, mean_agreement, r1_with_random_adapter
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # The dequantized copy computes the same weights with a dense matmul instead of bitsandbytes' fused 4-bit kernel, so
 # it agrees to bf16 rounding, not bit for bit. Measured on an H200 (4-bit R1 architecture, random weights, a random
@@ -310,3 +313,61 @@ def test_sampling_on_the_gpu_draws_only_what_top_p_keeps_as_often_as_its_probabi
     frequencies = torch.nn.functional.one_hot(drawn.view(4, draws), 40).float().mean(dim=1)
     assert not frequencies[expected == 0].any()
     assert ((frequencies - expected).abs() <= 4 * (expected * (1 - expected) / draws).sqrt() + 1e-3).all()
+
+
+def test_the_triton_draw_keeps_only_what_top_p_keeps_as_often_as_its_probability():
+    """sample_kernel through sample_next (a seed per step), compiled on the GPU: at the real vocabulary no token the
+    sorted top_p cut removes is drawn and greedy rows take the argmax; on 40 tokens x 50,000 draws each token comes as
+    often as its warped probability; the same seed draws the same."""
+    from semifinetune import decode
+
+    generator = torch.Generator(device="cuda").manual_seed(5)
+    temperature = torch.tensor([0.3, 0.6, 1.0, 0.0] * 16, device="cuda")
+    top_p = torch.tensor([0.9, 0.95, 1.0, 0.5] * 16, device="cuda")
+    for spread in (8.0, 0.5):
+        logits = torch.randn(64, 151936, device="cuda", generator=generator) * spread
+        scores = logits / torch.where(temperature <= 0, 1.0, temperature).unsqueeze(1)
+        removed = decode._top_p_removed_by_sorting(scores, top_p)
+        for seed in range(10):
+            drawn = decode.sample_next(logits.bfloat16(), temperature, top_p, seed=seed)
+            assert not removed.gather(1, drawn.unsqueeze(1)).any()
+            assert torch.equal(drawn[temperature <= 0], logits.bfloat16()[temperature <= 0].argmax(dim=-1))
+            assert torch.equal(decode.sample_next(logits.bfloat16(), temperature, top_p, seed=seed), drawn)
+
+    small = torch.randn(4, 40, device="cuda", generator=generator) * 2
+    draws = 50_000
+    t, p = temperature[:4], torch.tensor([0.9, 0.02, 1.0, 0.5], device="cuda")
+    drawn = decode.sample_next(small.repeat_interleave(draws, 0), t.repeat_interleave(draws), p.repeat_interleave(draws),
+                               seed=3)
+    scores = small / torch.where(t <= 0, 1.0, t).unsqueeze(1)
+    expected = scores.masked_fill(decode._top_p_removed_by_sorting(scores, p), float("-inf")).softmax(-1)
+    expected[3] = torch.nn.functional.one_hot(small[3].argmax(), 40).float()
+    frequencies = torch.nn.functional.one_hot(drawn.view(4, draws), 40).float().mean(dim=1)
+    assert not frequencies[expected == 0].any()
+    assert ((frequencies - expected).abs() <= 4 * (expected * (1 - expected) / draws).sqrt() + 1e-3).all()
+
+
+def test_decoding_attention_is_no_farther_from_fp32_than_transformers_sdpa(r1_tuned):
+    """16 prompts with retrieved notes, 15 greedy tokens in: one step's attention output (every layer, on the same
+    inputs) and the step's logits, against fp32 attention. The attention kernel the loop uses must be no farther
+    from fp32 than transformers' own SDPA path."""
+    import sys
+
+    from semifinetune.decode import StaticDecoder, dequantized_weights
+    from semifinetune.formats import chat_prompt
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_step import ANSWERED, decoder_accuracy
+
+    model, tokenizer = r1_tuned
+    tokenizer.padding_side = "left"
+    prompts = [chat_prompt(tokenizer, q) for q in _with_retrieved_notes(QUESTIONS[:16])]
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to("cuda")
+    with torch.inference_mode(), dequantized_weights(model):
+        decoder = StaticDecoder(model, 16, encoded["input_ids"].shape[1], ANSWERED)
+        assert decoder.attention_kernel
+        errors = decoder_accuracy(model, decoder, encoded, tokenizer.pad_token_id)
+    for name, found in errors.items():
+        print(f"{name}: attention {found['attention_relative_error']:.2e}, logits {found['logits_relative_error']:.2e} from fp32")
+    for measure in ("attention_relative_error", "logits_relative_error"):
+        assert errors["kernel"][measure] <= errors["transformers_sdpa"][measure]

@@ -1,0 +1,250 @@
+"""Where a decoding step's time goes, at 64, 256 and 822 rows, and what each lever changes.
+
+    python benchmarks/bench_step.py --model /tmp/r1 --out benchmarks/results/step_CARD.json [--rows 64,256,822]
+
+The R1 architecture in 4-bit with a LoRA adapter (random B weights), decoding through the dequantized copy with the
+adapter folded in, as generate() does. Each batch is prefilled with held-out questions x the t4 sweep grid; the
+step is then timed at the answer's middle (prompt + 256 slots; an answer of 512 tokens reads on average that much):
+- the recorded step (CUDA graph replay), with the Triton attention kernel and with the SDPA path it replaces;
+- the forward pass's parts, from torch's profiler over the same step run eagerly: the projections (q/k/v, o,
+  gate/up/down), the LM head, attention, the norms, and the rest (rotary, cache writes, residual adds, activation,
+  masks); the replay's time beyond the kernels' sum is the graph's own overhead (gaps between kernels);
+- sampling: torch's draw (decode.sample_next) and the Triton draw, on flat logits (random weights') and peaked ones;
+- attention's accuracy at 16 rows with retrieved notes (long prompts): each variant's output and the step's logits
+  against fp32 attention on the same inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "gpu"))
+
+from bench_engines import workload  # noqa: E402
+from gpu_helpers import QUESTIONS, r1_with_random_adapter  # noqa: E402
+from record import record  # noqa: E402
+
+NEW_TOKENS = 512
+MIDDLE = 256
+PROJECTIONS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "mlp", "up_proj": "mlp",
+               "down_proj": "mlp"}
+
+
+def cuda_ms(function, repeat: int = 20) -> float:
+    import torch
+
+    function()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(repeat):
+        function()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeat
+
+
+def prefilled(model, tokenizer, prompts, temperatures, top_ps):
+    """A StaticDecoder for these prompts, prefilled as decode() does, its step placed at the answer's middle:
+    (decoder, bucket length of that step)."""
+    import torch
+
+    from semifinetune.decode import KV_BUCKET, StaticDecoder
+    from semifinetune.decode_attention import decode_attention
+
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to("cuda")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    rows, prompt_len = ids.shape
+    decoder = StaticDecoder(model, rows, prompt_len, NEW_TOKENS)
+    decoder.prompt_len.fill_(prompt_len)
+    decoder.prompt_slots[:, :prompt_len] = mask.bool()
+    decoder.real_tokens.copy_(mask.long().sum(dim=1, keepdim=True))
+    decoder.first_slot.copy_(prompt_len - decoder.real_tokens.squeeze(1))
+    with decode_attention(model) as cut:
+        decoder._prefill(ids, mask, cut)
+    position = prompt_len + MIDDLE
+    decoder.cache_position.fill_(position)
+    decoder.token.random_(0, model.config.vocab_size)
+    return decoder, min(decoder.total, position // KV_BUCKET * KV_BUCKET + KV_BUCKET)
+
+
+@contextmanager
+def labelled(model):
+    """torch.profiler ranges around the projections, the LM head, the norms and attention."""
+    import torch
+    from transformers import AttentionInterface
+
+    from semifinetune.decode_attention import NAME, grouped_attention
+
+    handles = []
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        label = PROJECTIONS.get(leaf) or ("lm_head" if leaf == "lm_head" else "norm" if type(module).__name__.endswith("RMSNorm") else None)
+        if label is None:
+            continue
+        ranges = []
+        handles.append(module.register_forward_pre_hook(lambda m, a, label=label, ranges=ranges: ranges.append(torch.profiler.record_function(label).__enter__())))
+        handles.append(module.register_forward_hook(lambda m, a, o, ranges=ranges: ranges.pop().__exit__(None, None, None)))
+
+    def attention(*args, **kwargs):
+        with torch.profiler.record_function("attention"):
+            return grouped_attention(*args, **kwargs)
+
+    AttentionInterface.register(NAME, attention)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        AttentionInterface.register(NAME, grouped_attention)
+
+
+def forward_parts(model, decoder, length: int) -> dict:
+    """Milliseconds of GPU kernels per part of one eager step."""
+    import torch
+
+    from semifinetune.decode_attention import decode_attention
+
+    with decode_attention(model):
+        decoder._step(length)
+        torch.cuda.synchronize()
+        with labelled(model), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
+                                                                 torch.profiler.ProfilerActivity.CPU]) as prof:
+            decoder._step(length)
+            torch.cuda.synchronize()
+    parts = {"qkv": 0.0, "o": 0.0, "mlp": 0.0, "lm_head": 0.0, "attention": 0.0, "norm": 0.0}
+    for event in prof.events():
+        if event.name in parts and event.device_type == torch.autograd.DeviceType.CPU:
+            parts[event.name] += event.device_time_total / 1e3
+    total = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
+    found = {name: round(ms, 3) for name, ms in parts.items()}
+    found["rest"] = round(total - sum(parts.values()), 3)
+    found["kernels_total"] = round(total, 3)
+    found["kernel_launches"] = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return found
+
+
+def replay_ms(model, decoder, length: int) -> float:
+    from semifinetune.decode_attention import decode_attention
+
+    with decode_attention(model):
+        decoder.graphs.clear()
+        return cuda_ms(lambda: decoder._next_logits(length))
+
+
+def sampling_ms(rows: int, vocab: int, temperatures, top_ps) -> dict:
+    import torch
+
+    from semifinetune.decode import sample_next
+
+    t = torch.tensor(temperatures, device="cuda")
+    p = torch.tensor(top_ps, device="cuda")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    found = {}
+    for label, spread in (("flat", 0.05), ("peaked", 8.0)):
+        logits = (torch.randn(rows, vocab, device="cuda", generator=generator) * spread).to(torch.bfloat16)
+        found[f"torch_{label}"] = round(cuda_ms(lambda: sample_next(logits, t, p, generator)), 3)
+        found[f"kernel_{label}"] = round(cuda_ms(lambda: sample_next(logits, t, p, generator, seed=1)), 3)
+    return found
+
+
+def at_rows(model, tokenizer, rows: int) -> dict:
+    import torch
+
+    from semifinetune.formats import chat_prompt
+
+    questions, settings = workload(rows)
+    prompts = [chat_prompt(tokenizer, q) for q in questions]
+    decoder, length = prefilled(model, tokenizer, prompts, [s.temperature for s in settings], [s.top_p for s in settings])
+    found = {"rows": rows, "prompt_len": int(decoder.prompt_len.item()), "attention_length": length}
+    with torch.inference_mode():
+        for kernel in (True, False):
+            decoder.attention_kernel = kernel
+            label = "kernel" if kernel else "sdpa"
+            found[f"step_graph_ms_{label}"] = round(replay_ms(model, decoder, length), 3)
+            found[f"forward_parts_ms_{label}"] = forward_parts(model, decoder, length)
+            found[f"graph_overhead_ms_{label}"] = round(found[f"step_graph_ms_{label}"]
+                                                        - found[f"forward_parts_ms_{label}"]["kernels_total"], 3)
+        found["sampling_ms"] = sampling_ms(rows, model.config.vocab_size, [s.temperature for s in settings],
+                                           [s.top_p for s in settings])
+    del decoder
+    torch.cuda.empty_cache()
+    return found
+
+
+def accuracy(model, tokenizer) -> dict:
+    """Attention variants against fp32: 16 rows with 3 retrieved notes each, after 15 greedy tokens of their own."""
+    import torch
+    from test_decoding import _with_retrieved_notes
+
+    from semifinetune.decode import StaticDecoder
+    from semifinetune.formats import chat_prompt
+
+    tokenizer.padding_side = "left"
+    prompts = [chat_prompt(tokenizer, q) for q in _with_retrieved_notes(QUESTIONS[:16])]
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to("cuda")
+    with torch.inference_mode():
+        return decoder_accuracy(model, StaticDecoder(model, 16, encoded["input_ids"].shape[1], ANSWERED), encoded,
+                                tokenizer.pad_token_id)
+
+
+ANSWERED = 16  # greedy tokens decoded before the compared step: its cache holds real keys and values
+
+
+def decoder_accuracy(model, decoder, encoded, pad_id: int) -> dict:
+    """attention_errors at the step after `decoder` (made for ANSWERED new tokens) has decoded them for `encoded`."""
+    from gpu_helpers import attention_errors
+
+    from semifinetune.decode import KV_BUCKET
+    from semifinetune.decode_attention import decode_attention
+
+    rows = encoded["input_ids"].shape[0]
+    ids = decoder.decode(encoded["input_ids"], encoded["attention_mask"], [0.0] * rows, [1.0] * rows, {-1}, pad_id)
+    position = int(decoder.prompt_len.item()) + ANSWERED - 1  # the slot after the last one decode() wrote
+    decoder.cache_position.fill_(position)
+    decoder.token[:rows].copy_(ids[:, -1:])
+    with decode_attention(model):
+        errors = attention_errors(decoder, -(-(position + 1) // KV_BUCKET) * KV_BUCKET)
+    return {name: {"attention_relative_error": round(a, 6), "logits_relative_error": round(b, 6)}
+            for name, (a, b) in errors.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rows", default="64,256,822")
+    args = parser.parse_args()
+
+    from semifinetune.decode import dequantized_weights
+    from semifinetune.env import environment_report
+
+    report = environment_report()
+    started = time.perf_counter()
+    model, tokenizer = r1_with_random_adapter(args.model)
+    model.eval()
+    entry = {"benchmark": "decoding_step", "date": datetime.date.today().isoformat(), "card": report["gpu_name"],
+             "versions": report["versions"]}
+    with dequantized_weights(model):
+        entry["accuracy_vs_fp32"] = accuracy(model, tokenizer)
+        print(entry["accuracy_vs_fp32"], flush=True)
+        for rows in (int(r) for r in args.rows.split(",")):
+            entry[f"rows_{rows}"] = at_rows(model, tokenizer, rows)
+            print(entry[f"rows_{rows}"], flush=True)
+    entry["seconds"] = round(time.perf_counter() - started, 1)
+    biggest = entry[f"rows_{max(int(r) for r in args.rows.split(','))}"]
+    record(args.out, entry, f"decoding step at {biggest['rows']} rows on {entry['card']}: "
+           f"{biggest['step_graph_ms_kernel']} ms with the attention kernel, {biggest['step_graph_ms_sdpa']} ms with SDPA; "
+           f"sampling {biggest['sampling_ms']['kernel_flat']} ms (Triton) vs {biggest['sampling_ms']['torch_flat']} ms (torch)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The Triton decoding kernels against torch, run by Triton's interpreter on the CPU (the GPU suite runs them compiled).
+
+The interpreter computes in numpy: float32 and float16 exactly as written, bf16 matrix products not at all (its dot
+misreads them), so these tests use float16 where the GPU uses bf16.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported and the kernels defined: both read it
+pytest.importorskip("triton")
+
+from semifinetune import attention_kernel, decode, sample_kernel  # noqa: E402
+
+
+def reference_attention(query, key, value, first, last):
+    """float32 attention of each row over its slots first..last, key heads shared as transformers' repeat_kv does."""
+    group = query.shape[1] // key.shape[1]
+    key, value = (t.float().repeat_interleave(group, dim=1) for t in (key, value))
+    scores = query.float() @ key.transpose(-1, -2) * query.shape[-1] ** -0.5
+    slots = torch.arange(key.shape[2])
+    seen = (slots[None, :] >= first[:, None]) & (slots[None, :] <= last)
+    return (scores.masked_fill(~seen[:, None, None, :], float("-inf")).softmax(-1) @ value).transpose(1, 2)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float16, 2e-3)])
+@pytest.mark.parametrize("heads, key_heads, dim", [(12, 2, 64), (9, 3, 32)])
+@pytest.mark.parametrize("length", [192, 640])  # one piece per row, and rows split into pieces merged after
+def test_attention_reads_each_rows_own_slots_as_float32_attention_does(dtype, tolerance, heads, key_heads, dim, length):
+    generator = torch.Generator().manual_seed(length + heads)
+    rows, slots = 5, length + 64
+    query = torch.randn(rows, heads, 1, dim, generator=generator).to(dtype)
+    key, value = (torch.randn(rows, key_heads, slots, dim, generator=generator).to(dtype) for _ in range(2))
+    last = torch.tensor([length - 20])
+    first = torch.tensor([0, 3, 40, length - 60, length - 20])  # the last row: a filler row, its own slot only
+    out = attention_kernel.attend(query, key, value, first, last, length, dim**-0.5)
+    assert out.shape == (rows, 1, heads, dim) and out.dtype == dtype
+    expected = reference_attention(query, key, value, first, last)
+    assert (out.float() - expected).abs().max() <= tolerance
+    key[:, :, length - 19 :] = 1e4  # slots after this step's: never read
+    key[1, :, :3] = 1e4  # padding before a row's first slot: never read
+    assert torch.equal(attention_kernel.attend(query, key, value, first, last, length, dim**-0.5), out)
+
+
+def test_attention_kernel_supports_only_decoding_shapes():
+    key = torch.zeros(2, 2, 8, 64)
+    assert attention_kernel.supported(torch.zeros(2, 12, 1, 64), key)
+    assert not attention_kernel.supported(torch.zeros(2, 12, 5, 64), key)  # a prefill
+    assert not attention_kernel.supported(torch.zeros(2, 12, 1, 48), torch.zeros(2, 2, 8, 48))  # head size
+
+
+SETTINGS = (torch.tensor([0.0, 0.6, 1.0, 0.3, 0.0, 1.5, 0.7, 1.0]), torch.tensor([1.0, 0.95, 1.0, 0.9, 0.5, 0.8, 0.02, 0.3]))
+
+
+def test_the_draw_is_the_argmax_at_temperature_0_and_never_a_token_top_p_cuts():
+    """5,000 tokens (two pieces a row): greedy rows take the first of tied largest logits, even across pieces; a
+    sampled token is always one the sorted top_p cut keeps; the same seed draws the same, another seed not."""
+    temperature, top_p = SETTINGS
+    generator = torch.Generator().manual_seed(0)
+    assert sample_kernel.splits_for(len(temperature), 5000) == 2
+    for spread in (4.0, 0.3):  # peaked rows and flat ones; float32, so that no tie sits at top_p's cut
+        logits = torch.randn(8, 5000, generator=generator) * spread
+        logits[0, [10, 4000]] = logits[0].max() + 1  # a tie: the first position wins, as torch.argmax's
+        scores = logits / torch.where(temperature <= 0, 1.0, temperature).unsqueeze(1)
+        removed = decode._top_p_removed_by_sorting(scores, top_p)
+        tokens, pending = sample_kernel.draw(logits, temperature, top_p, seed=11)
+        kept = ~pending
+        assert not removed[kept].gather(1, tokens[kept].unsqueeze(1)).any()
+        greedy = temperature <= 0
+        assert torch.equal(tokens[greedy], logits[greedy].argmax(dim=-1)) and tokens[0] == 10
+        assert not pending[greedy].any()
+        assert torch.equal(sample_kernel.draw(logits, temperature, top_p, seed=11)[0], tokens)
+    assert not torch.equal(sample_kernel.draw(logits, temperature, top_p, seed=12)[0][~greedy], tokens[~greedy])
+
+
+def test_each_token_is_drawn_as_often_as_its_warped_probability():
+    """40 tokens, 4 settings x 200 rows (the interpreter runs a program in about 10 ms; the GPU suite draws 50,000):
+    the kept draws' frequencies are the warped distribution's within four standard errors; where top_p keeps one
+    token of a nearly flat row, rows whose four draws top_p all cuts are reported pending."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 40, generator=generator) * 2
+    temperature, top_p = torch.tensor([0.3, 0.7, 1.0, 1.0]), torch.tensor([0.9, 0.6, 1.0, 0.5])
+    draws = 200
+    tokens, pending = sample_kernel.draw(logits.repeat_interleave(draws, 0), temperature.repeat_interleave(draws),
+                                         top_p.repeat_interleave(draws), seed=5, block=64)
+    scores = logits / temperature.unsqueeze(1)
+    expected = scores.masked_fill(decode._top_p_removed_by_sorting(scores, top_p), float("-inf")).softmax(-1)
+    kept = ~pending.view(4, draws)
+    for row in range(4):
+        counts = torch.bincount(tokens.view(4, draws)[row][kept[row]], minlength=40).float()
+        frequencies = counts / counts.sum()
+        assert not frequencies[expected[row] == 0].any()
+        error = 4 * (expected[row] * (1 - expected[row]) / counts.sum()).sqrt() + 1e-3
+        assert ((frequencies - expected[row]).abs() <= error).all(), row
+    assert pending.any() and not pending.view(4, draws)[2].any()  # top_p 1 keeps every draw
+
+    flat = torch.zeros(16, 40)
+    flat[:, 0] = 0.1  # top_p 0.01 keeps this token alone (tokens tied with a kept one would all stay)
+    _, pending = sample_kernel.draw(flat, torch.ones(16), torch.full((16,), 0.01), seed=1, block=64)
+    assert pending.float().mean() > 0.5  # (39/40)^4 of the rows draw four other tokens
+
+
+def test_sample_next_with_a_seed_draws_the_pending_rows_by_torch():
+    """Nearly flat rows where top_p 0.01 keeps about 1% of the tokens: the kernel leaves most rows pending, and
+    sample_next draws those by torch's path, so every row gets a token top_p keeps."""
+    temperature = SETTINGS[0]
+    top_p = torch.full((8,), 0.01)
+    logits = torch.randn(8, 5000, generator=torch.Generator().manual_seed(1)) * 0.1  # float32: no ties at the cut
+    assert sample_kernel.draw(logits, temperature, top_p, seed=2)[1].float().mean() > 0.5
+    tokens = decode.sample_next(logits, temperature, top_p, seed=2)
+    scores = logits / torch.where(temperature <= 0, 1.0, temperature).unsqueeze(1)
+    assert not decode._top_p_removed_by_sorting(scores, top_p).gather(1, tokens.unsqueeze(1)).any()
