@@ -9,6 +9,7 @@ weights almost never emit EOS: every answer runs to 512 tokens, the worst case. 
   grouped-query attention without copying the keys, top_p cut among candidates), batch from free memory;
 - static_b512, static_b2048: the same at a fixed batch;
 - static_full_cache: the same loop with transformers' SDPA attention over the whole cache (the engine before);
+- static_torch_kernels: the loop without the Triton kernels (SDPA attention over the bucket, torch's draw);
 - continuous: transformers' continuous batching (`init_continuous_batching`: paged cache, finished requests
   replaced by queued ones), per-request temperature and top_p (`per_request_processors=True`);
   continuous_small: the same on 32 requests x 32 tokens, with every thread's stack printed after 2 minutes;
@@ -50,6 +51,18 @@ def workload(rows: int):
     pairs = [(q, s) for s in grid for _ in range(cfg.sweep_samples) for q in QUESTIONS]
     pairs = (pairs * (rows // len(pairs) + 1))[:rows]
     return [q for q, _ in pairs], [s for _, s in pairs]
+
+
+@contextmanager
+def torch_kernels():
+    """The loop without sample_kernel and attention_kernel, as on a card older than Ampere."""
+    from semifinetune import decode
+
+    kept, decode.kernels_usable = decode.kernels_usable, lambda device: False
+    try:
+        yield
+    finally:
+        decode.kernels_usable = kept
 
 
 @contextmanager
@@ -228,8 +241,10 @@ def main() -> None:
                 faulthandler.cancel_dump_traceback_later()
             elif name.startswith("static"):
                 batch = {"static_b512": 512, "static_b2048": 2048}.get(name)
-                with full_cache_attention() if name == "static_full_cache" else nullcontext():
-                    static(model, tokenizer, questions[:8], [SamplingSettings(0.6, 0.95, 8)] * 8)  # warm-up
+                context = {"static_full_cache": full_cache_attention, "static_torch_kernels": torch_kernels}.get(name, nullcontext)
+                with context():
+                    # warm-up at the measured batch: Triton compiles its kernels per shape once (then cached on disk)
+                    static(model, tokenizer, questions, [SamplingSettings(0.6, 0.95, 8)] * len(questions), batch)
                     found, _ = timed(static, model, tokenizer, questions, settings, batch)
                     with torch.inference_mode(), dequantized_weights(model):  # as generate() decodes
                         ids = greedy_ids(model, tokenizer, QUESTIONS[: GREEDY[0]], GREEDY[1], "graphed")

@@ -43,7 +43,8 @@ def attend(query, key, value, first, last, length: int, scale: float):
     _attend_split[(rows, key_heads, splits)](
         q, key, value, first, last, out, lse, q.stride(0), q.stride(1), q.stride(2),
         key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
-        scale, span, length, PRECISION="ieee" if query.dtype == torch.float32 else "tf32", SPLITS=splits, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), DIM=dim,
+        scale, span, length, PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        WEIGHTS_PRECISION="ieee" if query.dtype == torch.float32 else "tf32x3", SPLITS=splits, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), DIM=dim,
         BLOCK=BLOCK_SLOTS, num_warps=4)
     if splits == 1:
         merged = out[:, :, 0]
@@ -56,6 +57,7 @@ def attend(query, key, value, first, last, length: int, scale: float):
 @triton.jit
 def _attend_split(q_ptr, k_ptr, v_ptr, first_ptr, last_ptr, out_ptr, lse_ptr, q_row, q_head, q_group,
                   k_row, k_head, k_slot, v_row, v_head, v_slot, scale, span, length, PRECISION: tl.constexpr,
+                  WEIGHTS_PRECISION: tl.constexpr,
                   SPLITS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr,
                   BLOCK: tl.constexpr):
     row = tl.program_id(0)
@@ -86,11 +88,13 @@ def _attend_split(q_ptr, k_ptr, v_ptr, first_ptr, last_ptr, out_ptr, lse_ptr, q_
             fade = tl.exp(top - new_top)
             total = total * fade + tl.sum(weights, 1)
             v = tl.load(v_base + at[:, None] * v_slot + dims[None, :], mask=inside[:, None], other=0.0)
-            # the weights stay float32 (tf32's 10-bit mantissa where tensor cores multiply; SDPA rounds them to bf16)
-            acc = acc * fade[:, None] + tl.dot(weights, v.to(tl.float32), input_precision=PRECISION)
+            # the weights stay float32: three tf32 products (tf32x3) keep float32's precision on tensor cores, where
+            # one tf32 product truncates them to 10 bits and SDPA rounds them to bf16's 7
+            acc = acc * fade[:, None] + tl.dot(weights, v.to(tl.float32), input_precision=WEIGHTS_PRECISION)
             top = new_top
     part = (row * tl.num_programs(1) + head) * SPLITS + split
     empty = total == 0.0
     result = tl.where(empty[:, None], 0.0, acc / tl.where(empty, 1.0, total)[:, None])
     tl.store(out_ptr + (part * GROUP + groups[:, None]) * DIM + dims[None, :], result, mask=groups[:, None] < GROUP)
-    tl.store(lse_ptr + part * GROUP + groups, tl.where(empty, -float("inf"), top + tl.log(total)), mask=groups < GROUP)
+    tl.store(lse_ptr + part * GROUP + groups, tl.where(empty, -float("inf"), top + tl.log(tl.where(empty, 1.0, total))),
+             mask=groups < GROUP)

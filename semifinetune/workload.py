@@ -20,7 +20,7 @@ UNSLOTH_SLOWER = 50  # Unsloth's sampling against the loop's, H200: 870 vs 44,16
 
 
 def notebook06_answers(cfg) -> dict[str, tuple[int, int]]:
-    """{part: (answers, new tokens at most)} for the evaluation, the retrieval 2 x 2 and the sweep at cfg."""
+    """{part: (answers, new tokens at most)} for the evaluation, the retrieval comparison and the sweep at cfg."""
     from .compare import question_sets
     from .evaluate import read_eval_rows
     from .sweep import sweep_settings
@@ -29,9 +29,10 @@ def notebook06_answers(cfg) -> dict[str, tuple[int, int]]:
     parts = {"evaluation, base and tuned": (2 * held_out, 2 * held_out * cfg.max_new_tokens)}
     if cfg.retrieval_compare_k > 0:
         sets = question_sets(cfg, cfg.retrieval_compare_questions)
-        # each model: held-out with notes, general without and with (held-out without notes is the evaluation's)
-        answers = 2 * (len(sets["held-out"]) + 2 * len(sets["general"]))
-        parts["retrieval 2 x 2"] = (answers, answers * cfg.max_new_tokens)
+        # each model: held-out with notes and with distractors, general without notes, with notes and with
+        # distractors (held-out without notes is the evaluation's)
+        answers = 2 * (2 * len(sets["held-out"]) + 3 * len(sets["general"]))
+        parts["retrieval comparison"] = (answers, answers * cfg.max_new_tokens)
     questions = len(read_eval_rows(cfg, cfg.sweep_questions))
     per_setting = 2 * cfg.sweep_samples * questions
     settings = sweep_settings(cfg)

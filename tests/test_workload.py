@@ -8,9 +8,9 @@ from semifinetune.workload import fit_to_card, notebook06_answers, tokens_per_s
 
 def test_the_t4_workload_counts_every_answer_notebook_06_generates():
     parts = notebook06_answers(make_config("t4"))
-    # 73 held-out x 2 models; the 2 x 2 adds held-out with notes and 30 general without and with, per model; the
-    # sweep 5 x 3 settings x 3 samples x 73 x 2: the 6,982 answers the GPU benchmark counted in the files
-    assert parts == {"evaluation, base and tuned": (146, 146 * 512), "retrieval 2 x 2": (266, 266 * 512),
+    # 73 held-out x 2 models; the retrieval comparison adds, per model, held-out with notes and with distractors and
+    # 30 general without notes, with notes and with distractors; the sweep 5 x 3 settings x 3 samples x 73 x 2
+    assert parts == {"evaluation, base and tuned": (146, 146 * 512), "retrieval comparison": (472, 472 * 512),
                      "sweep": (6570, 6570 * 512)}
 
 
@@ -34,8 +34,9 @@ def test_setup_on_a_t4_writes_the_fitted_grid_and_says_why(tmp_path, monkeypatch
     monkeypatch.setattr(env, "environment_report", lambda: report)
     monkeypatch.setattr(models, "check_loadable", lambda cfg, report: None)  # no CUDA here to load onto
     cfg, _ = setup(tmp_path / "run", "t4")
-    assert cfg.sweep_samples == 2 and "sweep_samples 3 -> 2" in capsys.readouterr().out
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["sweep_samples"] == 2
+    fitted = fit_to_card(make_config("t4"), "Tesla T4", set())[0].sweep_samples
+    assert cfg.sweep_samples == fitted < 3 and f"sweep_samples 3 -> {fitted}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["sweep_samples"] == fitted
 
 
 def test_the_workload_line_names_the_parts_and_the_card(tiny_run):

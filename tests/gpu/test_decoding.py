@@ -151,7 +151,7 @@ def test_r1_4bit_graphed_decoding_equals_its_eager_run_and_agrees_with_generate(
     agreement = mean_agreement(reference, graphed)
     print(f"4-bit R1, graphed loop vs generate(): {sum(a == b for a, b in zip(reference, graphed))} of 16 identical, "
           f"mean agreement {agreement:.3f}")
-    assert agreement >= GROUPED_ATTENTION_AGREEMENT_BOUND
+    assert agreement >= RETRIEVAL_AGREEMENT_BOUND
     with model.disable_adapter():
         base = greedy_ids(model, tokenizer, questions, tokens, "graphed")
     assert mean_agreement(reference, base) < 0.5  # the adapter is applied on this path
@@ -328,11 +328,15 @@ def test_the_triton_draw_keeps_only_what_top_p_keeps_as_often_as_its_probability
         logits = torch.randn(64, 151936, device="cuda", generator=generator) * spread
         scores = logits / torch.where(temperature <= 0, 1.0, temperature).unsqueeze(1)
         removed = decode._top_p_removed_by_sorting(scores, top_p)
-        for seed in range(10):
-            drawn = decode.sample_next(logits.bfloat16(), temperature, top_p, seed=seed)
+        for seed in range(10):  # float32 logits: no ties at top_p's cut, which the sort would split arbitrarily
+
+            def draw():  # rows the kernel leaves pending draw from a seeded generator too
+                return decode.sample_next(logits, temperature, top_p, torch.Generator("cuda").manual_seed(seed), seed)
+
+            drawn = draw()
             assert not removed.gather(1, drawn.unsqueeze(1)).any()
-            assert torch.equal(drawn[temperature <= 0], logits.bfloat16()[temperature <= 0].argmax(dim=-1))
-            assert torch.equal(decode.sample_next(logits.bfloat16(), temperature, top_p, seed=seed), drawn)
+            assert torch.equal(drawn[temperature <= 0], logits[temperature <= 0].argmax(dim=-1))
+            assert torch.equal(draw(), drawn)
 
     small = torch.randn(4, 40, device="cuda", generator=generator) * 2
     draws = 50_000
