@@ -273,19 +273,14 @@ def settings_from_config(cfg: RunConfig):
 
 
 def load_base_and_tuned(cfg: RunConfig, run_dir: str | os.PathLike):
-    """The base model with the run's LoRA adapter attached (PeftModel) and its tokenizer; base = adapter disabled."""
-    from peft import PeftModel
+    """The base model with the run's LoRA adapter attached (PeftModel) and its tokenizer; base = adapter disabled.
 
-    from .models import load_model
-    from .safety import trained_adapter_dir
+    Loaded once per process and shared while the adapter files and loading settings stay the same (loaded.py): the
+    caller generates with it and must not merge, train or otherwise change it; loaded.forget() drops it.
+    """
+    from .loaded import base_and_tuned
 
-    adapter = trained_adapter_dir(run_dir)  # before the base model loads
-    model, tokenizer = load_model(cfg)
-    backend = model.semifinetune_backend
-    # One copy of the base weights serves both models (the 1.5B model twice would double GPU memory).
-    tuned = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
-    tuned.semifinetune_backend = backend
-    return tuned, tokenizer
+    return base_and_tuned(cfg, run_dir)
 
 
 @contextmanager

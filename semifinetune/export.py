@@ -179,8 +179,10 @@ def merge_adapter(cfg: RunConfig, adapter: Path):
     """(merged model, tokenizer): the base from merge_config(cfg) with the adapter folded into its weights."""
     from peft import PeftModel
 
+    from .loaded import forget
     from .models import load_model
 
+    forget()  # notebook 06's evaluated 4-bit model: its GPU memory goes to the 16-bit base merged here
     model, _ = load_model(merge_config(cfg))  # fp32 on CPU (exact merge), bf16/fp16 on a GPU
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     merged = model.merge_and_unload()
@@ -368,6 +370,9 @@ def write_unsloth_ggufs(cfg: RunConfig, run_dir, adapter: Path, staging: Path, t
     """Unsloth merges the adapter and quantizes through the llama.cpp it builds: llama-quantize types, CUDA only."""
     from unsloth import FastLanguageModel
 
+    from .loaded import forget
+
+    forget()  # notebook 06's evaluated model: its GPU memory goes to the one Unsloth loads and merges here
     # Unsloth reads adapter_config.json, loads its base and attaches the adapter: a model with save_pretrained_gguf.
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(adapter), max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit, trust_remote_code=False

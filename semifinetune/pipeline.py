@@ -116,6 +116,7 @@ def clear_results(run_dir: str | os.PathLike) -> list[str]:
 def load_baseline(run_dir: str | os.PathLike) -> dict:
     """Notebook 02: load the model from the run's config, measure it, and record its answer before fine-tuning."""
     from .generate import SamplingSettings, generate
+    from .loaded import forget
     from .measure import memory_snapshot, timed
     from .models import layer_precision_report, load_model
     from .seeding import seed_everything
@@ -123,6 +124,7 @@ def load_baseline(run_dir: str | os.PathLike) -> dict:
 
     cfg = open_run(run_dir)
     seed_everything(cfg.seed)
+    forget()  # a model held from an earlier run in this process would count in memory_after, and share the GPU
     before = memory_snapshot()
     with timed() as load:
         model, tokenizer = load_model(cfg)

@@ -36,6 +36,7 @@ def train(
 ) -> dict:
     """Load the model, attach LoRA, train on the run's data, save the adapter; returns the run's stats."""
     from .env import environment_report
+    from .loaded import forget
     from .lora import add_lora
     from .models import load_model
     from .seeding import seed_everything
@@ -47,6 +48,7 @@ def train(
     training_datasets(run_dir, cfg)  # notebook 04's sets are there (else one line saying so), before the model loads
     seed_everything(cfg.seed)
     report = environment_report()
+    forget()  # an evaluated model held from before (another run, or this one's last adapter) frees the GPU for training
     model, tokenizer = load_model(cfg, report)
     model = add_lora(model, cfg)
     return fit(model, tokenizer, cfg, run_dir, resume=resume, callbacks=callbacks, report=report, overwrite=overwrite)
