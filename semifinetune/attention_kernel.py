@@ -40,12 +40,13 @@ def attend(query, key, value, first, last, length: int, scale: float):
     out = torch.empty((rows, key_heads, splits, group, dim), dtype=torch.float32, device=query.device)
     lse = torch.empty((rows, key_heads, splits, group), dtype=torch.float32, device=query.device)
     q = query.reshape(rows, key_heads, group, dim)
+    exact = query.dtype == torch.float32  # a float32 model: every product in float32, as its SDPA computes
     _attend_split[(rows, key_heads, splits)](
         q, key, value, first, last, out, lse, q.stride(0), q.stride(1), q.stride(2),
         key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
-        scale, span, length, PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-        WEIGHTS_PRECISION="ieee" if query.dtype == torch.float32 else "tf32x3", SPLITS=splits, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), DIM=dim,
-        BLOCK=BLOCK_SLOTS, num_warps=4)
+        scale, span, length, PRECISION="ieee" if exact else "tf32", WEIGHTS_PRECISION="ieee" if exact else "tf32x3",
+        SPLITS=splits, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), DIM=dim, BLOCK=BLOCK_SLOTS,
+        num_warps=4)
     if splits == 1:
         merged = out[:, :, 0]
     else:  # each piece weighted by its share of the row's softmax sum; empty pieces (lse -inf) weigh 0

@@ -15,7 +15,8 @@ transformers 5.17's static cache layers write where their own counter (`cumulati
 `cache_position`; each step sets that counter to its slot first, so the warm-up run before recording and every
 replay write the slot the mask expects, and each batch's prefill sets it back to 0.
 `dequantized_weights` lets the 4-bit layers compute from a 16-bit copy while decoding, the LoRA adapter folded in,
-where GPU memory allows.
+where GPU memory allows. On Ampere and later GPUs two Triton kernels take over the step's attention
+(attention_kernel: each row's own slots, float32 softmax) and the draw (sample_kernel: two reads of the logits).
 """
 
 from __future__ import annotations
