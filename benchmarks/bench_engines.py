@@ -9,7 +9,7 @@ weights almost never emit EOS: every answer runs to 512 tokens, the worst case. 
   grouped-query attention without copying the keys, top_p cut among candidates), batch from free memory;
 - static_b512, static_b2048: the same at a fixed batch;
 - static_full_cache: the same loop with transformers' SDPA attention over the whole cache (the engine before);
-- static_torch_kernels: the loop without the Triton kernels (SDPA attention over the bucket, torch's draw);
+- static_torch_kernels: the loop with torch's draw instead of sample_kernel's;
 - continuous: transformers' continuous batching (`init_continuous_batching`: paged cache, finished requests
   replaced by queued ones), per-request temperature and top_p (`per_request_processors=True`);
   continuous_small: the same on 32 requests x 32 tokens, with every thread's stack printed after 2 minutes;
@@ -55,7 +55,7 @@ def workload(rows: int):
 
 @contextmanager
 def torch_kernels():
-    """The loop without sample_kernel and attention_kernel, as on a card older than Ampere."""
+    """The loop without sample_kernel, as on a card older than Ampere."""
     from semifinetune import decode
 
     kept, decode.kernels_usable = decode.kernels_usable, lambda device: False

@@ -5,13 +5,13 @@
 The R1 architecture in 4-bit with a LoRA adapter (random B weights), decoding through the dequantized copy with the
 adapter folded in, as generate() does. Each batch is prefilled with held-out questions x the t4 sweep grid; the
 step is then timed at the answer's middle (prompt + 256 slots; an answer of 512 tokens reads on average that much):
-- the recorded step (CUDA graph replay), with the Triton attention kernel and with the SDPA path it replaces;
+- the recorded step (CUDA graph replay);
 - the forward pass's parts, from torch's profiler over the same step run eagerly: the projections (q/k/v, o,
   gate/up/down), the LM head, attention, the norms, and the rest (rotary, cache writes, residual adds, activation,
   masks); the replay's time beyond the kernels' sum is the graph's own overhead (gaps between kernels);
 - sampling: torch's draw (decode.sample_next) and the Triton draw, on flat logits (random weights') and peaked ones;
-- attention's accuracy at 16 rows with retrieved notes (long prompts): each variant's output and the step's logits
-  against fp32 attention on the same inputs.
+- attention's accuracy at 16 rows with retrieved notes (long prompts): the loop's attention and transformers' SDPA,
+  their outputs and the step's logits against fp32 attention on the same inputs.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ def prefilled(model, tokenizer, prompts, temperatures, top_ps):
     decoder.prompt_len.fill_(prompt_len)
     decoder.prompt_slots[:, :prompt_len] = mask.bool()
     decoder.real_tokens.copy_(mask.long().sum(dim=1, keepdim=True))
-    decoder.first_slot.copy_(prompt_len - decoder.real_tokens.squeeze(1))
     with decode_attention(model) as cut:
         decoder.graph_logits = decoder._prefill(ids, mask, cut)
     position = prompt_len + MIDDLE
@@ -166,16 +165,12 @@ def at_rows(model, tokenizer, rows: int) -> dict:
 
     questions, settings = workload(rows)
     prompts = [chat_prompt(tokenizer, q) for q in questions]
-    decoder, length = prefilled(model, tokenizer, prompts, [s.temperature for s in settings], [s.top_p for s in settings])
-    found = {"rows": rows, "prompt_len": int(decoder.prompt_len.item()), "attention_length": length}
     with torch.inference_mode():
-        for kernel in (True, False):
-            decoder.attention_kernel = kernel
-            label = "kernel" if kernel else "sdpa"
-            found[f"step_graph_ms_{label}"] = round(replay_ms(model, decoder, length), 3)
-            found[f"forward_parts_ms_{label}"] = forward_parts(model, decoder, length)
-            found[f"graph_overhead_ms_{label}"] = round(found[f"step_graph_ms_{label}"]
-                                                        - found[f"forward_parts_ms_{label}"]["kernels_total"], 3)
+        decoder, length = prefilled(model, tokenizer, prompts, [s.temperature for s in settings], [s.top_p for s in settings])
+        found = {"rows": rows, "prompt_len": int(decoder.prompt_len.item()), "attention_length": length}
+        found["step_graph_ms"] = round(replay_ms(model, decoder, length), 3)
+        found["forward_parts_ms"] = forward_parts(model, decoder, length)
+        found["graph_overhead_ms"] = round(found["step_graph_ms"] - found["forward_parts_ms"]["kernels_total"], 3)
         found["sampling_ms"] = sampling_ms(rows, model.config.vocab_size, [s.temperature for s in settings],
                                            [s.top_p for s in settings])
     found["allocated_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
@@ -246,9 +241,8 @@ def main() -> None:
             print(entry[f"rows_{rows}"], flush=True)
     entry["seconds"] = round(time.perf_counter() - started, 1)
     biggest = entry[f"rows_{max(int(r) for r in args.rows.split(','))}"]
-    record(args.out, entry, f"decoding step at {biggest['rows']} rows on {entry['card']}: "
-           f"{biggest['step_graph_ms_kernel']} ms with the attention kernel, {biggest['step_graph_ms_sdpa']} ms with SDPA; "
-           f"sampling {biggest['sampling_ms']['kernel_flat']} ms (Triton) vs {biggest['sampling_ms']['torch_flat']} ms (torch)")
+    record(args.out, entry, f"decoding step at {biggest['rows']} rows on {entry['card']}: {biggest['step_graph_ms']} ms; "
+           f"the draw {biggest['sampling_ms']['kernel_flat']} ms (Triton) vs {biggest['sampling_ms']['torch_flat']} ms (torch)")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ transformers 5.17's static cache layers write where their own counter (`cumulati
 `cache_position`; each step sets that counter to its slot first, so the warm-up run before recording and every
 replay write the slot the mask expects, and each batch's prefill sets it back to 0.
 `dequantized_weights` lets the 4-bit layers compute from a 16-bit copy while decoding, the LoRA adapter folded in,
-where GPU memory allows. On Ampere and later GPUs two Triton kernels take over the step's attention
-(attention_kernel: each row's own slots, float32 softmax) and the draw (sample_kernel: two reads of the logits).
+where GPU memory allows. On Ampere and later GPUs a batch of SAMPLE_KERNEL_ROWS rows or more draws its tokens
+through sample_kernel's Triton kernels (two reads of the logits).
 """
 
 from __future__ import annotations
@@ -24,12 +24,18 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 
-from .decode_attention import decode_attention, kernels_usable
+import importlib.util
+
+from .decode_attention import decode_attention
 
 FINISHED_CHECK_EVERY = 16  # decoding steps between checks that every row has ended (each check waits for the GPU)
 TOP_P_CANDIDATES = 1024  # the most likely tokens per row among which top_p looks for its cut before sorting all
 MAX_DRAWS = 8  # draws per row before sample_next takes the token from the cut distribution
 KV_BUCKET = 64  # attention reads the cache up to the filled slots rounded up to this; one CUDA graph per length
+# sample_kernel's draw against torch's, per step on an H100 (BENCHMARKS.md): 1.45 vs 0.92 ms at 64 rows (its launches
+# and the host's wait outweigh the work), 0.89 vs 1.95 ms at 256, 2.41 vs 4.34 ms at 822
+SAMPLE_KERNEL_ROWS = 256
+KERNEL_CAPABILITY = (8, 0)  # Triton supports Ampere and later; a T4 (7.5) keeps torch's draw
 
 
 def warp_scores(logits, temperature, top_p):
@@ -182,12 +188,10 @@ class StaticDecoder:
         self.prompt_len = torch.zeros(1, **long)  # this batch's padded prompt length
         self.prompt_slots = torch.zeros((rows, self.total), dtype=torch.bool, device=self.device)
         self.real_tokens = torch.zeros((rows, 1), **long)
-        self.first_slot = torch.zeros(rows, **long)  # each row's first real prompt slot (its prompt is left-padded)
         self.token = torch.zeros((rows, 1), **long)
         self.cache_position = torch.zeros(1, **long)
         self.use_graphs = cuda_graph and _graphs_supported(self.device)
-        # Triton's kernels for attention and the draw where they run; the recorded step keeps what it was recorded with
-        self.attention_kernel = self.sampling_kernel = kernels_usable(self.device)
+        self.sampling_kernel = rows >= SAMPLE_KERNEL_ROWS and kernels_usable(self.device)
         if self.sampling_kernel:
             from .sample_kernel import fits
 
@@ -220,15 +224,11 @@ class StaticDecoder:
         base_seed = int(torch.randint(2**62, ()).item())
         generator = torch.Generator(device=self.device).manual_seed(base_seed)
         step_seeds = torch.Generator().manual_seed(base_seed)  # one per step for sample_kernel, drawn on the host
-        if self.attention_kernel and not bool((attention_mask.cumsum(dim=1) > 0).eq(attention_mask.bool()).all()):
-            raise ValueError("The attention kernel reads each row's slots from its first real token on: pad the "
-                             "prompts on the left (tokenizer.padding_side = 'left').")
 
         self.prompt_len.fill_(prompt_len)
         self.prompt_slots.zero_()
         self.prompt_slots[:, :prompt_len] = attention_mask.bool()
         self.real_tokens.copy_(attention_mask.long().sum(dim=1, keepdim=True))
-        self.first_slot.copy_(prompt_len - self.real_tokens.squeeze(1))
         self.token.fill_(pad_id)
         with decode_attention(self.model) as keys_cut_to_mask:
             logits = self._prefill(input_ids, attention_mask, keys_cut_to_mask)
@@ -299,7 +299,6 @@ class StaticDecoder:
             cache_position=self.cache_position,
             past_key_values=self.cache,
             use_cache=True,
-            **({"decode_first": self.first_slot, "decode_last": self.cache_position} if self.attention_kernel else {}),
         ).logits[:, -1]
 
     def _next_logits(self, length: int):
@@ -320,6 +319,14 @@ class StaticDecoder:
             self.graphs[length]()
             return self.graph_logits
         return self._step(length)
+
+
+def kernels_usable(device) -> bool:
+    """sample_kernel runs on this device: CUDA, Ampere or later, Triton installed."""
+    import torch
+
+    return (device.type == "cuda" and torch.cuda.get_device_capability(device) >= KERNEL_CAPABILITY
+            and importlib.util.find_spec("triton") is not None)
 
 
 def _into(out, function, *args):

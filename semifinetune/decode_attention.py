@@ -6,27 +6,13 @@ attends over the cache's full length. Here a decoding step's single query per ro
 6 queries of the heads that share it: the same scores and softmax, one read of the cache. The keys are cut to the
 mask's length, which the loop sets to the filled slots rounded up to a bucket (decode.KV_BUCKET), so early steps
 do not read the empty end of the cache.
-
-Where Triton kernels run (kernels_usable) and the loop passes each row's first filled slot (`decode_first`) and the
-step's slot (`decode_last`), attention_kernel.attend reads each row's own slots instead, with a float32 softmax.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from contextlib import contextmanager
 
 NAME = "semifinetune_decode"
-KERNEL_CAPABILITY = (8, 0)  # Triton supports Ampere and later; a T4 (7.5) keeps torch's kernels
-
-
-def kernels_usable(device) -> bool:
-    """The Triton decoding kernels (attention_kernel, sample_kernel) run on this device: CUDA, Ampere or later,
-    Triton installed."""
-    import torch
-
-    return (device.type == "cuda" and torch.cuda.get_device_capability(device) >= KERNEL_CAPABILITY
-            and importlib.util.find_spec("triton") is not None)
 
 
 def grouped_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
@@ -35,13 +21,6 @@ def grouped_attention(module, query, key, value, attention_mask, dropout: float 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     filled = attention_mask.shape[-1]
-    first = kwargs.pop("decode_first", None)
-    last = kwargs.pop("decode_last", None)
-    if first is not None:
-        from . import attention_kernel
-
-        if attention_kernel.supported(query, key):
-            return attention_kernel.attend(query, key, value, first, last, filled, scaling), None
     key, value = key[:, :, :filled], value[:, :, :filled]
     rows, heads, queries, dim = query.shape
     key_heads = key.shape[1]

@@ -104,24 +104,18 @@ def fp32_attention(module, query, key, value, attention_mask, scaling=None, **kw
 
 def attention_variants() -> dict:
     """name -> attention function (transformers' interface) for one decoding step: the fp32 reference, transformers'
-    own SDPA over the whole cache (keys copied per query head), the loop's SDPA path (grouped heads, keys cut at the
-    bucket) and the Triton kernel (each row's own slots)."""
+    own SDPA over the whole cache (keys copied per query head), and the loop's (grouped heads, keys cut at the
+    bucket)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from semifinetune.decode_attention import grouped_attention
 
     def transformers_sdpa(module, query, key, value, attention_mask, **kwargs):
-        kwargs.pop("decode_first", None), kwargs.pop("decode_last", None)
         full = attention_mask.new_full((*attention_mask.shape[:-1], key.shape[2]), attention_mask.min())
         full[..., : attention_mask.shape[-1]] = attention_mask
         return sdpa_attention_forward(module, query, key, value, full, **kwargs)
 
-    def grouped_sdpa(module, query, key, value, attention_mask, **kwargs):
-        kwargs.pop("decode_first", None), kwargs.pop("decode_last", None)
-        return grouped_attention(module, query, key, value, attention_mask, **kwargs)
-
-    return {"fp32": fp32_attention, "transformers_sdpa": transformers_sdpa, "grouped_sdpa": grouped_sdpa,
-            "kernel": grouped_attention}
+    return {"fp32": fp32_attention, "transformers_sdpa": transformers_sdpa, "loop": grouped_attention}
 
 
 def attention_errors(decoder, length: int) -> dict:
