@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import os
 
-# notebook 06's new tokens over its wall time (model loads included), 93% of the answers at 512 tokens (the lower
-# of two runs, 31,627 and 33,027)
-MEASURED_TOKENS_PER_S = {"H200": 31_600}
-# BENCHMARKS.md, "Notebook 06 on a T4": 64 rows a batch, the step bound by the T4's fp16 compute and bandwidth
+# notebook 06's new tokens over its wall time (the model load included), 93% of the answers at 512 tokens: H200 the
+# lower of two runs (31,627 and 33,027), H100 one run (32,367; 2026-12-06)
+MEASURED_TOKENS_PER_S = {"H200": 31_600, "H100": 32_300}
+# BENCHMARKS.md, "A T4, estimated": 64 rows a batch, a step of about 20 ms bound by the T4's bandwidth and its
+# ~1,300 kernels, plus the loads, prefills and recordings a T4-shaped run showed
 ESTIMATED_TOKENS_PER_S = {"T4": 2_800}
 T4_BUDGET_S = 15 * 60  # what notebook 06 may take on a free Colab T4
 UNSLOTH_SLOWER = 50  # Unsloth's sampling against the loop's, H200: 870 vs 44,168 new tokens/s
