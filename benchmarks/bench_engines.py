@@ -54,18 +54,22 @@ def workload(rows: int):
 
 
 @contextmanager
+def patched(module, name: str, value):
+    kept = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, kept)
+
+
 def torch_kernels():
     """The loop without sample_kernel, as on a card older than Ampere."""
     from semifinetune import decode
 
-    kept, decode.kernels_usable = decode.kernels_usable, lambda device: False
-    try:
-        yield
-    finally:
-        decode.kernels_usable = kept
+    return patched(decode, "kernels_usable", lambda device: False)
 
 
-@contextmanager
 def full_cache_attention():
     """The loop as it was: transformers' SDPA over the whole static cache (keys copied per query head)."""
     from semifinetune import decode
@@ -74,11 +78,7 @@ def full_cache_attention():
     def sdpa(model):
         yield False
 
-    kept, decode.decode_attention = decode.decode_attention, sdpa
-    try:
-        yield
-    finally:
-        decode.decode_attention = kept
+    return patched(decode, "decode_attention", sdpa)
 
 
 def static(model, tokenizer, questions, settings, batch_size=None, seed=42):
@@ -146,17 +146,9 @@ def step_breakdown(model, tokenizer, questions, settings, rows: int) -> dict:
         return lambda: decode.static_decode(model, encoded["input_ids"], encoded["attention_mask"], temperature, top_p,
                                             steps, {-1}, tokenizer.pad_token_id)
 
-    @contextmanager
-    def unfolded():
-        kept, decode._adapter_delta = decode._adapter_delta, lambda wrapper: None
-        try:
-            yield
-        finally:
-            decode._adapter_delta = kept
-
     found = {"rows": rows}
     with torch.inference_mode():
-        for label, context in (("tuned", nullcontext()), ("tuned_adapter_not_folded", unfolded()),
+        for label, context in (("tuned", nullcontext()), ("tuned_adapter_not_folded", patched(decode, "_adapter_delta", lambda wrapper: None)),
                                ("base", model.disable_adapter())):
             with context, decode.dequantized_weights(model):
                 found[f"first_run_s_{label}"] = round(seconds_of(decode_for(66)), 2)  # records the graphs (2 lengths)

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "gpu"))
 
+from bench_gpu_pipeline import ANSWER_FILES, generated  # noqa: E402
 from gpu_helpers import trained_run  # noqa: E402
 from record import record  # noqa: E402
 
@@ -68,8 +69,6 @@ def main() -> None:
 
     import shutil
 
-    import pandas as pd
-
     from semifinetune.compare import compare_retrieval
     from semifinetune.config import parse_assignments
     from semifinetune.env import environment_report
@@ -89,12 +88,7 @@ def main() -> None:
         call()
         parts[name] = round(time.perf_counter() - begun, 1)
     total = time.perf_counter() - start
-    tokens = 0
-    for name in ("evaluation.csv", "retrieval.csv", "sweep.csv"):
-        frame = pd.read_csv(run_dir / name)
-        if name == "retrieval.csv":  # the held-out answers without notes are the evaluation's
-            frame = frame[~((frame["set"] == "held-out") & (frame["notes_k"] == 0))]
-        tokens += int(frame["new_tokens"].sum())
+    tokens = int(sum(generated(run_dir, name)["new_tokens"].sum() for name in ANSWER_FILES))
     decoding_steps = TIMED["decoding"] - TIMED["prefill"] - TIMED["recording"]
     report = environment_report()
     entry = {

@@ -285,11 +285,17 @@ def test_dequantized_copy_is_made_in_the_compute_dtype(r1_tuned):
     assert torch.allclose(dense.float(), quantized.float(), atol=2e-2, rtol=2e-2)
 
 
-def test_sampling_on_the_gpu_draws_only_what_top_p_keeps_as_often_as_its_probability():
-    """On CUDA's generator and kernels: at the real vocabulary, every token drawn is one the sorted top_p cut keeps
-    (peaked rows and flat ones, where a draw is often cut and drawn again) and greedy rows take the argmax; on a small
-    vocabulary, each token as often as its warped probability."""
+@pytest.mark.parametrize("kernel", [False, True], ids=["torch", "triton"])
+def test_sampling_on_the_gpu_draws_only_what_top_p_keeps_as_often_as_its_probability(kernel):
+    """On CUDA, torch's draw and sample_kernel's (a seed per step): at the real vocabulary, every token drawn is one
+    the sorted top_p cut keeps (peaked rows and flat ones, where a draw is often cut and drawn again), greedy rows take
+    the argmax, and the same seeds draw the same; on 40 tokens x 50,000 draws, each token as often as its warped
+    probability. float32 logits: no ties at top_p's cut, which the sort would split arbitrarily."""
     from semifinetune import decode
+
+    def draw(logits, temperature, top_p, seed):
+        return decode.sample_next(logits, temperature, top_p, torch.Generator("cuda").manual_seed(seed),
+                                  seed if kernel else None)
 
     generator = torch.Generator(device="cuda").manual_seed(5)
     temperature = torch.tensor([0.3, 0.6, 1.0, 0.0] * 16, device="cuda")
@@ -298,51 +304,16 @@ def test_sampling_on_the_gpu_draws_only_what_top_p_keeps_as_often_as_its_probabi
         logits = torch.randn(64, 151936, device="cuda", generator=generator) * spread
         scores = logits / torch.where(temperature <= 0, 1.0, temperature).unsqueeze(1)
         removed = decode._top_p_removed_by_sorting(scores, top_p)
-        for _ in range(10):
-            drawn = decode.sample_next(logits, temperature, top_p)
+        for seed in range(10):
+            drawn = draw(logits, temperature, top_p, seed)
             assert not removed.gather(1, drawn.unsqueeze(1)).any()
             assert torch.equal(drawn[temperature <= 0], logits[temperature <= 0].argmax(dim=-1))
+            assert torch.equal(draw(logits, temperature, top_p, seed), drawn)
 
     small = torch.randn(4, 40, device="cuda", generator=generator) * 2
     draws = 50_000
     t, p = temperature[:4], torch.tensor([0.9, 0.02, 1.0, 0.5], device="cuda")
-    drawn = decode.sample_next(small.repeat_interleave(draws, 0), t.repeat_interleave(draws), p.repeat_interleave(draws))
-    scores = small / torch.where(t <= 0, 1.0, t).unsqueeze(1)
-    expected = scores.masked_fill(decode._top_p_removed_by_sorting(scores, p), float("-inf")).softmax(-1)
-    expected[3] = torch.nn.functional.one_hot(small[3].argmax(), 40).float()
-    frequencies = torch.nn.functional.one_hot(drawn.view(4, draws), 40).float().mean(dim=1)
-    assert not frequencies[expected == 0].any()
-    assert ((frequencies - expected).abs() <= 4 * (expected * (1 - expected) / draws).sqrt() + 1e-3).all()
-
-
-def test_the_triton_draw_keeps_only_what_top_p_keeps_as_often_as_its_probability():
-    """sample_kernel through sample_next (a seed per step), compiled on the GPU: at the real vocabulary no token the
-    sorted top_p cut removes is drawn and greedy rows take the argmax; on 40 tokens x 50,000 draws each token comes as
-    often as its warped probability; the same seed draws the same."""
-    from semifinetune import decode
-
-    generator = torch.Generator(device="cuda").manual_seed(5)
-    temperature = torch.tensor([0.3, 0.6, 1.0, 0.0] * 16, device="cuda")
-    top_p = torch.tensor([0.9, 0.95, 1.0, 0.5] * 16, device="cuda")
-    for spread in (8.0, 0.5):
-        logits = torch.randn(64, 151936, device="cuda", generator=generator) * spread
-        scores = logits / torch.where(temperature <= 0, 1.0, temperature).unsqueeze(1)
-        removed = decode._top_p_removed_by_sorting(scores, top_p)
-        for seed in range(10):  # float32 logits: no ties at top_p's cut, which the sort would split arbitrarily
-
-            def draw():  # rows the kernel leaves pending draw from a seeded generator too
-                return decode.sample_next(logits, temperature, top_p, torch.Generator("cuda").manual_seed(seed), seed)
-
-            drawn = draw()
-            assert not removed.gather(1, drawn.unsqueeze(1)).any()
-            assert torch.equal(drawn[temperature <= 0], logits[temperature <= 0].argmax(dim=-1))
-            assert torch.equal(draw(), drawn)
-
-    small = torch.randn(4, 40, device="cuda", generator=generator) * 2
-    draws = 50_000
-    t, p = temperature[:4], torch.tensor([0.9, 0.02, 1.0, 0.5], device="cuda")
-    drawn = decode.sample_next(small.repeat_interleave(draws, 0), t.repeat_interleave(draws), p.repeat_interleave(draws),
-                               seed=3)
+    drawn = draw(small.repeat_interleave(draws, 0), t.repeat_interleave(draws), p.repeat_interleave(draws), 3)
     scores = small / torch.where(t <= 0, 1.0, t).unsqueeze(1)
     expected = scores.masked_fill(decode._top_p_removed_by_sorting(scores, p), float("-inf")).softmax(-1)
     expected[3] = torch.nn.functional.one_hot(small[3].argmax(), 40).float()
