@@ -22,9 +22,8 @@ through sample_kernel's Triton kernels (two reads of the logits).
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
-
 import importlib.util
+from contextlib import contextmanager
 
 from .decode_attention import decode_attention
 
