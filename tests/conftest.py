@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # tests/test_sample_kernel.py runs the GPU draw in Triton's interpreter. It must be on before anything imports
+    # Triton (transformers does, through torch._dynamo): Triton's own functions are made compiled-only otherwise.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
