@@ -52,7 +52,7 @@ def cuda_ms(function, repeat: int = 20) -> float:
     return start.elapsed_time(end) / repeat
 
 
-def prefilled(model, tokenizer, prompts, temperatures, top_ps):
+def prefilled(model, tokenizer, prompts):
     """A StaticDecoder for these prompts, prefilled as decode() does, its step placed at the answer's middle:
     (decoder, bucket length of that step)."""
     import torch
@@ -87,12 +87,19 @@ def labelled(model):
     handles = []
     for name, module in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
-        label = PROJECTIONS.get(leaf) or ("lm_head" if leaf == "lm_head" else "norm" if type(module).__name__.endswith("RMSNorm") else None)
+        norm = type(module).__name__.endswith("RMSNorm")
+        label = PROJECTIONS.get(leaf) or ("lm_head" if leaf == "lm_head" else "norm" if norm else None)
         if label is None:
             continue
-        ranges = []
-        handles.append(module.register_forward_pre_hook(lambda m, a, label=label, ranges=ranges: ranges.append(torch.profiler.record_function(label).__enter__())))
-        handles.append(module.register_forward_hook(lambda m, a, o, ranges=ranges: ranges.pop().__exit__(None, None, None)))
+        ranges = []  # the open range of this module's call
+
+        def enter(module, args, label=label, ranges=ranges):
+            ranges.append(torch.profiler.record_function(label).__enter__())
+
+        def leave(module, args, output, ranges=ranges):
+            ranges.pop().__exit__(None, None, None)
+
+        handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
 
     def attention(*args, **kwargs):
         with torch.profiler.record_function("attention"):
@@ -166,7 +173,7 @@ def at_rows(model, tokenizer, rows: int) -> dict:
     questions, settings = workload(rows)
     prompts = [chat_prompt(tokenizer, q) for q in questions]
     with torch.inference_mode():
-        decoder, length = prefilled(model, tokenizer, prompts, [s.temperature for s in settings], [s.top_p for s in settings])
+        decoder, length = prefilled(model, tokenizer, prompts)
         found = {"rows": rows, "prompt_len": int(decoder.prompt_len.item()), "attention_length": length}
         found["step_graph_ms"] = round(replay_ms(model, decoder, length), 3)
         found["forward_parts_ms"] = forward_parts(model, decoder, length)
