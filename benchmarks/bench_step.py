@@ -5,10 +5,12 @@
 The R1 architecture in 4-bit with a LoRA adapter (random B weights), decoding through the dequantized copy with the
 adapter folded in, as generate() does. Each batch is prefilled with held-out questions x the t4 sweep grid; the
 step is then timed at the answer's middle (prompt + 256 slots; an answer of 512 tokens reads on average that much):
-- the recorded step (CUDA graph replay);
+- the recorded step (CUDA graph replay), with transformers' own decoder layers and with the fused ones
+  (fused_layers: norms, rotary and SiLU x up as Triton kernels);
 - the forward pass's parts, from torch's profiler over the same step run eagerly: the projections (q/k/v, o,
-  gate/up/down), the LM head, attention, the norms, and the rest (rotary, cache writes, residual adds, activation,
-  masks); the replay's time beyond the kernels' sum is the graph's own overhead (gaps between kernels);
+  gate/up/down), the LM head, attention, the norms (fused: with the residual add before the second), rotary, and the
+  rest (cache writes, residual adds, SiLU x up, masks); the replay's time beyond the kernels' sum is the graph's own
+  overhead (gaps between kernels);
 - sampling: torch's draw (decode.sample_next) and the Triton draw, on flat logits (random weights') and peaked ones;
 - attention's accuracy at 16 rows with retrieved notes (long prompts): the loop's attention and transformers' SDPA,
   their outputs and the step's logits against fp32 attention on the same inputs.
@@ -55,8 +57,6 @@ def cuda_ms(function, repeat: int = 20) -> float:
 def prefilled(model, tokenizer, prompts):
     """A StaticDecoder for these prompts, prefilled as decode() does, its step placed at the answer's middle:
     (decoder, bucket length of that step)."""
-    import torch
-
     from semifinetune.decode import KV_BUCKET, StaticDecoder
     from semifinetune.decode_attention import decode_attention
 
@@ -65,9 +65,7 @@ def prefilled(model, tokenizer, prompts):
     ids, mask = encoded["input_ids"], encoded["attention_mask"]
     rows, prompt_len = ids.shape
     decoder = StaticDecoder(model, rows, prompt_len, NEW_TOKENS)
-    decoder.prompt_len.fill_(prompt_len)
-    decoder.prompt_slots[:, :prompt_len] = mask.bool()
-    decoder.real_tokens.copy_(mask.long().sum(dim=1, keepdim=True))
+    decoder.load_prompts(mask, tokenizer.pad_token_id)
     with decode_attention(model) as cut:
         decoder.graph_logits = decoder._prefill(ids, mask, cut)
     position = prompt_len + MIDDLE
@@ -78,10 +76,13 @@ def prefilled(model, tokenizer, prompts):
 
 @contextmanager
 def labelled(model):
-    """torch.profiler ranges around the projections, the LM head, the norms and attention."""
+    """torch.profiler ranges around the projections, the LM head, the norms, rotary and attention, in the model's own
+    layers and in the fused ones (fused_layers)."""
     import torch
     from transformers import AttentionInterface
+    from transformers.models.qwen2 import modeling_qwen2
 
+    from semifinetune import layer_kernels
     from semifinetune.decode_attention import NAME, grouped_attention
 
     handles = []
@@ -101,33 +102,43 @@ def labelled(model):
 
         handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
 
-    def attention(*args, **kwargs):
-        with torch.profiler.record_function("attention"):
-            return grouped_attention(*args, **kwargs)
+    def ranged(label, function):
+        def wrapper(*args, **kwargs):
+            with torch.profiler.record_function(label):
+                return function(*args, **kwargs)
+        return wrapper
 
-    AttentionInterface.register(NAME, attention)
+    functions = [(modeling_qwen2, "apply_rotary_pos_emb", "rotary"), (layer_kernels, "rotary", "rotary"),
+                 (layer_kernels, "rms_norm", "norm")]
+    originals = [getattr(owner, name) for owner, name, _ in functions]
+    for (owner, name, label), original in zip(functions, originals):
+        setattr(owner, name, ranged(label, original))
+    AttentionInterface.register(NAME, ranged("attention", grouped_attention))
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+        for (owner, name, _), original in zip(functions, originals):
+            setattr(owner, name, original)
         AttentionInterface.register(NAME, grouped_attention)
 
 
-def forward_parts(model, decoder, length: int) -> dict:
-    """Milliseconds of GPU kernels per part of one eager step."""
+def forward_parts(model, decoder, length: int, fused: bool) -> dict:
+    """Milliseconds of GPU kernels per part of one eager step, its layers transformers' own or fused."""
     import torch
 
     from semifinetune.decode_attention import decode_attention
+    from semifinetune.fused_layers import fused_layers
 
-    with decode_attention(model):
+    with decode_attention(model), fused_layers(model, fused):
         decoder._step(length)
         torch.cuda.synchronize()
         with labelled(model), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
                                                                  torch.profiler.ProfilerActivity.CPU]) as prof:
             decoder._step(length)
             torch.cuda.synchronize()
-    parts = {"qkv": 0.0, "o": 0.0, "mlp": 0.0, "lm_head": 0.0, "attention": 0.0, "norm": 0.0}
+    parts = {"qkv": 0.0, "o": 0.0, "mlp": 0.0, "lm_head": 0.0, "attention": 0.0, "norm": 0.0, "rotary": 0.0}
     cpu, gpu = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
     kernels = [e for e in prof.events() if e.device_type == gpu and e.name not in parts]  # not the ranges' GPU marks
     for event in prof.events():
@@ -141,10 +152,11 @@ def forward_parts(model, decoder, length: int) -> dict:
     return found
 
 
-def replay_ms(model, decoder, length: int) -> float:
+def replay_ms(model, decoder, length: int, fused: bool) -> float:
     from semifinetune.decode_attention import decode_attention
+    from semifinetune.fused_layers import fused_layers
 
-    with decode_attention(model):
+    with decode_attention(model), fused_layers(model, fused):
         decoder.graphs.clear()
         return cuda_ms(lambda: decoder._next_logits(length))
 
@@ -175,9 +187,11 @@ def at_rows(model, tokenizer, rows: int) -> dict:
     with torch.inference_mode():
         decoder, length = prefilled(model, tokenizer, prompts)
         found = {"rows": rows, "prompt_len": int(decoder.prompt_len.item()), "attention_length": length}
-        found["step_graph_ms"] = round(replay_ms(model, decoder, length), 3)
-        found["forward_parts_ms"] = forward_parts(model, decoder, length)
-        found["graph_overhead_ms"] = round(found["step_graph_ms"] - found["forward_parts_ms"]["kernels_total"], 3)
+        for layers, fused in (("torch_layers", False), ("fused_layers", True)):
+            step = {"step_graph_ms": round(replay_ms(model, decoder, length, fused), 3),
+                    "forward_parts_ms": forward_parts(model, decoder, length, fused)}
+            step["graph_overhead_ms"] = round(step["step_graph_ms"] - step["forward_parts_ms"]["kernels_total"], 3)
+            found[layers] = step
         found["sampling_ms"] = sampling_ms(rows, model.config.vocab_size, [s.temperature for s in settings],
                                            [s.top_p for s in settings])
     found["allocated_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
@@ -248,7 +262,8 @@ def main() -> None:
             print(entry[f"rows_{rows}"], flush=True)
     entry["seconds"] = round(time.perf_counter() - started, 1)
     biggest = entry[f"rows_{max(int(r) for r in args.rows.split(','))}"]
-    record(args.out, entry, f"decoding step at {biggest['rows']} rows on {entry['card']}: {biggest['step_graph_ms']} ms; "
+    record(args.out, entry, f"decoding step at {biggest['rows']} rows on {entry['card']}: "
+           f"{biggest['fused_layers']['step_graph_ms']} ms fused, {biggest['torch_layers']['step_graph_ms']} ms not; "
            f"the draw {biggest['sampling_ms']['kernel_flat']} ms (Triton) vs {biggest['sampling_ms']['torch_flat']} ms (torch)")
 
 

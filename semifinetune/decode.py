@@ -15,8 +15,9 @@ transformers 5.17's static cache layers write where their own counter (`cumulati
 `cache_position`; each step sets that counter to its slot first, so the warm-up run before recording and every
 replay write the slot the mask expects, and each batch's prefill sets it back to 0.
 `dequantized_weights` lets the 4-bit layers compute from a 16-bit copy while decoding, the LoRA adapter folded in,
-where GPU memory allows. On Ampere and later GPUs a batch of SAMPLE_KERNEL_ROWS rows or more draws its tokens
-through sample_kernel's Triton kernels (two reads of the logits).
+where GPU memory allows. On Ampere and later GPUs the decoder layers run their norms, rotary and SiLU x up as
+Triton kernels (fused_layers), and a batch of SAMPLE_KERNEL_ROWS rows or more draws its tokens through
+sample_kernel's Triton kernels (two reads of the logits).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import importlib.util
 from contextlib import contextmanager
 
 from .decode_attention import decode_attention
+from .fused_layers import fused_layers
 
 FINISHED_CHECK_EVERY = 16  # decoding steps between checks that every row has ended (each check waits for the GPU)
 TOP_P_CANDIDATES = 1024  # the most likely tokens per row among which top_p looks for its cut before sorting all
@@ -61,7 +63,6 @@ def _top_p_removed(scores, top_p, candidates: int = TOP_P_CANDIDATES):
     whole batch is sorted, as the warper does. Rows with top_p 1 cut nothing. Tokens tied with the last kept one all
     stay (the warper's sort keeps an arbitrary part of a tie).
     """
-    import torch
 
     keep_all = top_p >= 1
     top = scores.topk(min(candidates, scores.shape[-1]), dim=-1)
@@ -190,6 +191,7 @@ class StaticDecoder:
         self.token = torch.zeros((rows, 1), **long)
         self.cache_position = torch.zeros(1, **long)
         self.use_graphs = cuda_graph and _graphs_supported(self.device)
+        self.fused = kernels_usable(self.device)  # the layers' norms, rotary and SiLU x up as Triton kernels
         self.sampling_kernel = rows >= SAMPLE_KERNEL_ROWS and kernels_usable(self.device)
         if self.sampling_kernel:
             from .sample_kernel import fits
@@ -224,12 +226,8 @@ class StaticDecoder:
         generator = torch.Generator(device=self.device).manual_seed(base_seed)
         step_seeds = torch.Generator().manual_seed(base_seed)  # one per step for sample_kernel, drawn on the host
 
-        self.prompt_len.fill_(prompt_len)
-        self.prompt_slots.zero_()
-        self.prompt_slots[:, :prompt_len] = attention_mask.bool()
-        self.real_tokens.copy_(attention_mask.long().sum(dim=1, keepdim=True))
-        self.token.fill_(pad_id)
-        with decode_attention(self.model) as keys_cut_to_mask:
+        self.load_prompts(attention_mask, pad_id)
+        with decode_attention(self.model) as keys_cut_to_mask, fused_layers(self.model, self.fused):
             logits = self._prefill(input_ids, attention_mask, keys_cut_to_mask)
             if self.graph_logits is None:  # every recording writes its logits here: one copy, not one per graph
                 self.graph_logits = torch.empty_like(logits)
@@ -257,6 +255,16 @@ class StaticDecoder:
         if streamer is not None:
             streamer.end()
         return new_ids
+
+    def load_prompts(self, attention_mask, pad_id: int):
+        """Writes what the recorded step reads of a batch: its prompt length, each row's prompt slots and token count.
+        `attention_mask` has the decoder's rows (padding rows included)."""
+        prompt_len = attention_mask.shape[1]
+        self.prompt_len.fill_(prompt_len)
+        self.prompt_slots.zero_()
+        self.prompt_slots[:, :prompt_len] = attention_mask.bool()
+        self.real_tokens.copy_(attention_mask.long().sum(dim=1, keepdim=True))
+        self.token.fill_(pad_id)
 
     def _prefill(self, input_ids, attention_mask, keys_cut_to_mask: bool):
         """Last-position logits of the prompts, their keys and values written from slot 0: causal over the real

@@ -353,3 +353,53 @@ def test_decoding_attention_is_no_farther_from_fp32_than_transformers_sdpa(r1_tu
         print(f"{name}: attention {found['attention_relative_error']:.2e}, logits {found['logits_relative_error']:.2e} from fp32")
     for measure in ("attention_relative_error", "logits_relative_error"):
         assert 0 < errors["loop"][measure] <= SDPA_SPREAD * errors["transformers_sdpa"][measure]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_layer_kernels_give_torchs_bits_on_the_gpu(dtype):
+    """At R1-1.5B's sizes (822 decoding rows; a prompt of 40 tokens for rotary): rotary and SiLU x up give torch's
+    bits; RMSNorm, its sum of squares added in another order than torch's, parts in the last bit at most."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, apply_rotary_pos_emb
+
+    from semifinetune import layer_kernels
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(shape, device="cuda", generator=generator) * scale).to(dtype)
+
+    for rows, tokens in ((822, 1), (4, 40)):
+        q, k = randn(rows, tokens, 12, 128).transpose(1, 2), randn(rows, tokens, 2, 128).transpose(1, 2)
+        cos, sin = randn(rows, tokens, 128), randn(rows, tokens, 128)
+        assert all(torch.equal(a, b) for a, b in zip(layer_kernels.rotary(q, k, cos, sin), apply_rotary_pos_emb(q, k, cos, sin)))
+    gate, up = randn(822, 8960, scale=4), randn(822, 8960)
+    assert torch.equal(layer_kernels.silu_mul(gate, up), torch.nn.functional.silu(gate) * up)
+    x, residual = randn(822, 1536, scale=3), randn(822, 1536, scale=3)
+    norm = Qwen2RMSNorm(1536).to("cuda", dtype)
+    norm.weight.data = randn(1536)
+    with torch.no_grad():
+        expected = norm(residual + x)
+    got, summed = layer_kernels.rms_norm(x, norm.weight, norm.variance_epsilon, residual=residual)
+    assert torch.equal(summed, residual + x)
+    ulp = torch.finfo(dtype).eps * expected.float().abs()
+    differing = (got != expected).float().mean().item()
+    print(f"RMSNorm, {dtype}: {differing:.2e} of the values part from torch's in the last bit")
+    assert bool(((got.float() - expected.float()).abs() <= 2 * ulp).all()) and differing < 0.01
+
+
+@pytest.mark.parametrize("prompts", ["questions", "with retrieved notes"])
+def test_the_fused_layers_change_no_greedy_token_of_the_4bit_r1(r1_tuned, prompts, monkeypatch):
+    """16 greedy answers of 32 tokens, graphed: the loop through the fused layers gives the tokens it gives through
+    transformers' own layers."""
+    from semifinetune import decode
+
+    model, tokenizer = r1_tuned
+    questions = QUESTIONS[:16] if prompts == "questions" else _with_retrieved_notes(QUESTIONS[:16])
+    original, used = decode.fused_layers, []
+    monkeypatch.setattr(decode, "fused_layers", lambda model, enabled: used.append(enabled) or original(model, enabled))
+    fused = greedy_ids(model, tokenizer, questions, 32, "graphed")
+    monkeypatch.setattr(decode, "fused_layers", lambda model, enabled: used.append(False) or original(model, False))
+    own = greedy_ids(model, tokenizer, questions, 32, "graphed")
+    print(f"{prompts}: fused vs transformers' layers {sum(a == b for a, b in zip(fused, own))} of 16 identical, "
+          f"mean agreement {mean_agreement(own, fused):.3f}")
+    assert used == [True, False] and fused == own

@@ -1,0 +1,94 @@
+"""Decoder layers that run their norms, rotary embedding and SiLU x up as single Triton kernels (layer_kernels).
+
+Inside `fused_layers(model)` each Qwen2 or Llama decoder layer's forward is shadowed by `_layer_forward`: the same
+steps as transformers' Qwen2DecoderLayer, Qwen2Attention and Qwen2MLP forwards (its projections, cache update and
+attention function are the model's own modules and interface), with the residual add after attention and the next
+RMSNorm as one kernel, rotary as one kernel for q and one for k, and SiLU(gate) x up as one. The model's final norm
+runs as one kernel too. The decoding loop (decode.StaticDecoder) records these in its CUDA graphs, which leaves
+about 600 fewer kernels in a step of R1-1.5B.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+
+LAYERS = {"Qwen2DecoderLayer", "LlamaDecoderLayer"}  # the layouts _layer_forward reproduces
+
+
+def fusable(model) -> bool:
+    """Every decoder layer of `model` is one _layer_forward reproduces: a Qwen2 or Llama layer with SiLU."""
+    layers = _decoder_layers(model)
+    return bool(layers) and all(type(layer).__name__ in LAYERS and type(layer.mlp.act_fn).__name__ == "SiLUActivation"
+                                for layer in layers)
+
+
+@contextmanager
+def fused_layers(model, enabled: bool = True):
+    """Inside the block the decoder layers and the final norm of `model` run through layer_kernels (where `enabled`
+    and fusable); the block's value says whether they do."""
+    if not (enabled and fusable(model)):
+        yield False
+        return
+    shadowed = [(layer, functools.partial(_layer_forward, layer)) for layer in _decoder_layers(model)]
+    final_norm = _base(model).norm
+    shadowed.append((final_norm, functools.partial(_norm_forward, final_norm)))
+    for module, forward in shadowed:
+        module.forward = forward  # an instance attribute shadows the class's forward
+    try:
+        yield True
+    finally:
+        for module, _ in shadowed:
+            del module.forward
+
+
+def _base(model):
+    """The transformers model holding `layers` and `norm`, under peft's and the causal-LM wrappers."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, "model", base)
+
+
+def _decoder_layers(model):
+    return list(getattr(_base(model), "layers", []))
+
+
+def _norm_forward(norm, hidden_states):
+    from .layer_kernels import rms_norm
+
+    return rms_norm(hidden_states, norm.weight, norm.variance_epsilon)
+
+
+def _layer_forward(layer, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
+                   position_embeddings=None, **kwargs):
+    """Qwen2DecoderLayer.forward (Llama's is the same) through the fused kernels."""
+    from .layer_kernels import rms_norm, silu_mul
+
+    norm = layer.input_layernorm
+    normed = rms_norm(hidden_states, norm.weight, norm.variance_epsilon)
+    attended = _attention(layer.self_attn, normed, position_embeddings, attention_mask, past_key_values, **kwargs)
+    norm = layer.post_attention_layernorm
+    normed, residual = rms_norm(attended, norm.weight, norm.variance_epsilon, residual=hidden_states)
+    mlp = layer.mlp
+    return residual + mlp.down_proj(silu_mul(mlp.gate_proj(normed), mlp.up_proj(normed)))
+
+
+def _attention(attention, hidden_states, position_embeddings, attention_mask, past_key_values, **kwargs):
+    """Qwen2Attention.forward (and Llama's) with rotary as layer_kernels.rotary; the attention output projected."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.qwen2.modeling_qwen2 import eager_attention_forward
+
+    from .layer_kernels import rotary
+
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, attention.head_dim)
+    query = attention.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    key = attention.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    value = attention.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    query, key = rotary(query, key, *position_embeddings)
+    if past_key_values is not None:
+        key, value = past_key_values.update(key, value, attention.layer_idx)
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
+    if hasattr(attention, "sliding_window"):  # Qwen2 passes it; Llama has none
+        kwargs["sliding_window"] = attention.sliding_window
+    output, _ = interface(attention, query, key, value, attention_mask, dropout=0.0, scaling=attention.scaling, **kwargs)
+    return attention.o_proj(output.reshape(*input_shape, -1).contiguous())

@@ -1,0 +1,104 @@
+"""The fused decoder layers (layer_kernels, fused_layers) against transformers' own code, run by Triton's interpreter
+on the CPU. fp16 and fp32 here: the interpreter rounds to bf16 by truncation, so bf16 is checked on a GPU
+(tests/gpu/test_decoding.py), where the kernels give torch's bits for rotary and SiLU x up."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET") != "1":  # conftest.py turns it on where there is no CUDA GPU
+    pytest.skip("the GPU suite runs the fused layers compiled (tests/gpu)", allow_module_level=True)
+pytest.importorskip("triton")
+
+from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, apply_rotary_pos_emb  # noqa: E402
+
+from semifinetune import layer_kernels  # noqa: E402
+from semifinetune.fused_layers import fused_layers, fusable  # noqa: E402
+
+DTYPES = (torch.float16, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_and_the_residual_add_give_transformers_values(dtype):
+    generator = torch.Generator().manual_seed(0)
+    x, residual = (torch.randn(2, 3, 96, generator=generator).mul(3).to(dtype) for _ in range(2))
+    norm = Qwen2RMSNorm(96, eps=1e-6).to(dtype)
+    norm.weight.data = torch.randn(96, generator=generator).to(dtype)
+    normed, summed = layer_kernels.rms_norm(x, norm.weight, norm.variance_epsilon, residual=residual)
+    assert torch.equal(summed, residual + x)
+    # the sum of squares is added up in another order than torch's, and the interpreter's rsqrt is numpy's: the
+    # normalised value may part in its last bit, and the weight's product rounds once more
+    assert within_last_bits(normed, norm(residual + x))
+    assert within_last_bits(layer_kernels.rms_norm(x, norm.weight, norm.variance_epsilon), norm(x))
+    norm.float()  # a float32 weight over 16-bit states (as prepare_model_for_kbit_training leaves norms): float32 out
+    if dtype != torch.float32:
+        expected = norm(x)
+        assert expected.dtype == torch.float32 and within_last_bits(layer_kernels.rms_norm(x, norm.weight, 1e-6), expected)
+
+
+def within_last_bits(got, expected):
+    ulp = torch.finfo(got.dtype).eps * expected.detach().abs().clamp(min=torch.finfo(got.dtype).tiny)
+    return got.dtype == expected.dtype and bool(((got - expected.detach()).abs() <= 4 * ulp).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_gives_transformers_bits_for_one_token_and_for_a_prompt(dtype):
+    generator = torch.Generator().manual_seed(1)
+    for tokens in (1, 5):
+        # as the attention layers hold them: (B, T, heads, D) viewed as (B, heads, T, D)
+        q = torch.randn(3, tokens, 6, 16, generator=generator).to(dtype).transpose(1, 2)
+        k = torch.randn(3, tokens, 2, 16, generator=generator).to(dtype).transpose(1, 2)
+        cos, sin = (torch.randn(3, tokens, 16, generator=generator).to(dtype) for _ in range(2))
+        expected_q, expected_k = apply_rotary_pos_emb(q, k, cos, sin)
+        got_q, got_k = layer_kernels.rotary(q, k, cos, sin)
+        assert torch.equal(got_q, expected_q) and torch.equal(got_k, expected_k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_times_up_agrees_to_the_last_bit_of_exp(dtype):
+    """The interpreter's exp is numpy's, torch's CPU SiLU uses its own: they may part in the last bit (a GPU gives
+    torch's bits)."""
+    generator = torch.Generator().manual_seed(2)
+    gate, up = (torch.randn(4, 3000, generator=generator).mul(4).to(dtype) for _ in range(2))
+    expected = torch.nn.functional.silu(gate) * up
+    got = layer_kernels.silu_mul(gate, up)
+    assert within_last_bits(got, expected)
+
+
+def test_the_fused_layers_give_the_models_logits_and_leave_it_as_it_was(tiny):
+    """The tiny Qwen2 model (float32) over a prompt: the same logits with and without the fused layers; the layers'
+    own forward again after the block."""
+    model, tokenizer = tiny
+    assert fusable(model)
+    ids = tokenizer(["Who founded TSMC?", "What is EUV lithography?"], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        expected = model(**ids).logits
+        with fused_layers(model) as fused:
+            got = model(**ids).logits
+    assert fused and torch.allclose(got, expected, rtol=0, atol=1e-5)
+    assert "forward" not in vars(model.model.layers[0]) and "forward" not in vars(model.model.norm)
+    with fused_layers(model, enabled=False) as fused:
+        assert not fused and "forward" not in vars(model.model.layers[0])
+
+
+def test_the_decoding_loop_through_the_fused_layers_gives_generates_greedy_tokens(tiny, monkeypatch):
+    """The loop as a GPU runs it (fused layers on), its prefill and steps: token for token what generate() gives."""
+    from semifinetune import decode
+
+    monkeypatch.setattr(decode, "kernels_usable", lambda device: True)
+    monkeypatch.setattr(decode, "SAMPLE_KERNEL_ROWS", 10**9)  # torch's draw: this checks the layers
+    used = []
+    original = decode.fused_layers
+    monkeypatch.setattr(decode, "fused_layers", lambda model, enabled: used.append(enabled) or original(model, enabled))
+    model, tokenizer = tiny
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(["Who founded TSMC?", "CUDA?", "What is a wafer?"], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        expected = model.generate(**encoded, do_sample=False, max_new_tokens=12, min_new_tokens=12,
+                                  pad_token_id=tokenizer.pad_token_id)[:, encoded["input_ids"].shape[1]:]
+        got = decode.static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 12,
+                                   [-1], tokenizer.pad_token_id, cuda_graph=False)
+    assert used == [True] and got.tolist() == expected.tolist()
