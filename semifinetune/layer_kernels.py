@@ -3,10 +3,10 @@ rotary position embedding, and SiLU(gate) x up.
 
 transformers' eager code runs each of these as several kernels over float32 copies (an RMSNorm is five, rotary
 about ten for q and k); while decoding, at 822 rows on an H100, the 57 norms and the other small parts took 3.8 ms
-of a 12.9 ms step (BENCHMARKS.md). Here each is one kernel. Each rounds where transformers' code rounds (every
-bf16 or fp16 intermediate rounded to the input's dtype, products and sums in float32, the same exp and division),
-so rotary and SiLU x up give torch's bits on a GPU, and RMSNorm differs only in the order its float32 sum of
-squares is added up. fp_fusion is off: a multiply and add fused into one FMA would round once where torch rounds twice.
+of a 12.9 ms step (BENCHMARKS.md). Here rotary and SiLU x up are one kernel each, RMSNorm three. Each rounds where
+transformers' code rounds (every bf16 or fp16 intermediate rounded to the input's dtype, products and sums in
+float32, CUDA's own exp, rsqrt and division), so on a GPU they give torch's bits. fp_fusion is off: a multiply and
+add fused into one FMA would round once where torch rounds twice.
 """
 
 from __future__ import annotations
@@ -26,25 +26,36 @@ def rms_norm(x, weight, eps: float, residual=None):
 
     With `residual`, the norm is of residual + x (rounded to x's dtype, as `residual + hidden_states` is) and the
     value is (norm, that sum): the decoder layer's add and the next norm in one read.
+    The mean is torch's own, over the same float32 squares (one kernel): a sum of squares added up in another order
+    parts from transformers' norm in the last bit now and then, and on random weights' near-ties that changed greedy
+    tokens (BENCHMARKS.md). So this is three kernels (squares, mean, the rest) where transformers' eager code runs
+    five, or nine with the add.
     """
     import torch
 
     shape, width = x.shape, x.shape[-1]
     flat = x.reshape(-1, width).contiguous()
+    rows = flat.shape[0]
     out = torch.empty(flat.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     summed = flat if residual is None else torch.empty_like(flat)
-    res = flat if residual is None else residual.reshape(-1, width).contiguous()
-    if flat.shape[0]:
-        _rms_norm[(flat.shape[0],)](flat, res, weight.contiguous(), out, summed, width, 1.0 / width, eps,
-                                    ADD=residual is not None, BLOCK=triton.next_power_of_2(width), num_warps=4, **EXACT)
+    squares = torch.empty(flat.shape, dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(width)
+    if rows:
+        res = flat if residual is None else residual.reshape(-1, width).contiguous()
+        _squares[(rows,)](flat, res, summed, squares, width, ADD=residual is not None, BLOCK=block, num_warps=4,
+                          **EXACT)
+    variance = squares.view(shape).mean(-1, keepdim=True)  # transformers' mean: the same kernel, the same order
+    if rows:
+        _normalize[(rows,)](summed, variance, weight.contiguous(), out, width, eps, BLOCK=block,
+                            ACCURATE=not INTERPRETED, num_warps=4, **EXACT)
     if residual is None:
         return out.view(shape)
     return out.view(shape), summed.view(shape)
 
 
 @triton.jit
-def _rms_norm(x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr, width, inverse_width, eps, ADD: tl.constexpr,
-              BLOCK: tl.constexpr):
+def _squares(x_ptr, res_ptr, sum_ptr, squares_ptr, width, ADD: tl.constexpr, BLOCK: tl.constexpr):
+    """Per row: (residual + x, rounded to x's dtype, stored) and its float32 squares."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     inside = cols < width
@@ -54,8 +65,20 @@ def _rms_norm(x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr, width, inverse_width, eps
         x = x.to(x_ptr.dtype.element_ty)
         tl.store(sum_ptr + row * width + cols, x, mask=inside)
     wide = x.to(tl.float32)
-    variance = tl.sum(wide * wide, axis=0) * inverse_width  # torch's mean: the sum times 1 / width
-    normed = (wide * tl.rsqrt(variance + eps)).to(x_ptr.dtype.element_ty)
+    tl.store(squares_ptr + row * width + cols, wide * wide, mask=inside)
+
+
+@triton.jit
+def _normalize(x_ptr, variance_ptr, w_ptr, out_ptr, width, eps, BLOCK: tl.constexpr, ACCURATE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    inside = cols < width
+    wide = tl.load(x_ptr + row * width + cols, mask=inside, other=0.0).to(tl.float32)
+    if ACCURATE:  # CUDA's rsqrtf, as torch.rsqrt calls it
+        scale = libdevice.rsqrt(tl.load(variance_ptr + row) + eps)
+    else:  # Triton's interpreter lacks libdevice
+        scale = tl.rsqrt(tl.load(variance_ptr + row) + eps)
+    normed = (wide * scale).to(x_ptr.dtype.element_ty)
     weight = tl.load(w_ptr + cols, mask=inside, other=0.0)
     tl.store(out_ptr + row * width + cols, (weight.to(tl.float32) * normed.to(tl.float32)).to(out_ptr.dtype.element_ty),
              mask=inside)
@@ -111,18 +134,18 @@ def silu_mul(gate, up, block: int = 1024):
     out = torch.empty(gate.shape, dtype=torch.promote_types(gate.dtype, up.dtype), device=gate.device)
     count = gate.numel()
     if count:
-        _silu_mul[(triton.cdiv(count, block),)](gate, up, out, count, BLOCK=block, ACCURATE_EXP=not INTERPRETED,
+        _silu_mul[(triton.cdiv(count, block),)](gate, up, out, count, BLOCK=block, ACCURATE=not INTERPRETED,
                                                  num_warps=4, **EXACT)
     return out
 
 
 @triton.jit
-def _silu_mul(gate_ptr, up_ptr, out_ptr, count, BLOCK: tl.constexpr, ACCURATE_EXP: tl.constexpr):
+def _silu_mul(gate_ptr, up_ptr, out_ptr, count, BLOCK: tl.constexpr, ACCURATE: tl.constexpr):
     at = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = at < count
     gate = tl.load(gate_ptr + at, mask=inside, other=0.0).to(tl.float32)
     up = tl.load(up_ptr + at, mask=inside, other=0.0).to(tl.float32)
-    if ACCURATE_EXP:  # CUDA's expf, as torch's SiLU calls it
+    if ACCURATE:  # CUDA's expf, as torch's SiLU calls it
         exp = libdevice.exp(-gate)
     else:  # Triton's interpreter lacks libdevice
         exp = tl.exp(-gate)

@@ -29,8 +29,8 @@ def test_rms_norm_and_the_residual_add_give_transformers_values(dtype):
     norm.weight.data = torch.randn(96, generator=generator).to(dtype)
     normed, summed = layer_kernels.rms_norm(x, norm.weight, norm.variance_epsilon, residual=residual)
     assert torch.equal(summed, residual + x)
-    # the sum of squares is added up in another order than torch's, and the interpreter's rsqrt is numpy's: the
-    # normalised value may part in its last bit, and the weight's product rounds once more
+    # the interpreter's rsqrt is numpy's, not torch's: the normalised value may part in its last bit, and the
+    # weight's product rounds once more (a GPU gives torch's bits)
     assert within_last_bits(normed, norm(residual + x))
     assert within_last_bits(layer_kernels.rms_norm(x, norm.weight, norm.variance_epsilon), norm(x))
     norm.float()  # a float32 weight over 16-bit states (as prepare_model_for_kbit_training leaves norms): float32 out
