@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import os
 
-# notebook 06's new tokens over its wall time (the model load included), 93% of the answers at 512 tokens: H200 the
-# lower of two runs (31,627 and 33,027), H100 one run (32,367; 2026-12-06)
-MEASURED_TOKENS_PER_S = {"H200": 31_600, "H100": 32_300}
+# notebook 06's new tokens over its wall time (the model load included), 93% of the answers at 512 tokens, the lower
+# of two runs: H200 31,627 and 33,027 (2026-12-01, before the fused layers), H100 39,417 and 40,088 (2026-12-06)
+MEASURED_TOKENS_PER_S = {"H200": 31_600, "H100": 39_400}
 # BENCHMARKS.md, "A T4, estimated": 64 rows a batch, a step of about 20 ms bound by the T4's bandwidth and its
 # ~1,300 kernels, plus the loads, prefills and recordings a T4-shaped run showed
 ESTIMATED_TOKENS_PER_S = {"T4": 2_800}
