@@ -63,7 +63,6 @@ def _top_p_removed(scores, top_p, candidates: int = TOP_P_CANDIDATES):
     whole batch is sorted, as the warper does. Rows with top_p 1 cut nothing. Tokens tied with the last kept one all
     stay (the warper's sort keeps an arbitrary part of a tie).
     """
-
     keep_all = top_p >= 1
     top = scores.topk(min(candidates, scores.shape[-1]), dim=-1)
     probs = (top.values - scores.logsumexp(dim=-1, keepdim=True)).exp()

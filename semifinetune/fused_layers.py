@@ -1,11 +1,12 @@
-"""Decoder layers that run their norms, rotary embedding and SiLU x up as single Triton kernels (layer_kernels).
+"""Decoder layers that run their norms, rotary embedding and SiLU x up as Triton kernels (layer_kernels).
 
 Inside `fused_layers(model)` each Qwen2 or Llama decoder layer's forward is shadowed by `_layer_forward`: the same
 steps as transformers' Qwen2DecoderLayer, Qwen2Attention and Qwen2MLP forwards (its projections, cache update and
-attention function are the model's own modules and interface), with the residual add after attention and the next
-RMSNorm as one kernel, rotary as one kernel for q and one for k, and SiLU(gate) x up as one. The model's final norm
-runs as one kernel too. The decoding loop (decode.StaticDecoder) records these in its CUDA graphs, which leaves
-about 600 fewer kernels in a step of R1-1.5B.
+attention function are the model's own modules and interface), with rotary one kernel for q and one for k, SiLU(gate)
+x up one, and each RMSNorm three, the residual add after attention folded into the second norm's first. The
+model's final norm runs through layer_kernels too. Every value is transformers' own, bit for bit on a GPU. The
+decoding loop (decode.StaticDecoder) records these in its CUDA graphs: a step of R1-1.5B launches about 560 fewer
+kernels (1,289 against 724).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def rms_norm(x, weight, eps: float, residual=None):
     """transformers' RMSNorm of x (..., N): weight * (x / sqrt(mean(x^2) + eps)) rounded to x's dtype first.
 
     With `residual`, the norm is of residual + x (rounded to x's dtype, as `residual + hidden_states` is) and the
-    value is (norm, that sum): the decoder layer's add and the next norm in one read.
+    value is (norm, that sum): the decoder layer's add folded into the norm's first kernel.
     The mean is torch's own, over the same float32 squares (one kernel): a sum of squares added up in another order
     parts from transformers' norm in the last bit now and then, and on random weights' near-ties that changed greedy
     tokens (BENCHMARKS.md). So this is three kernels (squares, mean, the rest) where transformers' eager code runs

@@ -68,10 +68,23 @@ def test_silu_times_up_agrees_to_the_last_bit_of_exp(dtype):
     assert within_last_bits(got, expected)
 
 
-def test_the_fused_layers_give_the_models_logits_and_leave_it_as_it_was(tiny):
-    """The tiny Qwen2 model (float32) over a prompt: the same logits with and without the fused layers; the layers'
-    own forward again after the block."""
+def _tiny_llama(tokenizer):
+    """A random Llama (the cpu profile's SmolLM2 layout) of the tiny model's size."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        pad_token_id=tokenizer.pad_token_id)).eval()
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "llama"])
+def test_the_fused_layers_give_the_models_logits_and_leave_it_as_it_was(tiny, architecture):
+    """The tiny Qwen2 model and a Llama of its size (float32) over a prompt: the same logits with and without the
+    fused layers; the layers' own forward again after the block."""
     model, tokenizer = tiny
+    if architecture == "llama":
+        model = _tiny_llama(tokenizer)
     assert fusable(model)
     ids = tokenizer(["Who founded TSMC?", "What is EUV lithography?"], return_tensors="pt", padding=True)
     with torch.inference_mode():
@@ -82,6 +95,14 @@ def test_the_fused_layers_give_the_models_logits_and_leave_it_as_it_was(tiny):
     assert "forward" not in vars(model.model.layers[0]) and "forward" not in vars(model.model.norm)
     with fused_layers(model, enabled=False) as fused:
         assert not fused and "forward" not in vars(model.model.layers[0])
+
+
+def test_a_layer_of_another_kind_keeps_the_models_own_layers(tiny):
+    """A model with a layer _layer_forward does not reproduce (here: another activation) is left as it is."""
+    llama = _tiny_llama(tiny[1])
+    llama.model.layers[1].mlp.act_fn = torch.nn.GELU()
+    with fused_layers(llama) as fused:
+        assert not fused and "forward" not in vars(llama.model.layers[0])
 
 
 def test_the_decoding_loop_through_the_fused_layers_gives_generates_greedy_tokens(tiny, monkeypatch):
