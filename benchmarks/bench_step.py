@@ -8,9 +8,10 @@ step is then timed at the answer's middle (prompt + 256 slots; an answer of 512 
 - the recorded step (CUDA graph replay), with transformers' own decoder layers and with the fused ones
   (fused_layers: norms, rotary and SiLU x up as Triton kernels);
 - the forward pass's parts, from torch's profiler over the same step run eagerly: the projections (q/k/v, o,
-  gate/up/down), the LM head, attention, the norms (fused: with the residual add before the second), rotary, and the
-  rest (cache writes, residual adds, SiLU x up, masks); the replay's time beyond the kernels' sum is the graph's own
-  overhead (gaps between kernels);
+  gate/up/down), the LM head, attention, the norms, rotary, and the rest (cache writes, residual adds, SiLU x up,
+  masks); the replay's time beyond the kernels' sum is the graph's own overhead (gaps between kernels). With the
+  fused layers the profiler ties no Triton kernel to its range: "norm" holds only torch's mean, and the Triton
+  kernels of the norms, rotary and SiLU x up count in "rest";
 - sampling: torch's draw (decode.sample_next) and the Triton draw, on flat logits (random weights') and peaked ones;
 - attention's accuracy at 16 rows with retrieved notes (long prompts): the loop's attention and transformers' SDPA,
   their outputs and the step's logits against fp32 attention on the same inputs.
