@@ -70,59 +70,63 @@ def draw(logits, temperature, top_p, seed: int, block: int = BLOCK):
 def _draw_partials(logits_ptr, row_stride, inverse_ptr, seed, vocab, span, max_ptr, sum_ptr, arg_ptr, key_ptr,
                    draw_ptr, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
     """Per (row, split): the largest tempered logit, its first position, the sum of exp(s - largest), and per draw
-    the largest s + Gumbel noise and its position."""
+    the largest s + Gumbel noise and its position. Each lane keeps its own running values over the split and the
+    lanes are reduced once at the end: a reduction across the program per block (six of them) cost more than the
+    arithmetic."""
     row = tl.program_id(0)
     split = tl.program_id(1)
     inverse = tl.load(inverse_ptr + row)
     begin = split * span
     end = tl.minimum(begin + span, vocab)
-    top = -float("inf")
-    top_at = 0
-    total = 0.0
-    k0 = -float("inf")
-    k1 = -float("inf")
-    k2 = -float("inf")
-    k3 = -float("inf")
-    a0 = 0
-    a1 = 0
-    a2 = 0
-    a3 = 0
     lanes = tl.arange(0, BLOCK)
+    none = tl.full([BLOCK], -float("inf"), tl.float32)
+    first = tl.zeros([BLOCK], tl.int32)
+    top, total, top_at = none, tl.zeros([BLOCK], tl.float32), first
+    k0, k1, k2, k3 = none, none, none, none
+    a0, a1, a2, a3 = first, first, first, first
     for offset in range(0, span, BLOCK):
-        start = begin + offset
-        at = start + lanes
-        inside = at < end
-        s = tl.load(logits_ptr + row * row_stride + at, mask=inside, other=-float("inf")).to(tl.float32) * inverse
-        block_top, block_at = tl.max(s, 0, return_indices=True, return_indices_tie_break_left=True)
-        new_top = tl.maximum(top, block_top)
-        total = total * tl.exp(top - new_top) + tl.sum(tl.exp(s - new_top), 0)
-        top_at = tl.where(block_top > top, start + block_at, top_at)
+        at = begin + offset + lanes
+        s = tl.load(logits_ptr + row * row_stride + at, mask=at < end, other=-float("inf")).to(tl.float32) * inverse
+        top_at = tl.where(s > top, at, top_at)  # strictly larger: a lane keeps its first position of a tie
+        new_top = tl.maximum(top, s)
+        shift = tl.where(new_top == -float("inf"), 0.0, new_top)  # a lane that has seen only -inf adds nothing
+        total = total * tl.exp(top - shift) + tl.exp(s - shift)
         top = new_top
         u0, u1, u2, u3 = tl.rand4x(seed, row * vocab + at)
-        key, key_at = tl.max(s - tl.log(-tl.log(u0)), 0, return_indices=True)
-        a0 = tl.where(key > k0, start + key_at, a0)
+        key = s - tl.log(-tl.log(u0))
+        a0 = tl.where(key > k0, at, a0)
         k0 = tl.maximum(k0, key)
-        key, key_at = tl.max(s - tl.log(-tl.log(u1)), 0, return_indices=True)
-        a1 = tl.where(key > k1, start + key_at, a1)
+        key = s - tl.log(-tl.log(u1))
+        a1 = tl.where(key > k1, at, a1)
         k1 = tl.maximum(k1, key)
-        key, key_at = tl.max(s - tl.log(-tl.log(u2)), 0, return_indices=True)
-        a2 = tl.where(key > k2, start + key_at, a2)
+        key = s - tl.log(-tl.log(u2))
+        a2 = tl.where(key > k2, at, a2)
         k2 = tl.maximum(k2, key)
-        key, key_at = tl.max(s - tl.log(-tl.log(u3)), 0, return_indices=True)
-        a3 = tl.where(key > k3, start + key_at, a3)
+        key = s - tl.log(-tl.log(u3))
+        a3 = tl.where(key > k3, at, a3)
         k3 = tl.maximum(k3, key)
     part = row * SPLITS + split
-    tl.store(max_ptr + part, top)
-    tl.store(sum_ptr + part, total)
-    tl.store(arg_ptr + part, top_at)
-    tl.store(key_ptr + part * 4 + 0, k0)
-    tl.store(key_ptr + part * 4 + 1, k1)
-    tl.store(key_ptr + part * 4 + 2, k2)
-    tl.store(key_ptr + part * 4 + 3, k3)
-    tl.store(draw_ptr + part * 4 + 0, a0)
-    tl.store(draw_ptr + part * 4 + 1, a1)
-    tl.store(draw_ptr + part * 4 + 2, a2)
-    tl.store(draw_ptr + part * 4 + 3, a3)
+    best = tl.max(top, 0)
+    tl.store(max_ptr + part, best)
+    tl.store(sum_ptr + part, tl.sum(total * tl.exp(top - tl.where(best == -float("inf"), 0.0, best)), 0))
+    tl.store(arg_ptr + part, _first_at(top, top_at, best, vocab))
+    _store_draw(key_ptr, draw_ptr, part * 4 + 0, k0, a0, vocab)
+    _store_draw(key_ptr, draw_ptr, part * 4 + 1, k1, a1, vocab)
+    _store_draw(key_ptr, draw_ptr, part * 4 + 2, k2, a2, vocab)
+    _store_draw(key_ptr, draw_ptr, part * 4 + 3, k3, a3, vocab)
+
+
+@triton.jit
+def _store_draw(key_ptr, draw_ptr, at, keys, positions, vocab):
+    key = tl.max(keys, 0)
+    tl.store(key_ptr + at, key)
+    tl.store(draw_ptr + at, _first_at(keys, positions, key, vocab))
+
+
+@triton.jit
+def _first_at(values, positions, largest, vocab):
+    """The first position among the lanes holding `largest` (each lane's own first)."""
+    return tl.min(tl.where(values == largest, positions, vocab), 0)
 
 
 @triton.jit
@@ -138,7 +142,8 @@ def _drawn(logits_ptr, row_stride, row, inverse, key_ptr, draw_ptr, d: tl.conste
 @triton.jit
 def _mass_partials(logits_ptr, row_stride, inverse_ptr, vocab, span, max_ptr, key_ptr, draw_ptr, mass_ptr,
                    SPLITS: tl.constexpr, BLOCK: tl.constexpr):
-    """Per (row, split, draw): the sum of exp(s - the row's largest s) over the tokens more likely than the draw."""
+    """Per (row, split, draw): the sum of exp(s - the row's largest s) over the tokens more likely than the draw;
+    per lane, reduced once at the end."""
     row = tl.program_id(0)
     split = tl.program_id(1)
     inverse = tl.load(inverse_ptr + row)
@@ -149,24 +154,22 @@ def _mass_partials(logits_ptr, row_stride, inverse_ptr, vocab, span, max_ptr, ke
     _, s3 = _drawn(logits_ptr, row_stride, row, inverse, key_ptr, draw_ptr, 3, SPLITS)
     begin = split * span
     end = tl.minimum(begin + span, vocab)
-    m0 = 0.0
-    m1 = 0.0
-    m2 = 0.0
-    m3 = 0.0
     lanes = tl.arange(0, BLOCK)
+    m0 = tl.zeros([BLOCK], tl.float32)
+    m1, m2, m3 = m0, m0, m0
     for offset in range(0, span, BLOCK):
         at = begin + offset + lanes
         s = tl.load(logits_ptr + row * row_stride + at, mask=at < end, other=-float("inf")).to(tl.float32) * inverse
         p = tl.exp(s - top)
-        m0 += tl.sum(tl.where(s > s0, p, 0.0), 0)
-        m1 += tl.sum(tl.where(s > s1, p, 0.0), 0)
-        m2 += tl.sum(tl.where(s > s2, p, 0.0), 0)
-        m3 += tl.sum(tl.where(s > s3, p, 0.0), 0)
+        m0 += tl.where(s > s0, p, 0.0)
+        m1 += tl.where(s > s1, p, 0.0)
+        m2 += tl.where(s > s2, p, 0.0)
+        m3 += tl.where(s > s3, p, 0.0)
     part = row * SPLITS + split
-    tl.store(mass_ptr + part * 4 + 0, m0)
-    tl.store(mass_ptr + part * 4 + 1, m1)
-    tl.store(mass_ptr + part * 4 + 2, m2)
-    tl.store(mass_ptr + part * 4 + 3, m3)
+    tl.store(mass_ptr + part * 4 + 0, tl.sum(m0, 0))
+    tl.store(mass_ptr + part * 4 + 1, tl.sum(m1, 0))
+    tl.store(mass_ptr + part * 4 + 2, tl.sum(m2, 0))
+    tl.store(mass_ptr + part * 4 + 3, tl.sum(m3, 0))
 
 
 @triton.jit

@@ -76,3 +76,15 @@ def test_sample_next_with_a_seed_draws_the_pending_rows_by_torch():
     tokens = decode.sample_next(logits, temperature, top_p, seed=2)
     scores = logits / torch.where(temperature <= 0, 1.0, temperature).unsqueeze(1)
     assert not decode._top_p_removed_by_sorting(scores, top_p).gather(1, tokens.unsqueeze(1)).any()
+
+
+def test_few_rows_over_many_splits_draw_though_the_last_splits_lie_past_the_vocabulary():
+    """2 rows x 20,000 tokens spread over 8 splits of 4,096 tokens: the last three hold no token. Such a split adds
+    nothing (it once made each row's sum NaN, which left every sampled row pending)."""
+    assert sample_kernel.splits_for(2, 20_000) == 8
+    logits = torch.randn(2, 20_000, generator=torch.Generator().manual_seed(4)) * 3
+    temperature, top_p = torch.tensor([0.0, 0.6]), torch.tensor([1.0, 0.95])
+    tokens, pending = sample_kernel.draw(logits, temperature, top_p, seed=9)
+    assert not pending.any() and tokens[0] == logits[0].argmax()
+    removed = decode._top_p_removed_by_sorting(logits[1:] / 0.6, top_p[1:])
+    assert not removed[0, tokens[1]]
