@@ -32,6 +32,9 @@ from .fused_layers import fused_layers
 FINISHED_CHECK_EVERY = 16  # decoding steps between checks that every row has ended (each check waits for the GPU)
 TOP_P_CANDIDATES = 1024  # the most likely tokens per row among which top_p looks for its cut before sorting all
 MAX_DRAWS = 8  # draws per row before sample_next takes the token from the cut distribution
+# A batch's prompts run once each where its distinct rows are at most this share of its rows (a sweep repeats each
+# prompt in its settings x samples rows)
+DISTINCT_PROMPTS_SHARE = 0.5
 KV_BUCKET = 64  # attention reads the cache up to the filled slots rounded up to this; one CUDA graph per length
 # sample_kernel's draw against torch's, per step on an H100 (BENCHMARKS.md): 1.45 vs 0.92 ms at 64 rows (its launches
 # and the host's wait outweigh the work), 0.89 vs 1.95 ms at 256, 2.41 vs 4.34 ms at 822
@@ -266,26 +269,49 @@ class StaticDecoder:
         self.token.fill_(pad_id)
 
     def _prefill(self, input_ids, attention_mask, keys_cut_to_mask: bool):
-        """Last-position logits of the prompts, their keys and values written from slot 0: causal over the real
-        prompt tokens; a padding query sees everything (its output is never used, and a row with nothing to attend
-        to would give NaN)."""
+        """Last-position logits of the prompts, their keys and values written from slot 0.
+
+        A sweep samples each prompt in many rows (its settings x samples, 45 by default): where a batch's distinct
+        rows are DISTINCT_PROMPTS_SHARE of its rows or fewer, each distinct prompt is run once into a cache of its own and its keys,
+        values and logits are copied to the rows that repeat it."""
+        import torch
+        from transformers import StaticCache
+
+        prompt_len = input_ids.shape[1]
+        distinct, repeats = torch.unique(torch.cat([input_ids, attention_mask], dim=1), dim=0, return_inverse=True)
+        if len(distinct) > DISTINCT_PROMPTS_SHARE * len(input_ids):
+            for layer in self.cache.layers:
+                if layer.is_initialized:
+                    layer.cumulative_length.zero_()  # the layers write where their counter points: slot 0
+            return self._run_prompts(input_ids, attention_mask, self.cache, prompt_len if keys_cut_to_mask else self.total)
+        own = StaticCache(config=self.model.config, max_cache_len=prompt_len)
+        logits = self._run_prompts(distinct[:, :prompt_len], distinct[:, prompt_len:], own, prompt_len)
+        for layer, distinct_layer in zip(self.cache.layers, own.layers):
+            keys, values = distinct_layer.keys[repeats], distinct_layer.values[repeats]
+            if not layer.is_initialized:
+                layer.lazy_initialization(keys, values)  # reads only the shapes: (rows, heads, _, dim)
+            layer.keys[:, :, :prompt_len] = keys
+            layer.values[:, :, :prompt_len] = values
+        return logits[repeats]
+
+    def _run_prompts(self, input_ids, attention_mask, cache, width: int):
+        """The prompts through the model into `cache` (its counters at slot 0), masks `width` slots wide: causal
+        over the real prompt tokens; a padding query sees everything (its output is never used, and a row with
+        nothing to attend to would give NaN)."""
         import torch
 
         prompt_len = input_ids.shape[1]
-        for layer in self.cache.layers:
-            if layer.is_initialized:
-                layer.cumulative_length.zero_()  # the layers write where their counter points: slot 0 for a new batch
         positions = (attention_mask.long().cumsum(dim=-1) - 1).masked_fill(attention_mask == 0, 1)
-        width = prompt_len if keys_cut_to_mask else self.total
         slots = self.slots
-        allowed = self.prompt_slots[:, :width].unsqueeze(1) & (slots[:width].view(1, 1, -1) <= slots[:prompt_len].view(1, -1, 1))
+        real = torch.nn.functional.pad(attention_mask.bool(), (0, width - prompt_len))
+        allowed = real.unsqueeze(1) & (slots[:width].view(1, 1, -1) <= slots[:prompt_len].view(1, -1, 1))
         allowed |= ~allowed.any(dim=-1, keepdim=True)
         return self.model(
             input_ids=input_ids,
             attention_mask=_additive(allowed.unsqueeze(1), self.dtype, self.min_value),
             position_ids=positions,
             cache_position=torch.arange(prompt_len, device=self.device),
-            past_key_values=self.cache,
+            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]

@@ -101,6 +101,26 @@ def test_static_decode_matches_transformers_generate_greedy(tiny):
     assert got.tolist() == torch.nn.functional.pad(expected, (0, 10 - expected.shape[1]), value=tokenizer.pad_token_id).tolist()
 
 
+def test_repeated_prompts_are_run_once_and_decode_what_generate_does(tiny, monkeypatch):
+    """A sweep's batch repeats each prompt in many rows: 3 questions x 4 rows run through the model as 3 rows, their
+    keys, values and logits copied to the rows that repeat them; every row then decodes what generate() gives it."""
+    import semifinetune.decode as decode
+
+    ran = []
+    run_prompts = decode.StaticDecoder._run_prompts
+    monkeypatch.setattr(decode.StaticDecoder, "_run_prompts", lambda self, ids, *a: ran.append(len(ids)) or run_prompts(self, ids, *a))
+    model, tokenizer = tiny
+    encoded = _encoded(tokenizer, QUESTIONS * 4)
+    eos = eos_token_ids(model, tokenizer)
+    with torch.inference_mode():
+        expected = model.generate(**encoded, do_sample=False, max_new_tokens=20, min_new_tokens=20,
+                                  eos_token_id=sorted(eos), pad_token_id=tokenizer.pad_token_id)
+        got = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 12, [1.0] * 12, 20, [-1],
+                            tokenizer.pad_token_id, cuda_graph=False)
+    assert ran == [3]
+    assert got.tolist() == expected[:, encoded["input_ids"].shape[1]:].tolist()
+
+
 def test_attention_over_the_filled_slots_changes_no_token(tiny, monkeypatch):
     """Attention lengths of 4 slots: the loop crosses a dozen of them and still decodes what generate() does."""
     import semifinetune.decode as decode

@@ -401,3 +401,18 @@ def test_the_fused_layers_change_no_greedy_token_of_the_4bit_r1(r1_tuned, prompt
     print(f"{prompts}: fused vs transformers' layers {sum(a == b for a, b in zip(fused, own))} of 16 identical, "
           f"mean agreement {mean_agreement(own, fused):.3f}")
     assert used == [True, False] and fused == own
+
+
+def test_repeated_prompts_run_once_change_no_greedy_token_of_the_4bit_r1(r1_tuned, monkeypatch):
+    """8 questions x 4 rows, 32 greedy tokens, graphed: each distinct prompt run once and copied to its rows gives
+    the tokens that running every row gives."""
+    from semifinetune import decode
+
+    model, tokenizer = r1_tuned
+    questions = QUESTIONS[:8] * 4
+    once = greedy_ids(model, tokenizer, questions, 32, "graphed")
+    monkeypatch.setattr(decode, "DISTINCT_PROMPTS_SHARE", 0.0)
+    every = greedy_ids(model, tokenizer, questions, 32, "graphed")
+    print(f"distinct prompts once vs every row: {sum(a == b for a, b in zip(once, every))} of 32 identical, "
+          f"mean agreement {mean_agreement(every, once):.3f}")
+    assert once == every
