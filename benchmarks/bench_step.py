@@ -68,7 +68,7 @@ def prefilled(model, tokenizer, prompts):
     decoder = StaticDecoder(model, rows, prompt_len, NEW_TOKENS)
     decoder.load_prompts(mask, tokenizer.pad_token_id)
     with decode_attention(model) as cut:
-        decoder.graph_logits = decoder._prefill(ids, mask, cut)
+        decoder.graph_logits = decoder._prefill(ids, mask, cut, share_prompts=True)
     position = prompt_len + MIDDLE
     decoder.cache_position.fill_(position)
     decoder.token.random_(0, model.config.vocab_size)

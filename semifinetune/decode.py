@@ -230,7 +230,7 @@ class StaticDecoder:
 
         self.load_prompts(attention_mask, pad_id)
         with decode_attention(self.model) as keys_cut_to_mask, fused_layers(self.model, self.fused):
-            logits = self._prefill(input_ids, attention_mask, keys_cut_to_mask)
+            logits = self._prefill(input_ids, attention_mask, keys_cut_to_mask, min(temperatures) > 0)
             if self.graph_logits is None:  # every recording writes its logits here: one copy, not one per graph
                 self.graph_logits = torch.empty_like(logits)
             if streamer is not None:
@@ -268,18 +268,21 @@ class StaticDecoder:
         self.real_tokens.copy_(attention_mask.long().sum(dim=1, keepdim=True))
         self.token.fill_(pad_id)
 
-    def _prefill(self, input_ids, attention_mask, keys_cut_to_mask: bool):
+    def _prefill(self, input_ids, attention_mask, keys_cut_to_mask: bool, share_prompts: bool):
         """Last-position logits of the prompts, their keys and values written from slot 0.
 
-        A sweep samples each prompt in many rows (its settings x samples, 45 by default): where a batch's distinct
-        rows are DISTINCT_PROMPTS_SHARE of its rows or fewer, each distinct prompt is run once into a cache of its own and its keys,
-        values and logits are copied to the rows that repeat it."""
+        A sweep samples each prompt in many rows (its settings x samples, 45 by default). With `share_prompts`,
+        where a batch's distinct rows are DISTINCT_PROMPTS_SHARE of its rows or fewer, each distinct prompt is run
+        once into a cache of its own and its keys, values and logits are copied to the rows that repeat it. A
+        smaller batch may round differently (the GPU's matmuls pick their kernels by shape), which leaves a sampled
+        row's distribution as it was but can turn a greedy row's near-tie: decode() shares only where every row
+        samples."""
         import torch
         from transformers import StaticCache
 
         prompt_len = input_ids.shape[1]
         distinct, repeats = torch.unique(torch.cat([input_ids, attention_mask], dim=1), dim=0, return_inverse=True)
-        if len(distinct) > DISTINCT_PROMPTS_SHARE * len(input_ids):
+        if not share_prompts or len(distinct) > DISTINCT_PROMPTS_SHARE * len(input_ids):
             for layer in self.cache.layers:
                 if layer.is_initialized:
                     layer.cumulative_length.zero_()  # the layers write where their counter points: slot 0

@@ -11,19 +11,29 @@ of the rows: the kept share of a row's mass is top_p or more) is reported pendin
 by torch's path. A kept draw is a draw from the restricted distribution, as there, so the rows follow the same
 distribution; the noise differs, so the tokens are not torch's.
 
+The kernels work in base 2 (s = logits / temperature x log2(e), exp2 and log2, the Gumbel noise -log2(-log2(u))):
+the same argmax and the same ratios, and log2 is one fast instruction on the GPU where log is a libdevice routine;
+with eight logarithms a token the draw was bound by arithmetic, not by reading the logits.
+
 The noise is Philox (tl.rand4x) keyed by a seed per step and counted by row * vocabulary + token: rows * vocabulary
 must stay below 2 ** 31 (fits() says so).
 """
 
 from __future__ import annotations
 
+import math
+import os
+
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 DRAWS = 4  # tl.rand4x gives four numbers per token from one Philox call
-BLOCK = 2048  # tokens a program reads at a time
+BLOCK = 1024  # tokens a program reads at a time: 1.74 ms at 822 rows on an H100 against 2.01 at 2048 (BENCHMARKS.md)
 TARGET_PROGRAMS = 1024  # rows x splits of the vocabulary: enough programs to keep every multiprocessor busy
 MAX_SPLITS = 64
+SPLIT_BLOCK = 2048  # a split spans at least two of these
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter lacks libdevice
 
 
 def fits(rows: int, vocab: int) -> bool:
@@ -33,7 +43,7 @@ def fits(rows: int, vocab: int) -> bool:
 def splits_for(rows: int, vocab: int) -> int:
     """Programs per row: a power of two, so that few rows still spread over the card."""
     splits = 1
-    while splits < MAX_SPLITS and rows * splits < TARGET_PROGRAMS and vocab // (2 * splits) >= BLOCK:
+    while splits < MAX_SPLITS and rows * splits < TARGET_PROGRAMS and vocab // (2 * splits) >= SPLIT_BLOCK:
         splits *= 2
     return splits
 
@@ -48,7 +58,7 @@ def draw(logits, temperature, top_p, seed: int, block: int = BLOCK):
         logits = logits.contiguous()
     splits = splits_for(rows, vocab)
     span = -(-vocab // (splits * block)) * block
-    inverse = torch.where(temperature <= 0, 1.0, 1.0 / temperature).float().contiguous()
+    inverse = (torch.where(temperature <= 0, 1.0, 1.0 / temperature) * math.log2(math.e)).float().contiguous()
     f32 = dict(dtype=torch.float32, device=logits.device)
     i32 = dict(dtype=torch.int32, device=logits.device)
     part_max, part_sum = torch.empty((rows, splits), **f32), torch.empty((rows, splits), **f32)
@@ -58,7 +68,8 @@ def draw(logits, temperature, top_p, seed: int, block: int = BLOCK):
     token = torch.empty(rows, dtype=torch.int64, device=logits.device)
     pending = torch.empty(rows, dtype=torch.int8, device=logits.device)
     _draw_partials[(rows, splits)](logits, logits.stride(0), inverse, seed, vocab, span, part_max, part_sum,
-                                   part_arg, draw_key, draw_arg, SPLITS=splits, BLOCK=block, num_warps=8)
+                                   part_arg, draw_key, draw_arg, SPLITS=splits, BLOCK=block, FAST=not INTERPRETED,
+                                   num_warps=8)
     _mass_partials[(rows, splits)](logits, logits.stride(0), inverse, vocab, span, part_max, draw_key, draw_arg, mass,
                                    SPLITS=splits, BLOCK=block, num_warps=8)
     _choose[(rows,)](temperature, top_p.float().contiguous(), part_max, part_sum, part_arg, draw_key, draw_arg, mass,
@@ -68,8 +79,8 @@ def draw(logits, temperature, top_p, seed: int, block: int = BLOCK):
 
 @triton.jit
 def _draw_partials(logits_ptr, row_stride, inverse_ptr, seed, vocab, span, max_ptr, sum_ptr, arg_ptr, key_ptr,
-                   draw_ptr, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
-    """Per (row, split): the largest tempered logit, its first position, the sum of exp(s - largest), and per draw
+                   draw_ptr, SPLITS: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr):
+    """Per (row, split): the largest tempered logit, its first position, the sum of exp2(s - largest), and per draw
     the largest s + Gumbel noise and its position. Each lane keeps its own running values over the split and the
     lanes are reduced once at the end: a reduction across the program per block (six of them) cost more than the
     arithmetic."""
@@ -90,30 +101,37 @@ def _draw_partials(logits_ptr, row_stride, inverse_ptr, seed, vocab, span, max_p
         top_at = tl.where(s > top, at, top_at)  # strictly larger: a lane keeps its first position of a tie
         new_top = tl.maximum(top, s)
         shift = tl.where(new_top == -float("inf"), 0.0, new_top)  # a lane that has seen only -inf adds nothing
-        total = total * tl.exp(top - shift) + tl.exp(s - shift)
+        total = total * tl.exp2(top - shift) + tl.exp2(s - shift)
         top = new_top
         u0, u1, u2, u3 = tl.rand4x(seed, row * vocab + at)
-        key = s - tl.log(-tl.log(u0))
+        key = s - _log2(-_log2(u0, FAST), FAST)
         a0 = tl.where(key > k0, at, a0)
         k0 = tl.maximum(k0, key)
-        key = s - tl.log(-tl.log(u1))
+        key = s - _log2(-_log2(u1, FAST), FAST)
         a1 = tl.where(key > k1, at, a1)
         k1 = tl.maximum(k1, key)
-        key = s - tl.log(-tl.log(u2))
+        key = s - _log2(-_log2(u2, FAST), FAST)
         a2 = tl.where(key > k2, at, a2)
         k2 = tl.maximum(k2, key)
-        key = s - tl.log(-tl.log(u3))
+        key = s - _log2(-_log2(u3, FAST), FAST)
         a3 = tl.where(key > k3, at, a3)
         k3 = tl.maximum(k3, key)
     part = row * SPLITS + split
     best = tl.max(top, 0)
     tl.store(max_ptr + part, best)
-    tl.store(sum_ptr + part, tl.sum(total * tl.exp(top - tl.where(best == -float("inf"), 0.0, best)), 0))
+    tl.store(sum_ptr + part, tl.sum(total * tl.exp2(top - tl.where(best == -float("inf"), 0.0, best)), 0))
     tl.store(arg_ptr + part, _first_at(top, top_at, best, vocab))
     _store_draw(key_ptr, draw_ptr, part * 4 + 0, k0, a0, vocab)
     _store_draw(key_ptr, draw_ptr, part * 4 + 1, k1, a1, vocab)
     _store_draw(key_ptr, draw_ptr, part * 4 + 2, k2, a2, vocab)
     _store_draw(key_ptr, draw_ptr, part * 4 + 3, k3, a3, vocab)
+
+
+@triton.jit
+def _log2(x, FAST: tl.constexpr):
+    if FAST:
+        return libdevice.fast_log2f(x)  # lg2.approx: one instruction, relative error about 2 ** -22
+    return tl.log2(x)
 
 
 @triton.jit
@@ -142,7 +160,7 @@ def _drawn(logits_ptr, row_stride, row, inverse, key_ptr, draw_ptr, d: tl.conste
 @triton.jit
 def _mass_partials(logits_ptr, row_stride, inverse_ptr, vocab, span, max_ptr, key_ptr, draw_ptr, mass_ptr,
                    SPLITS: tl.constexpr, BLOCK: tl.constexpr):
-    """Per (row, split, draw): the sum of exp(s - the row's largest s) over the tokens more likely than the draw;
+    """Per (row, split, draw): the sum of exp2(s - the row's largest s) over the tokens more likely than the draw;
     per lane, reduced once at the end."""
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -160,7 +178,7 @@ def _mass_partials(logits_ptr, row_stride, inverse_ptr, vocab, span, max_ptr, ke
     for offset in range(0, span, BLOCK):
         at = begin + offset + lanes
         s = tl.load(logits_ptr + row * row_stride + at, mask=at < end, other=-float("inf")).to(tl.float32) * inverse
-        p = tl.exp(s - top)
+        p = tl.exp2(s - top)
         m0 += tl.where(s > s0, p, 0.0)
         m1 += tl.where(s > s1, p, 0.0)
         m2 += tl.where(s > s2, p, 0.0)
@@ -180,7 +198,7 @@ def _choose(temperature_ptr, top_p_ptr, max_ptr, sum_ptr, arg_ptr, key_ptr, draw
     parts = tl.arange(0, SPLITS)
     tops = tl.load(max_ptr + row * SPLITS + parts)
     top = tl.max(tops, 0)
-    total = tl.sum(tl.load(sum_ptr + row * SPLITS + parts) * tl.exp(tops - top), 0)
+    total = tl.sum(tl.load(sum_ptr + row * SPLITS + parts) * tl.exp2(tops - top), 0)
     # the first split holding the row's largest logit holds its first position (splits are in vocabulary order)
     first = tl.min(tl.where(tops == top, parts, SPLITS), 0)
     greedy_at = tl.load(arg_ptr + row * SPLITS + first)

@@ -101,24 +101,55 @@ def test_static_decode_matches_transformers_generate_greedy(tiny):
     assert got.tolist() == torch.nn.functional.pad(expected, (0, 10 - expected.shape[1]), value=tokenizer.pad_token_id).tolist()
 
 
-def test_repeated_prompts_are_run_once_and_decode_what_generate_does(tiny, monkeypatch):
-    """A sweep's batch repeats each prompt in many rows: 3 questions x 4 rows run through the model as 3 rows, their
-    keys, values and logits copied to the rows that repeat them; every row then decodes what generate() gives it."""
+def _spy_on_prompt_runs(monkeypatch) -> list[int]:
+    """The rows of each StaticDecoder._run_prompts call, appended as it runs."""
     import semifinetune.decode as decode
 
     ran = []
     run_prompts = decode.StaticDecoder._run_prompts
     monkeypatch.setattr(decode.StaticDecoder, "_run_prompts", lambda self, ids, *a: ran.append(len(ids)) or run_prompts(self, ids, *a))
+    return ran
+
+
+def test_repeated_prompts_are_run_once_where_every_row_samples(tiny, monkeypatch):
+    """A sweep's batch repeats each prompt in many rows: 3 questions x 4 rows run through the model as 3 rows, and
+    every row gets the logits, keys and values that running all 12 gives it."""
+    from semifinetune.decode import StaticDecoder
+    from semifinetune.decode_attention import decode_attention
+
+    ran = _spy_on_prompt_runs(monkeypatch)
+    model, tokenizer = tiny
+    encoded = _encoded(tokenizer, QUESTIONS * 4)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    prompt_len = ids.shape[1]
+
+    def prefill(share: bool):
+        decoder = StaticDecoder(model, 12, prompt_len, 8, cuda_graph=False)
+        decoder.load_prompts(mask, tokenizer.pad_token_id)
+        with torch.inference_mode(), decode_attention(model) as cut:
+            logits = decoder._prefill(ids, mask, cut, share)
+        return logits, [(layer.keys[:, :, :prompt_len], layer.values[:, :, :prompt_len]) for layer in decoder.cache.layers]
+
+    (shared, shared_cache), (every, every_cache) = prefill(True), prefill(False)
+    assert ran == [3, 12]
+    assert torch.allclose(shared, every, atol=1e-5)
+    for (keys, values), (every_keys, every_values) in zip(shared_cache, every_cache):
+        assert torch.allclose(keys, every_keys, atol=1e-5) and torch.allclose(values, every_values, atol=1e-5)
+
+
+def test_a_batch_with_greedy_rows_runs_every_prompt_and_decodes_what_generate_does(tiny, monkeypatch):
+    """Another batch shape may round differently, which can turn a greedy near-tie: greedy batches run every row."""
+    ran = _spy_on_prompt_runs(monkeypatch)
     model, tokenizer = tiny
     encoded = _encoded(tokenizer, QUESTIONS * 4)
     eos = eos_token_ids(model, tokenizer)
     with torch.inference_mode():
         expected = model.generate(**encoded, do_sample=False, max_new_tokens=20, min_new_tokens=20,
                                   eos_token_id=sorted(eos), pad_token_id=tokenizer.pad_token_id)
-        got = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 12, [1.0] * 12, 20, [-1],
-                            tokenizer.pad_token_id, cuda_graph=False)
-    assert ran == [3]
-    assert got.tolist() == expected[:, encoded["input_ids"].shape[1]:].tolist()
+        got = static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] + [0.6] * 11, [1.0] * 12, 20,
+                            [-1], tokenizer.pad_token_id, cuda_graph=False)
+    assert ran == [12]
+    assert got[0].tolist() == expected[0, encoded["input_ids"].shape[1]:].tolist()
 
 
 def test_attention_over_the_filled_slots_changes_no_token(tiny, monkeypatch):

@@ -28,6 +28,8 @@ COPY_RELATIVE_ERROR_BOUND = 0.05
 # The decoding attention against SDPA over copied keys, 4-bit R1, 16 greedy answers of 32 tokens, two runs on an
 # H200: 15 and 14 of 16 identical (mean agreement 0.998 and 0.996).
 GROUPED_ATTENTION_AGREEMENT_BOUND = 0.9
+# Rounding, not a row's logits copied to another (the relative error of two unrelated prompts' logits is about 1).
+SHARED_PROMPT_ERROR_BOUND = 0.02
 
 
 @pytest.fixture(scope="module")
@@ -403,16 +405,29 @@ def test_the_fused_layers_change_no_greedy_token_of_the_4bit_r1(r1_tuned, prompt
     assert used == [True, False] and fused == own
 
 
-def test_repeated_prompts_run_once_change_no_greedy_token_of_the_4bit_r1(r1_tuned, monkeypatch):
-    """8 questions x 4 rows, 32 greedy tokens, graphed: each distinct prompt run once and copied to its rows gives
-    the tokens that running every row gives."""
-    from semifinetune import decode
+def test_repeated_prompts_run_once_give_each_row_its_logits_to_rounding(r1_tuned):
+    """8 questions x 4 sampled rows of the 4-bit R1: each distinct prompt run once and copied to its rows gives the
+    logits that running all 32 gives, to rounding. Not bit for bit: the smaller batch's matmuls may take other
+    kernels; run both ways, 16 greedy answers of 32 tokens agreed on 0.305 of their tokens (near-ties of random
+    weights), so decode() shares prompts only where every row samples."""
+    from semifinetune.decode import StaticDecoder
+    from semifinetune.decode_attention import decode_attention
+    from semifinetune.formats import chat_prompt
 
     model, tokenizer = r1_tuned
-    questions = QUESTIONS[:8] * 4
-    once = greedy_ids(model, tokenizer, questions, 32, "graphed")
-    monkeypatch.setattr(decode, "DISTINCT_PROMPTS_SHARE", 0.0)
-    every = greedy_ids(model, tokenizer, questions, 32, "graphed")
-    print(f"distinct prompts once vs every row: {sum(a == b for a, b in zip(once, every))} of 32 identical, "
-          f"mean agreement {mean_agreement(every, once):.3f}")
-    assert once == every
+    tokenizer.padding_side = "left"
+    encoded = tokenizer([chat_prompt(tokenizer, q) for q in QUESTIONS[:8] * 4], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(model.device)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+
+    def prefill(share: bool):
+        decoder = StaticDecoder(model, 32, ids.shape[1], 8)
+        decoder.load_prompts(mask, tokenizer.pad_token_id)
+        with torch.inference_mode(), decode_attention(model) as cut:
+            return decoder._prefill(ids, mask, cut, share).float()
+
+    shared, every = prefill(True), prefill(False)
+    error = float((shared - every).norm() / every.norm())
+    argmax = float((shared.argmax(-1) == every.argmax(-1)).float().mean())
+    print(f"distinct prompts once vs every row: relative logit error {error:.2e}, argmax agreement {argmax:.3f}")
+    assert error < SHARED_PROMPT_ERROR_BOUND
