@@ -36,9 +36,9 @@ MAX_DRAWS = 8  # draws per row before sample_next takes the token from the cut d
 # prompt in its settings x samples rows)
 DISTINCT_PROMPTS_SHARE = 0.5
 KV_BUCKET = 64  # attention reads the cache up to the filled slots rounded up to this; one CUDA graph per length
-# sample_kernel's draw against torch's, per step on an H100 (BENCHMARKS.md): 1.45 vs 0.92 ms at 64 rows (its launches
-# and the host's wait outweigh the work), 0.89 vs 1.95 ms at 256, 2.41 vs 4.34 ms at 822
-SAMPLE_KERNEL_ROWS = 256
+# sample_kernel's draw against torch's, per step on an H100 (BENCHMARKS.md): 0.39 vs 0.96-1.24 ms at 64 rows, 0.60 vs
+# 2.04 at 256, 1.29 vs 4.88 at 822
+SAMPLE_KERNEL_ROWS = 64
 KERNEL_CAPABILITY = (8, 0)  # Triton supports Ampere and later; a T4 (7.5) keeps torch's draw
 
 

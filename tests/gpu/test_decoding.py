@@ -28,8 +28,9 @@ COPY_RELATIVE_ERROR_BOUND = 0.05
 # The decoding attention against SDPA over copied keys, 4-bit R1, 16 greedy answers of 32 tokens, two runs on an
 # H200: 15 and 14 of 16 identical (mean agreement 0.998 and 0.996).
 GROUPED_ATTENTION_AGREEMENT_BOUND = 0.9
-# Rounding, not a row's logits copied to another (the relative error of two unrelated prompts' logits is about 1).
-SHARED_PROMPT_ERROR_BOUND = 0.02
+# Prompts run once and copied to their rows against every row run, 4-bit R1, on an H100: relative logit error 0.027
+# (SDPA's own against fp32 attention is 0.029), argmax 32 of 32. Two unrelated prompts' logits differ by about 1.
+SHARED_PROMPT_ERROR_BOUND = COPY_RELATIVE_ERROR_BOUND
 
 
 @pytest.fixture(scope="module")
@@ -415,6 +416,7 @@ def test_repeated_prompts_run_once_give_each_row_its_logits_to_rounding(r1_tuned
     from semifinetune.formats import chat_prompt
 
     model, tokenizer = r1_tuned
+    model.eval()  # LoRA's dropout off, as generate() has it
     tokenizer.padding_side = "left"
     encoded = tokenizer([chat_prompt(tokenizer, q) for q in QUESTIONS[:8] * 4], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(model.device)
@@ -430,4 +432,4 @@ def test_repeated_prompts_run_once_give_each_row_its_logits_to_rounding(r1_tuned
     error = float((shared - every).norm() / every.norm())
     argmax = float((shared.argmax(-1) == every.argmax(-1)).float().mean())
     print(f"distinct prompts once vs every row: relative logit error {error:.2e}, argmax agreement {argmax:.3f}")
-    assert error < SHARED_PROMPT_ERROR_BOUND
+    assert error < SHARED_PROMPT_ERROR_BOUND and argmax >= GROUPED_ATTENTION_AGREEMENT_BOUND
