@@ -11,10 +11,10 @@ import math
 import os
 
 # notebook 06's new tokens over its wall time (the model load included), 93% of the answers at 512 tokens, the lower
-# of two runs: H200 31,627 and 33,027 (2026-12-01, before the fused layers), H100 39,417 and 40,088 (2026-12-06)
-MEASURED_TOKENS_PER_S = {"H200": 31_600, "H100": 39_400}
-# BENCHMARKS.md, "A T4, estimated": 64 rows a batch, a step of about 20 ms bound by the T4's bandwidth and its
-# ~1,300 kernels, plus the loads, prefills and recordings a T4-shaped run showed
+# of two runs: H200 31,627 and 33,027 (2026-12-01, before the fused layers), H100 45,716 and 46,743 (2026-12-06)
+MEASURED_TOKENS_PER_S = {"H200": 31_600, "H100": 45_700}
+# BENCHMARKS.md, "A T4, estimated": 64 rows a batch, a step of about 21 ms bound by the T4's bandwidth and its
+# ~1,300 kernels, scaled from the full-size run of the t4 pipeline on an H100 made to look like a T4
 ESTIMATED_TOKENS_PER_S = {"T4": 2_800}
 T4_BUDGET_S = 15 * 60  # what notebook 06 may take on a free Colab T4
 UNSLOTH_SLOWER = 50  # Unsloth's sampling against the loop's, H200: 870 vs 44,168 new tokens/s
