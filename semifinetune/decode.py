@@ -281,8 +281,10 @@ class StaticDecoder:
         from transformers import StaticCache
 
         prompt_len = input_ids.shape[1]
-        distinct, repeats = torch.unique(torch.cat([input_ids, attention_mask], dim=1), dim=0, return_inverse=True)
-        if not share_prompts or len(distinct) > DISTINCT_PROMPTS_SHARE * len(input_ids):
+        if share_prompts:
+            distinct, repeats = torch.unique(torch.cat([input_ids, attention_mask], dim=1), dim=0, return_inverse=True)
+            share_prompts = len(distinct) <= DISTINCT_PROMPTS_SHARE * len(input_ids)
+        if not share_prompts:
             for layer in self.cache.layers:
                 if layer.is_initialized:
                     layer.cumulative_length.zero_()  # the layers write where their counter points: slot 0

@@ -84,7 +84,7 @@ def test_few_rows_over_many_splits_draw_though_the_last_splits_lie_past_the_voca
     assert sample_kernel.splits_for(2, 20_000) == 8
     logits = torch.randn(2, 20_000, generator=torch.Generator().manual_seed(4)) * 3
     temperature, top_p = torch.tensor([0.0, 0.6]), torch.tensor([1.0, 0.95])
-    tokens, pending = sample_kernel.draw(logits, temperature, top_p, seed=9)
+    tokens, pending = sample_kernel.draw(logits, temperature, top_p, seed=9, block=2048)
     assert not pending.any() and tokens[0] == logits[0].argmax()
     removed = decode._top_p_removed_by_sorting(logits[1:] / 0.6, top_p[1:])
     assert not removed[0, tokens[1]]

@@ -409,7 +409,7 @@ def test_the_fused_layers_change_no_greedy_token_of_the_4bit_r1(r1_tuned, prompt
 def test_repeated_prompts_run_once_give_each_row_its_logits_to_rounding(r1_tuned):
     """8 questions x 4 sampled rows of the 4-bit R1: each distinct prompt run once and copied to its rows gives the
     logits that running all 32 gives, to rounding. Not bit for bit: the smaller batch's matmuls may take other
-    kernels; run both ways, 16 greedy answers of 32 tokens agreed on 0.305 of their tokens (near-ties of random
+    kernels; run both ways, 32 greedy answers of 32 tokens agreed on 0.305 of their tokens (near-ties of random
     weights), so decode() shares prompts only where every row samples."""
     from semifinetune.decode import StaticDecoder
     from semifinetune.decode_attention import decode_attention
