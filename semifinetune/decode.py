@@ -39,7 +39,7 @@ KV_BUCKET = 64  # attention reads the cache up to the filled slots rounded up to
 # sample_kernel's draw against torch's, per step on an H100 (BENCHMARKS.md): 0.39 vs 0.96-1.24 ms at 64 rows, 0.60 vs
 # 2.04 at 256, 1.29 vs 4.88 at 822
 SAMPLE_KERNEL_ROWS = 64
-KERNEL_CAPABILITY = (8, 0)  # Triton supports Ampere and later; a T4 (7.5) keeps torch's draw
+KERNEL_CAPABILITY = (8, 0)  # Triton supports Ampere and later; a T4 (7.5) keeps transformers' layers and torch's draw
 
 
 def warp_scores(logits, temperature, top_p):
@@ -194,7 +194,7 @@ class StaticDecoder:
         self.cache_position = torch.zeros(1, **long)
         self.use_graphs = cuda_graph and _graphs_supported(self.device)
         self.fused = kernels_usable(self.device)  # the layers' norms, rotary and SiLU x up as Triton kernels
-        self.sampling_kernel = rows >= SAMPLE_KERNEL_ROWS and kernels_usable(self.device)
+        self.sampling_kernel = self.fused and rows >= SAMPLE_KERNEL_ROWS
         if self.sampling_kernel:
             from .sample_kernel import fits
 
@@ -359,7 +359,7 @@ class StaticDecoder:
 
 
 def kernels_usable(device) -> bool:
-    """sample_kernel runs on this device: CUDA, Ampere or later, Triton installed."""
+    """The Triton kernels (layer_kernels, sample_kernel) run on this device: CUDA, Ampere or later, Triton installed."""
     import torch
 
     return (device.type == "cuda" and torch.cuda.get_device_capability(device) >= KERNEL_CAPABILITY

@@ -23,18 +23,18 @@ must stay below 2 ** 31 (fits() says so).
 from __future__ import annotations
 
 import math
-import os
 
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+
+from .layer_kernels import INTERPRETED
 
 DRAWS = 4  # tl.rand4x gives four numbers per token from one Philox call
 BLOCK = 1024  # tokens a program reads at a time: 0.95 ms at 822 rows on an H100 against 1.15 at 2,048 (BENCHMARKS.md)
 TARGET_PROGRAMS = 1024  # rows x splits of the vocabulary: enough programs to keep every multiprocessor busy
 MAX_SPLITS = 64
 SPLIT_BLOCK = 2048  # a split spans at least two of these
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter lacks libdevice
 
 
 def fits(rows: int, vocab: int) -> bool:
