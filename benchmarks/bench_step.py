@@ -5,8 +5,9 @@
 The R1 architecture in 4-bit with a LoRA adapter (random B weights), decoding through the dequantized copy with the
 adapter folded in, as generate() does. Each batch is prefilled with held-out questions x the t4 sweep grid; the
 step is then timed at the answer's middle (prompt + 256 slots; an answer of 512 tokens reads on average that much):
-- the recorded step (CUDA graph replay), with transformers' own decoder layers and with the fused ones
-  (fused_layers: norms, rotary and SiLU x up as Triton kernels);
+- the recorded step (CUDA graph replay), with transformers' own decoder layers, with the fused ones
+  (fused_layers: norms, rotary and SiLU x up as Triton kernels), and with the fused ones and attention_kernel (as
+  the loop runs on Ampere and later cards);
 - the forward pass's parts, from torch's profiler over the same step run eagerly: the projections (q/k/v, o,
   gate/up/down), the LM head, attention, the norms, rotary, and the rest (cache writes, residual adds, SiLU x up,
   masks); the replay's time beyond the kernels' sum is the graph's own overhead (gaps between kernels). With the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import sys
 import time
@@ -37,6 +39,8 @@ from record import record  # noqa: E402
 
 NEW_TOKENS = 512
 MIDDLE = 256
+# (name, fused layers, attention kernel)
+VARIANTS = (("torch_layers", False, False), ("fused_layers", True, False), ("fused_attention_kernel", True, True))
 PROJECTIONS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "mlp", "up_proj": "mlp",
                "down_proj": "mlp"}
 
@@ -76,7 +80,7 @@ def prefilled(model, tokenizer, prompts):
 
 
 @contextmanager
-def labelled(model):
+def labelled(model, kernel: bool):
     """torch.profiler ranges around the projections, the LM head, the norms, rotary and attention, in the model's own
     layers and in the fused ones (fused_layers)."""
     import torch
@@ -114,7 +118,7 @@ def labelled(model):
     originals = [getattr(owner, name) for owner, name, _ in functions]
     for (owner, name, label), original in zip(functions, originals):
         setattr(owner, name, ranged(label, original))
-    AttentionInterface.register(NAME, ranged("attention", grouped_attention))
+    AttentionInterface.register(NAME, ranged("attention", functools.partial(grouped_attention, kernel=kernel)))
     try:
         yield
     finally:
@@ -125,17 +129,18 @@ def labelled(model):
         AttentionInterface.register(NAME, grouped_attention)
 
 
-def forward_parts(model, decoder, length: int, fused: bool) -> dict:
-    """Milliseconds of GPU kernels per part of one eager step, its layers transformers' own or fused."""
+def forward_parts(model, decoder, length: int, fused: bool, kernel: bool) -> dict:
+    """Milliseconds of GPU kernels per part of one eager step, its layers transformers' own or fused, its attention
+    SDPA or attention_kernel."""
     import torch
 
     from semifinetune.decode_attention import decode_attention
     from semifinetune.fused_layers import fused_layers
 
-    with decode_attention(model), fused_layers(model, fused):
+    with decode_attention(model, kernel), fused_layers(model, fused):
         decoder._step(length)
         torch.cuda.synchronize()
-        with labelled(model), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
+        with labelled(model, kernel), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
                                                                  torch.profiler.ProfilerActivity.CPU]) as prof:
             decoder._step(length)
             torch.cuda.synchronize()
@@ -153,11 +158,11 @@ def forward_parts(model, decoder, length: int, fused: bool) -> dict:
     return found
 
 
-def replay_ms(model, decoder, length: int, fused: bool) -> float:
+def replay_ms(model, decoder, length: int, fused: bool, kernel: bool) -> float:
     from semifinetune.decode_attention import decode_attention
     from semifinetune.fused_layers import fused_layers
 
-    with decode_attention(model), fused_layers(model, fused):
+    with decode_attention(model, kernel), fused_layers(model, fused):
         decoder.graphs.clear()
         return cuda_ms(lambda: decoder._next_logits(length))
 
@@ -188,9 +193,9 @@ def at_rows(model, tokenizer, rows: int) -> dict:
     with torch.inference_mode():
         decoder, length = prefilled(model, tokenizer, prompts)
         found = {"rows": rows, "prompt_len": int(decoder.prompt_len.item()), "attention_length": length}
-        for layers, fused in (("torch_layers", False), ("fused_layers", True)):
-            step = {"step_graph_ms": round(replay_ms(model, decoder, length, fused), 3),
-                    "forward_parts_ms": forward_parts(model, decoder, length, fused)}
+        for layers, fused, kernel in VARIANTS:
+            step = {"step_graph_ms": round(replay_ms(model, decoder, length, fused, kernel), 3),
+                    "forward_parts_ms": forward_parts(model, decoder, length, fused, kernel)}
             step["graph_overhead_ms"] = round(step["step_graph_ms"] - step["forward_parts_ms"]["kernels_total"], 3)
             found[layers] = step
         found["sampling_ms"] = sampling_ms(rows, model.config.vocab_size, [s.temperature for s in settings],
@@ -264,6 +269,7 @@ def main() -> None:
     entry["seconds"] = round(time.perf_counter() - started, 1)
     biggest = entry[f"rows_{max(int(r) for r in args.rows.split(','))}"]
     record(args.out, entry, f"decoding step at {biggest['rows']} rows on {entry['card']}: "
+           f"{biggest['fused_attention_kernel']['step_graph_ms']} ms fused with the attention kernel, "
            f"{biggest['fused_layers']['step_graph_ms']} ms fused, {biggest['torch_layers']['step_graph_ms']} ms not; "
            f"the draw {biggest['sampling_ms']['kernel_flat']} ms (Triton) vs {biggest['sampling_ms']['torch_flat']} ms (torch)")
 

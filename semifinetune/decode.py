@@ -229,7 +229,7 @@ class StaticDecoder:
         step_seeds = torch.Generator().manual_seed(base_seed)  # one per step for sample_kernel, drawn on the host
 
         self.load_prompts(attention_mask, pad_id)
-        with decode_attention(self.model) as keys_cut_to_mask, fused_layers(self.model, self.fused):
+        with decode_attention(self.model, self.fused) as keys_cut_to_mask, fused_layers(self.model, self.fused):
             logits = self._prefill(input_ids, attention_mask, keys_cut_to_mask, min(temperatures) > 0)
             if self.graph_logits is None:  # every recording writes its logits here: one copy, not one per graph
                 self.graph_logits = torch.empty_like(logits)

@@ -5,21 +5,31 @@ transformers' SDPA attention, given a mask, copies each key and value head once 
 attends over the cache's full length. Here a decoding step's single query per row becomes, for each key head, the
 6 queries of the heads that share it: the same scores and softmax, one read of the cache. The keys are cut to the
 mask's length, which the loop sets to the filled slots rounded up to a bucket (decode.KV_BUCKET), so early steps
-do not read the empty end of the cache.
+do not read the empty end of the cache. Where Triton kernels run (decode.kernels_usable), a 16-bit model's step
+attends through attention_kernel instead: the same attention in one kernel, its weights nearer float32.
 """
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 
 NAME = "semifinetune_decode"
 
 
-def grouped_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """transformers' attention-function interface: (attention output (B, q, heads, dim), None)."""
+def grouped_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, kernel=False,
+                      **kwargs):
+    """transformers' attention-function interface: (attention output (B, q, heads, dim), None). `kernel`: a
+    decoding step attends through attention_kernel where it supports the shapes."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if kernel:
+        from . import attention_kernel
+
+        if attention_kernel.supported(query, key):
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            return attention_kernel.attend(query, key, value, attention_mask, scale), None
     filled = attention_mask.shape[-1]
     key, value = key[:, :, :filled], value[:, :, :filled]
     rows, heads, queries, dim = query.shape
@@ -34,14 +44,14 @@ def grouped_attention(module, query, key, value, attention_mask, dropout: float 
 
 
 @contextmanager
-def decode_attention(model):
-    """Inside the block the model's SDPA attention layers call grouped_attention, and the block's value is True; SDPA
-    again after. A model loaded with another implementation (eager, flash-attention) keeps it: the value is False,
-    and masks must then span the whole cache."""
+def decode_attention(model, kernel: bool = False):
+    """Inside the block the model's SDPA attention layers call grouped_attention (with `kernel`), and the block's
+    value is True; SDPA again after. A model loaded with another implementation (eager, flash-attention) keeps it:
+    the value is False, and masks must then span the whole cache."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(NAME, grouped_attention)
+    AttentionInterface.register(NAME, functools.partial(grouped_attention, kernel=kernel))
     AttentionMaskInterface.register(NAME, sdpa_mask)  # looked up by name; the loop passes its own 4-D masks
     config = model.config
     previous = config._attn_implementation

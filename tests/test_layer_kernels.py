@@ -106,10 +106,14 @@ def test_a_layer_of_another_kind_keeps_the_models_own_layers(tiny):
 
 
 def test_the_decoding_loop_through_the_fused_layers_gives_generates_greedy_tokens(tiny, monkeypatch):
-    """The loop as a GPU runs it (fused layers on), its prefill and steps: token for token what generate() gives."""
-    from semifinetune import decode
+    """The loop as a GPU runs it (fused layers and the attention kernel on), its prefill and steps: token for token
+    what generate() gives."""
+    from semifinetune import attention_kernel, decode
 
     monkeypatch.setattr(decode, "kernels_usable", lambda device: True)
+    attended = []
+    attend = attention_kernel.attend
+    monkeypatch.setattr(attention_kernel, "attend", lambda *args: attended.append(1) or attend(*args))
     monkeypatch.setattr(decode, "SAMPLE_KERNEL_ROWS", 10**9)  # torch's draw: this checks the layers
     used = []
     original = decode.fused_layers
@@ -123,3 +127,4 @@ def test_the_decoding_loop_through_the_fused_layers_gives_generates_greedy_token
         got = decode.static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.0] * 3, [1.0] * 3, 12,
                                    [-1], tokenizer.pad_token_id, cuda_graph=False)
     assert used == [True] and got.tolist() == expected.tolist()
+    assert len(attended) == 11 * tiny[0].config.num_hidden_layers  # every step after the prefill, every layer

@@ -88,3 +88,28 @@ def test_few_rows_over_many_splits_draw_though_the_last_splits_lie_past_the_voca
     assert not pending.any() and tokens[0] == logits[0].argmax()
     removed = decode._top_p_removed_by_sorting(logits[1:] / 0.6, top_p[1:])
     assert not removed[0, tokens[1]]
+
+
+def test_draws_found_split_by_split_lane_by_lane_and_block_by_block_follow_the_distribution():
+    """4,096 tokens in 2 splits of 8 blocks of 256 lanes, the probability on 8 tokens (the rest 0): two lanes of the
+    first split and one of the second hold two or more of them, in different blocks. Each is drawn as often as its
+    warped probability (a search that missed a level would never draw some of them), and no token of probability
+    0 is drawn."""
+    generator = torch.Generator().manual_seed(6)
+    vocab, draws = 4096, 250
+    where = torch.tensor([3, 3 + 512, 3 + 1792, 200, 200 + 1024, 2048 + 128 + 256, 2048 + 128 + 1792, 2048 + 5])
+    logits = torch.full((2, vocab), -1e4)
+    logits[:, where] = torch.randn(2, len(where), generator=generator) * 0.3
+    temperature, top_p = torch.tensor([1.0, 0.7]), torch.tensor([1.0, 0.8])
+    assert sample_kernel.splits_for(2 * draws, vocab) == 2
+    tokens, pending = sample_kernel.draw(logits.repeat_interleave(draws, 0), temperature.repeat_interleave(draws),
+                                         top_p.repeat_interleave(draws), seed=7, block=256)
+    scores = logits / temperature.unsqueeze(1)
+    expected = scores.masked_fill(decode._top_p_removed_by_sorting(scores, top_p), float("-inf")).softmax(-1)
+    kept = ~pending.view(2, draws)
+    for row in range(2):
+        counts = torch.bincount(tokens.view(2, draws)[row][kept[row]], minlength=vocab).float()
+        frequencies = counts / counts.sum()
+        assert not frequencies[expected[row] == 0].any()
+        error = 4 * (expected[row] * (1 - expected[row]) / counts.sum()).sqrt() + 1e-3
+        assert ((frequencies - expected[row]).abs() <= error).all(), row

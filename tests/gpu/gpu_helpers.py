@@ -104,8 +104,10 @@ def fp32_attention(module, query, key, value, attention_mask, scaling=None, **kw
 
 def attention_variants() -> dict:
     """name -> attention function (transformers' interface) for one decoding step: the fp32 reference, transformers'
-    own SDPA over the whole cache (keys copied per query head), and the loop's (grouped heads, keys cut at the
-    bucket)."""
+    own SDPA over the whole cache (keys copied per query head), SDPA over grouped heads and keys cut at the bucket,
+    and the loop's (attention_kernel where it supports the model)."""
+    import functools
+
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from semifinetune.decode_attention import grouped_attention
@@ -115,7 +117,8 @@ def attention_variants() -> dict:
         full[..., : attention_mask.shape[-1]] = attention_mask
         return sdpa_attention_forward(module, query, key, value, full, **kwargs)
 
-    return {"fp32": fp32_attention, "transformers_sdpa": transformers_sdpa, "loop": grouped_attention}
+    return {"fp32": fp32_attention, "transformers_sdpa": transformers_sdpa, "grouped_sdpa": grouped_attention,
+            "loop": functools.partial(grouped_attention, kernel=True)}
 
 
 def attention_errors(decoder, length: int) -> dict:

@@ -1,0 +1,98 @@
+"""A decoding step's attention as one Triton kernel: each key head read once for the query heads that share it, the
+additive mask's hidden blocks skipped, the output written where the attention projection reads it.
+
+One program per row and key head reads the cache in blocks of BLOCK slots up to the mask's length (the filled
+slots rounded up to decode.KV_BUCKET): the scores of the GROUP query heads that share the key head (padded to 16,
+the smallest matrix product Triton's tensor cores take) in float32 from bf16 products, the mask added, an online
+softmax in float32 (flash attention's), and the values weighted by the probabilities split into a bf16 part and
+the bf16 of what that part leaves out (two products, so the weights keep about 16 bits instead of SDPA's 8). A
+block the mask hides entirely (a short prompt's left padding) is not read. The output is (rows, 1, heads, dim)
+in the query's dtype, the layout the attention projection reads, so no copy follows.
+
+Used for bf16 and fp16 models on Ampere and later cards (decode.kernels_usable): a float32 model keeps SDPA, whose
+float32 products Triton would take in tf32.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .layer_kernels import INTERPRETED
+
+BLOCK = 64  # slots a program reads at a time
+
+
+def supported(query, key) -> bool:
+    """Shapes and dtypes the kernel handles: one query per row, 16-bit (float32 too in Triton's interpreter, which
+    multiplies in float32), head size a power of two from 16 to 256, at most 16 query heads per key head."""
+    import torch
+
+    rows, heads, queries, dim = query.shape
+    key_heads = key.shape[1]
+    dtypes = (torch.bfloat16, torch.float16, torch.float32) if INTERPRETED else (torch.bfloat16, torch.float16)
+    return (queries == 1 and query.dtype in dtypes and dim & (dim - 1) == 0 and 16 <= dim <= 256
+            and heads % key_heads == 0 and heads // key_heads <= 16)
+
+
+def attend(query, key, value, mask, scale: float):
+    """Attention output (rows, 1, heads, dim): query (rows, heads, 1, dim); key and value (rows, key heads, slots,
+    dim) with at least the mask's length of slots; mask additive, (rows, 1, 1, length)."""
+    import torch
+
+    rows, heads, _, dim = query.shape
+    key_heads = key.shape[1]
+    group = heads // key_heads
+    length = mask.shape[-1]
+    out = torch.empty((rows, 1, heads, dim), dtype=query.dtype, device=query.device)
+    _attend[(rows, key_heads)](
+        query, key, value, mask, out, query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
+        value.stride(0), value.stride(1), value.stride(2), mask.stride(0), mask.stride(-1), out.stride(0),
+        out.stride(2), length, scale, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), DIM=dim,
+        BLOCK=BLOCK, FLOAT32=INTERPRETED, num_warps=4, num_stages=2)
+    return out
+
+
+@triton.jit
+def _attend(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, q_row, q_head, k_row, k_head, k_slot, v_row, v_head, v_slot,
+            mask_row, mask_slot, out_row, out_head, length, scale, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+            DIM: tl.constexpr, BLOCK: tl.constexpr, FLOAT32: tl.constexpr):
+    """FLOAT32: the matrix products in float32 (Triton's interpreter multiplies 16-bit values as integers)."""
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    group = tl.arange(0, GROUP_PAD)
+    dims = tl.arange(0, DIM)
+    heads = head * GROUP + group
+    real = group[:, None] < GROUP
+    q = tl.load(q_ptr + row * q_row + heads[:, None] * q_head + dims[None, :], mask=real, other=0.0)
+    if FLOAT32:
+        q = q.to(tl.float32)
+    top = tl.full([GROUP_PAD], -float("inf"), tl.float32)
+    total = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, DIM], tl.float32)
+    k_base = k_ptr + row * k_row + head * k_head
+    v_base = v_ptr + row * v_row + head * v_head
+    slots = tl.arange(0, BLOCK)
+    for start in range(0, length, BLOCK):
+        at = start + slots
+        bias = tl.load(mask_ptr + row * mask_row + at * mask_slot, mask=at < length, other=-float("inf")).to(tl.float32)
+        if tl.max(bias, 0) > -1e30:  # a block the mask hides entirely (the dtype's minimum everywhere) adds nothing
+            inside = (at < length)[:, None]
+            k = tl.load(k_base + at[:, None] * k_slot + dims[None, :], mask=inside, other=0.0)
+            v = tl.load(v_base + at[:, None] * v_slot + dims[None, :], mask=inside, other=0.0)
+            if FLOAT32:
+                k = k.to(tl.float32)
+            scores = tl.dot(q, tl.trans(k)) * scale + bias[None, :]
+            new_top = tl.maximum(top, tl.max(scores, 1))
+            weights = tl.exp(scores - new_top[:, None])
+            fade = tl.exp(top - new_top)
+            total = total * fade + tl.sum(weights, 1)
+            high = weights.to(v.dtype)
+            low = (weights - high.to(tl.float32)).to(v.dtype)
+            if FLOAT32:
+                v, high, low = v.to(tl.float32), high.to(tl.float32), low.to(tl.float32)
+            acc = acc * fade[:, None] + tl.dot(high, v) + tl.dot(low, v)
+            top = new_top
+    out = acc / total[:, None]
+    tl.store(out_ptr + row * out_row + heads[:, None] * out_head + dims[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=real)
