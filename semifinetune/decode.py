@@ -100,18 +100,14 @@ def sample_next(logits, temperature, top_p, generator=None, seed: int | None = N
     H200 where a distribution is flat (BENCHMARKS.md).
 
     With a `seed` (where kernels_usable), sample_kernel draws the same distribution in two reads of the logits, with
-    noise of its own; the rows it leaves pending draw here.
+    noise of its own, and without waiting for the GPU.
     """
     import torch
 
     if seed is not None:
         from . import sample_kernel
 
-        chosen, pending = sample_kernel.draw(logits, temperature, top_p, seed)
-        if bool(pending.any()):
-            rows = pending.nonzero().squeeze(1)
-            chosen[rows] = sample_next(logits[rows], temperature[rows], top_p[rows], generator)
-        return chosen
+        return sample_kernel.draw(logits, temperature, top_p, seed)[0]
 
     greedy = temperature <= 0
     probs = (logits.float() / torch.where(greedy, 1.0, temperature).unsqueeze(1)).softmax(dim=-1)

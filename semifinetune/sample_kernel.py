@@ -1,23 +1,23 @@
-"""decode.sample_next's draw as four Triton kernels on a GPU: two reads of the logits instead of torch's eight or so
-passes over float32 copies of the vocabulary.
+"""decode.sample_next's draw as Triton kernels on a GPU: two reads of the logits instead of torch's eight or so passes
+over float32 copies of the vocabulary, and no wait for the GPU.
 
 What is drawn is decode.sample_next's distribution: each row's tempered distribution restricted to the tokens top_p
 keeps (the tokens more likely than a kept one hold less than top_p), the argmax where temperature is 0. Each row
 makes DRAWS draws from its whole tempered distribution and keeps the first that top_p keeps; a kept draw is a draw
 from the restricted distribution. A row whose draws top_p all cuts (at most (1 - top_p) ** 4 of the rows: the kept
-share of a row's mass is top_p or more) is reported pending; decode.sample_next then draws it by torch's path. The
-noise differs from torch's, so the tokens are not torch's; the distribution is the same.
+share of a row's mass is top_p or more) is settled by _settle, which finds top_p's cut exactly and draws from the
+tokens it keeps: slow for that row (about 33 reads of it), but rare, and it spares the host a check after every
+step. The noise differs from torch's, so the tokens are not torch's; the distribution is the same.
 
 A draw is the inverse of the cumulative distribution at one uniform number, with the tokens taken in an order that
-costs nothing to sum: a program reads its split of the vocabulary in blocks of BLOCK tokens, and lane k of the
-block keeps the running sum of exp2(s) over the k-th token of every block (s = logits / temperature x log2(e), base
-2: the same ratios). So the vocabulary falls into splits, each split into lanes, each lane into one token per block,
-and the number t = u x the row's sum is found split by split, lane by lane and token by token: three short prefix
-sums per draw. The first read (_lane_sums) needs one exp2 a token and no reduction across the program until its
-end; the random numbers are four a row. The second (_mass_partials) adds up, per draw, the probability of the
-tokens more likely than it, which top_p's rule needs; rows that keep every token (top_p 1, or greedy) skip it.
-The Gumbel-max draw this replaces needed a Philox number and two logarithms a token per draw (0.95 ms at 822 rows
-on an H100, BENCHMARKS.md).
+costs nothing to sum: a program reads its split of the vocabulary in blocks of BLOCK tokens, and lane k keeps the
+running sum of exp2(s) over the k-th token of every block (s = logits / temperature x log2(e): base 2, the same
+ratios). So the vocabulary falls into splits, each split into lanes, each lane into one token per block, and
+u x the row's sum is found split by split, lane by lane and token by token: three short prefix sums per draw. The
+first read (_lane_sums) takes one exp2 a token and no reduction across the program until its end; a row's random
+numbers are four. The second read (_mass_partials) adds up, per draw, the probability of the tokens more likely
+than it, which top_p's rule needs; rows that keep every token (top_p 1, greedy) skip it. The Gumbel-max draw this
+replaces took a Philox number and eight logarithms a token (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ def draw(logits, temperature, top_p, seed: int, block: int = BLOCK):
     _mass_partials[(rows, splits)](logits, stride, inverse, temperature, top_p, vocab, span, row_max, drawn_s, mass,
                                    SPLITS=splits, BLOCK=block, num_warps=8)
     _choose[(rows,)](temperature, top_p, part_max, part_arg, drawn, row_sum, mass, token, pending, SPLITS=splits)
+    _settle[(rows,)](logits, stride, inverse, top_p, seed, rows, vocab, row_max, row_sum, token, pending, BLOCK=block,
+                     num_warps=8)
     return token, pending.bool()
 
 
@@ -217,3 +219,54 @@ def _choose(temperature_ptr, top_p_ptr, max_ptr, arg_ptr, drawn_ptr, row_sum_ptr
     greedy = tl.load(temperature_ptr + row) <= 0.0
     tl.store(token_ptr + row, tl.where(greedy, greedy_at, chosen).to(tl.int64))
     tl.store(pending_ptr + row, tl.where(greedy | (found == 1), 0, 1).to(tl.int8))
+
+
+@triton.jit
+def _settle(logits_ptr, row_stride, inverse_ptr, top_p_ptr, seed, rows, vocab, row_max_ptr, row_sum_ptr, token_ptr,
+            pending_ptr, BLOCK: tl.constexpr):
+    """Per row whose draws top_p all cut (the others return at once): top_p's cut found exactly, then one draw from
+    the tokens it keeps. With t = s - the row's largest s, a token is kept where the tokens above it hold less than
+    top_p x the sum, so the kept ones are those at or above a threshold -y: y is the largest float for which the
+    mass above -y stays below that, found by bisection on y's bits (31 reads of the row). The draw is then the
+    inverse of the kept tokens' cumulative distribution in vocabulary order (two more reads)."""
+    row = tl.program_id(0)
+    settle = tl.load(pending_ptr + row) != 0
+    inverse = tl.load(inverse_ptr + row)
+    top = tl.load(row_max_ptr + row)
+    target = tl.load(top_p_ptr + row) * tl.load(row_sum_ptr + row)
+    lanes = tl.arange(0, BLOCK)
+    base = logits_ptr + row * row_stride
+    low = tl.full([], 0, tl.int32)  # y = 0: nothing lies above t = 0, so kept
+    high = tl.full([], 0x7F800000, tl.int32)  # y = inf: everything lies above -inf, so not kept
+    for _ in range(0, tl.where(settle, 31, 0)):
+        middle = low + (high - low) // 2
+        below = -(middle.to(tl.float32, bitcast=True))
+        mass = tl.zeros([BLOCK], tl.float32)
+        for offset in range(0, vocab, BLOCK):
+            at = offset + lanes
+            t = tl.load(base + at, mask=at < vocab, other=-float("inf")).to(tl.float32) * inverse - top
+            mass += tl.where(t > below, tl.exp2(t), 0.0)
+        kept = tl.sum(mass, 0) < target
+        low = tl.where(kept, middle, low)
+        high = tl.where(kept, high, middle)
+    threshold = -(low.to(tl.float32, bitcast=True))
+    kept_mass = tl.zeros([BLOCK], tl.float32)
+    for offset in range(0, tl.where(settle, vocab, 0), BLOCK):
+        at = offset + lanes
+        t = tl.load(base + at, mask=at < vocab, other=-float("inf")).to(tl.float32) * inverse - top
+        kept_mass += tl.where(t >= threshold, tl.exp2(t), 0.0)
+    left = tl.rand(seed, rows + row) * tl.sum(kept_mass, 0)  # Philox counters past the draws' (one a row)
+    chosen = tl.full([], -1, tl.int32)
+    last = tl.full([], 0, tl.int32)
+    for offset in range(0, tl.where(settle, vocab, 0), BLOCK):
+        at = offset + lanes
+        t = tl.load(base + at, mask=at < vocab, other=-float("inf")).to(tl.float32) * inverse - top
+        p = tl.where(t >= threshold, tl.exp2(t), 0.0)
+        prefix = tl.cumsum(p, 0)
+        crossed = (prefix > left) & (p > 0)
+        first = tl.min(tl.where(crossed, at, vocab), 0)
+        chosen = tl.where((chosen < 0) & (first < vocab), first, chosen)
+        last = tl.maximum(last, tl.max(tl.where(p > 0, at, 0), 0))
+        left -= tl.sum(p, 0)
+    if settle:
+        tl.store(token_ptr + row, tl.where(chosen < 0, last, chosen).to(tl.int64))  # rounding past the end: the last

@@ -41,8 +41,9 @@ def test_the_draw_is_the_argmax_at_temperature_0_and_never_a_token_top_p_cuts():
 
 def test_each_token_is_drawn_as_often_as_its_warped_probability():
     """40 tokens, 4 settings x 200 rows (the interpreter runs a program in about 10 ms; the GPU suite draws 50,000):
-    the kept draws' frequencies are the warped distribution's within four standard errors; where top_p keeps one
-    token of a nearly flat row, rows whose four draws top_p all cuts are reported pending."""
+    the draws' frequencies are the warped distribution's within four standard errors, the rows whose four draws
+    top_p all cut (settled by the exact cut) included; where top_p keeps one token of a nearly flat row, most rows
+    are settled so, and take that token."""
     generator = torch.Generator().manual_seed(3)
     logits = torch.randn(4, 40, generator=generator) * 2
     temperature, top_p = torch.tensor([0.3, 0.7, 1.0, 1.0]), torch.tensor([0.9, 0.6, 1.0, 0.5])
@@ -51,9 +52,8 @@ def test_each_token_is_drawn_as_often_as_its_warped_probability():
                                          top_p.repeat_interleave(draws), seed=5, block=64)
     scores = logits / temperature.unsqueeze(1)
     expected = scores.masked_fill(decode._top_p_removed_by_sorting(scores, top_p), float("-inf")).softmax(-1)
-    kept = ~pending.view(4, draws)
     for row in range(4):
-        counts = torch.bincount(tokens.view(4, draws)[row][kept[row]], minlength=40).float()
+        counts = torch.bincount(tokens.view(4, draws)[row], minlength=40).float()
         frequencies = counts / counts.sum()
         assert not frequencies[expected[row] == 0].any()
         error = 4 * (expected[row] * (1 - expected[row]) / counts.sum()).sqrt() + 1e-3
@@ -62,13 +62,13 @@ def test_each_token_is_drawn_as_often_as_its_warped_probability():
 
     flat = torch.zeros(16, 40)
     flat[:, 0] = 0.1  # top_p 0.01 keeps this token alone (tokens tied with a kept one would all stay)
-    _, pending = sample_kernel.draw(flat, torch.ones(16), torch.full((16,), 0.01), seed=1, block=64)
-    assert pending.float().mean() > 0.5  # (39/40)^4 of the rows draw four other tokens
+    tokens, pending = sample_kernel.draw(flat, torch.ones(16), torch.full((16,), 0.01), seed=1, block=64)
+    assert pending.float().mean() > 0.5 and (tokens == 0).all()  # (39/40)^4 of the rows draw four other tokens
 
 
-def test_sample_next_with_a_seed_draws_the_pending_rows_by_torch():
-    """Nearly flat rows where top_p 0.01 keeps about 1% of the tokens: the kernel leaves most rows pending, and
-    sample_next draws those by torch's path, so every row gets a token top_p keeps."""
+def test_rows_whose_draws_top_p_all_cuts_are_settled_by_the_exact_cut():
+    """Nearly flat rows where top_p 0.01 keeps about 1% of the tokens: most rows' four draws are cut, and the kernel
+    finds the cut itself, so sample_next gives every row a token top_p keeps without waiting for the GPU."""
     temperature = SETTINGS[0]
     top_p = torch.full((8,), 0.01)
     logits = torch.randn(8, 5000, generator=torch.Generator().manual_seed(1)) * 0.1  # float32: no ties at the cut

@@ -144,18 +144,31 @@ def r1_tuned(r1_random):
     torch.cuda.empty_cache()
 
 
-def test_r1_4bit_graphed_decoding_equals_its_eager_run_and_agrees_with_generate(r1_tuned):
-    """Same kernels recorded and run eagerly: the replayed step changes no token. Against generate(): the decoding
-    attention (grouped heads, filled slots) rounds bf16 differently from SDPA over copied keys, and random weights'
-    near-ties turn that into another token now and then; the tiny fp32 tests hold the logic token for token."""
+def _sdpa_only(monkeypatch):
+    """The loop attends through SDPA (grouped heads, filled slots), not attention_kernel, from here on."""
+    from semifinetune import attention_kernel
+
+    monkeypatch.setattr(attention_kernel, "supported", lambda query, key: False)
+
+
+def test_r1_4bit_graphed_decoding_equals_its_eager_run_and_agrees_with_generate(r1_tuned, monkeypatch):
+    """Same kernels recorded and run eagerly: the replayed step changes no token. Against generate(): random
+    weights' near-ties turn any difference in rounding into another token now and then, so the loop's cache, masks
+    and positions are held to generate() with the loop's SDPA attention, which rounds as generate()'s does (grouped
+    heads and filled slots round bf16 a little differently). attention_kernel, which rounds nearer fp32 than either,
+    is held to fp32 attention (test_decoding_attention_is_no_farther_from_fp32_than_transformers_sdpa); the tiny
+    fp32 tests hold the logic token for token."""
     model, tokenizer = r1_tuned
     questions, tokens = QUESTIONS[:16], 32
     reference = greedy_ids(model, tokenizer, questions, tokens, "generate")
     graphed = greedy_ids(model, tokenizer, questions, tokens, "graphed")
     assert greedy_ids(model, tokenizer, questions, tokens, "eager") == graphed
+    print(f"4-bit R1, graphed loop (attention kernel) vs generate(): mean agreement {mean_agreement(reference, graphed):.3f}")
+    _sdpa_only(monkeypatch)
+    graphed = greedy_ids(model, tokenizer, questions, tokens, "graphed")
     agreement = mean_agreement(reference, graphed)
-    print(f"4-bit R1, graphed loop vs generate(): {sum(a == b for a, b in zip(reference, graphed))} of 16 identical, "
-          f"mean agreement {agreement:.3f}")
+    print(f"4-bit R1, graphed loop (SDPA) vs generate(): {sum(a == b for a, b in zip(reference, graphed))} of 16 "
+          f"identical, mean agreement {agreement:.3f}")
     assert agreement >= GROUPED_ATTENTION_AGREEMENT_BOUND
     with model.disable_adapter():
         base = greedy_ids(model, tokenizer, questions, tokens, "graphed")
@@ -194,14 +207,17 @@ def test_graphed_decoding_with_retrieved_notes_equals_generate_tiny_fp32(tiny_fp
     assert greedy_ids(model, tokenizer, prompted, 48, "graphed") == greedy_ids(model, tokenizer, prompted, 48, "generate")
 
 
-def test_r1_4bit_graphed_decoding_with_retrieved_notes(r1_tuned):
-    """Prompts of ~180 tokens on the 4-bit R1 architecture: the graphed loop against its eager run and generate().
+def test_r1_4bit_graphed_decoding_with_retrieved_notes(r1_tuned, monkeypatch):
+    """Prompts of ~180 tokens on the 4-bit R1 architecture: the graphed loop against its eager run (attention_kernel
+    and SDPA), and, with SDPA, against generate().
 
     The tiny fp32 test above holds the cache and mask logic to generate() token for token on these prompts; here
     the decoding attention rounds bf16 differently from generate()'s, which random weights' near-ties turn into a
     different token, so the bound is on agreement."""
     model, tokenizer = r1_tuned
     prompted = _with_retrieved_notes(QUESTIONS[:16])
+    assert greedy_ids(model, tokenizer, prompted, 32, "graphed") == greedy_ids(model, tokenizer, prompted, 32, "eager")
+    _sdpa_only(monkeypatch)
     graphed = greedy_ids(model, tokenizer, prompted, 32, "graphed")
     eager = greedy_ids(model, tokenizer, prompted, 32, "eager")
     reference = greedy_ids(model, tokenizer, prompted, 32, "generate")
