@@ -5,8 +5,8 @@ One program per row and key head reads the cache in blocks of BLOCK slots up to 
 slots rounded up to decode.KV_BUCKET): the scores of the GROUP query heads that share the key head (padded to 16,
 the smallest matrix product Triton's tensor cores take) in float32 from bf16 products, the mask added, an online
 softmax in float32 (flash attention's), and the values weighted by the probabilities split into a bf16 part and
-the bf16 of what that part leaves out (two products, so the weights keep about 16 bits instead of SDPA's 8). A
-block the mask hides entirely (a short prompt's left padding) is not read. The output is (rows, 1, heads, dim)
+the bf16 of what that part leaves out (two products, so the weights keep about 16 bits instead of SDPA's 8). The
+blocks before the first slot the mask shows (a short prompt's left padding) are not read. The output is (rows, 1, heads, dim)
 in the query's dtype, the layout the attention projection reads, so no copy follows.
 
 Used for bf16 and fp16 models on Ampere and later cards (decode.kernels_usable): a float32 model keeps SDPA, whose
@@ -73,26 +73,34 @@ def _attend(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, q_row, q_head, k_row, k_head
     k_base = k_ptr + row * k_row + head * k_head
     v_base = v_ptr + row * v_row + head * v_head
     slots = tl.arange(0, BLOCK)
+    mask_base = mask_ptr + row * mask_row
+    # The first slot the mask shows (the dtype's minimum hides one): the blocks before it, a short prompt's left
+    # padding, are not read. Found first from the mask alone, so that the loop below has no branch and Triton
+    # can load its next block while computing this one.
+    first = length
     for start in range(0, length, BLOCK):
         at = start + slots
-        bias = tl.load(mask_ptr + row * mask_row + at * mask_slot, mask=at < length, other=-float("inf")).to(tl.float32)
-        if tl.max(bias, 0) > -1e30:  # a block the mask hides entirely (the dtype's minimum everywhere) adds nothing
-            inside = (at < length)[:, None]
-            k = tl.load(k_base + at[:, None] * k_slot + dims[None, :], mask=inside, other=0.0)
-            v = tl.load(v_base + at[:, None] * v_slot + dims[None, :], mask=inside, other=0.0)
-            if FLOAT32:
-                k = k.to(tl.float32)
-            scores = tl.dot(q, tl.trans(k)) * scale + bias[None, :]
-            new_top = tl.maximum(top, tl.max(scores, 1))
-            weights = tl.exp(scores - new_top[:, None])
-            fade = tl.exp(top - new_top)
-            total = total * fade + tl.sum(weights, 1)
-            high = weights.to(v.dtype)
-            low = (weights - high.to(tl.float32)).to(v.dtype)
-            if FLOAT32:
-                v, high, low = v.to(tl.float32), high.to(tl.float32), low.to(tl.float32)
-            acc = acc * fade[:, None] + tl.dot(high, v) + tl.dot(low, v)
-            top = new_top
+        bias = tl.load(mask_base + at * mask_slot, mask=at < length, other=-float("inf")).to(tl.float32)
+        first = tl.minimum(first, tl.min(tl.where(bias > -1e30, at, length), 0))
+    for start in range(first // BLOCK * BLOCK, length, BLOCK):
+        at = start + slots
+        inside = at < length
+        bias = tl.load(mask_base + at * mask_slot, mask=inside, other=-float("inf")).to(tl.float32)
+        k = tl.load(k_base + at[:, None] * k_slot + dims[None, :], mask=inside[:, None], other=0.0)
+        v = tl.load(v_base + at[:, None] * v_slot + dims[None, :], mask=inside[:, None], other=0.0)
+        if FLOAT32:
+            k = k.to(tl.float32)
+        scores = tl.dot(q, tl.trans(k)) * scale + bias[None, :]
+        new_top = tl.maximum(top, tl.max(scores, 1))
+        weights = tl.exp(scores - new_top[:, None])
+        fade = tl.exp(top - new_top)
+        total = total * fade + tl.sum(weights, 1)
+        high = weights.to(v.dtype)
+        low = (weights - high.to(tl.float32)).to(v.dtype)
+        if FLOAT32:
+            v, high, low = v.to(tl.float32), high.to(tl.float32), low.to(tl.float32)
+        acc = acc * fade[:, None] + tl.dot(high, v) + tl.dot(low, v)
+        top = new_top
     out = acc / total[:, None]
     tl.store(out_ptr + row * out_row + heads[:, None] * out_head + dims[None, :], out.to(out_ptr.dtype.element_ty),
              mask=real)
