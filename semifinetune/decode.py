@@ -10,14 +10,14 @@ sampling), written over a StaticCache so that every decoding step has the same s
 recorded as a CUDA graph and replayed, which removes the per-token launch overhead of a 4-bit model; the batches of
 one generate() call share the cache and the recording (`static_decode`: one batch). Attention
 reads the filled part of the cache, in lengths of KV_BUCKET slots (one graph each), through
-decode_attention.grouped_attention.
+decode_attention.grouped_attention (attention_kernel on Ampere and later GPUs).
 transformers 5.17's static cache layers write where their own counter (`cumulative_length`) points and ignore
 `cache_position`; each step sets that counter to its slot first, so the warm-up run before recording and every
 replay write the slot the mask expects, and each batch's prefill sets it back to 0.
 `dequantized_weights` lets the 4-bit layers compute from a 16-bit copy while decoding, the LoRA adapter folded in,
 where GPU memory allows. On Ampere and later GPUs the decoder layers run their norms, rotary and SiLU x up as
 Triton kernels (fused_layers), and a batch of SAMPLE_KERNEL_ROWS rows or more draws its tokens through
-sample_kernel's Triton kernels (two reads of the logits).
+sample_kernel's Triton kernels (two reads of the logits, no wait for the GPU).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ MAX_DRAWS = 8  # draws per row before sample_next takes the token from the cut d
 # prompt in its settings x samples rows)
 DISTINCT_PROMPTS_SHARE = 0.5
 KV_BUCKET = 64  # attention reads the cache up to the filled slots rounded up to this; one CUDA graph per length
-# sample_kernel's draw against torch's, per step on an H100 (BENCHMARKS.md): 0.39 vs 0.96-1.24 ms at 64 rows, 0.60 vs
-# 2.04 at 256, 1.29 vs 4.88 at 822
+# sample_kernel's draw against torch's, per step on an H100 (BENCHMARKS.md): 0.39-0.41 vs 0.96-1.24 ms at 64 rows,
+# 0.32 vs 4.41 at 822
 SAMPLE_KERNEL_ROWS = 64
 KERNEL_CAPABILITY = (8, 0)  # Triton supports Ampere and later; a T4 (7.5) keeps transformers' layers and torch's draw
 
