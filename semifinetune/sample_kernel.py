@@ -14,8 +14,8 @@ costs nothing to sum: a program reads its split of the vocabulary in blocks of B
 running sum of exp2(s) over the k-th token of every block (s = logits / temperature x log2(e): base 2, the same
 ratios). So the vocabulary falls into splits, each split into lanes, each lane into one token per block, and
 u x the row's sum is found split by split, lane by lane and token by token: three short prefix sums per draw. The
-first read (_lane_sums) takes one exp2 a token and no reduction across the program until its end; a row's random
-numbers are four. The second read (_mass_partials) adds up, per draw, the probability of the tokens more likely
+first read (_lane_sums) takes two exp2 a token (the running sum's rescaling and the token's) and no reduction
+across the program until its end; a row's random numbers are four. The second read (_mass_partials) adds up, per draw, the probability of the tokens more likely
 than it, which top_p's rule needs; rows that keep every token (top_p 1, greedy) skip it. The Gumbel-max draw this
 replaces took a Philox number and eight logarithms a token (BENCHMARKS.md).
 """
@@ -35,6 +35,7 @@ SPLIT_BLOCK = 2048  # a split spans at least two of these
 
 
 def fits(rows: int, vocab: int) -> bool:
+    """Every position row x vocabulary + token fits the kernels' int32 offsets."""
     return rows * vocab < 2**31
 
 
