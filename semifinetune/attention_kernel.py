@@ -6,8 +6,8 @@ slots rounded up to decode.KV_BUCKET): the scores of the GROUP query heads that 
 the smallest matrix product Triton's tensor cores take) in float32 from bf16 products, the mask added, an online
 softmax in float32 (flash attention's), and the values weighted by the probabilities split into a bf16 part and
 the bf16 of what that part leaves out (two products, so the weights keep about 16 bits instead of SDPA's 8). The
-blocks before the first slot the mask shows (a short prompt's left padding) are not read. The output is (rows, 1, heads, dim)
-in the query's dtype, the layout the attention projection reads, so no copy follows.
+blocks before the first slot the mask shows (a short prompt's left padding) are not read. The output is
+(rows, 1, heads, dim) in the query's dtype, the layout the attention projection reads, so no copy follows.
 
 Used for bf16 and fp16 models on Ampere and later cards (decode.kernels_usable): a float32 model keeps SDPA, whose
 float32 products Triton would take in tf32.

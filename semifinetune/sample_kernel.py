@@ -15,9 +15,10 @@ running sum of exp2(s) over the k-th token of every block (s = logits / temperat
 ratios). So the vocabulary falls into splits, each split into lanes, each lane into one token per block, and
 u x the row's sum is found split by split, lane by lane and token by token: three short prefix sums per draw. The
 first read (_lane_sums) takes two exp2 a token (the running sum's rescaling and the token's) and no reduction
-across the program until its end; a row's random numbers are four. The second read (_mass_partials) adds up, per draw, the probability of the tokens more likely
-than it, which top_p's rule needs; rows that keep every token (top_p 1, greedy) skip it. The Gumbel-max draw this
-replaces took a Philox number and eight logarithms a token (BENCHMARKS.md).
+across the program until its end; a row's random numbers are four. The second read (_mass_partials) adds up, per
+draw, the probability of the tokens more likely than it, which top_p's rule needs; rows that keep every token
+(top_p 1, greedy) skip it. The Gumbel-max draw this replaces took a Philox number and eight logarithms a token
+(BENCHMARKS.md).
 """
 
 from __future__ import annotations
