@@ -90,7 +90,8 @@ def main() -> None:
 
     from semifinetune.config import make_config
     from semifinetune.data import read_examples
-    from semifinetune.decode import dequantized_weights, static_decode
+    from semifinetune.decode import static_decode
+    from semifinetune.dense_weights import dequantized_weights
     from semifinetune.env import environment_report
     from semifinetune.generate import SamplingSettings, eos_token_ids, generate
     from semifinetune.models import load_model

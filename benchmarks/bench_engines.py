@@ -134,7 +134,7 @@ def step_breakdown(model, tokenizer, questions, settings, rows: int) -> dict:
     logits (random weights': top_p's cut needs the sort) and on peaked ones (a trained model's: the candidates do)."""
     import torch
 
-    from semifinetune import decode
+    from semifinetune import decode, dense_weights
     from semifinetune.formats import chat_prompt
 
     tokenizer.padding_side = "left"
@@ -148,9 +148,10 @@ def step_breakdown(model, tokenizer, questions, settings, rows: int) -> dict:
 
     found = {"rows": rows}
     with torch.inference_mode():
-        for label, context in (("tuned", nullcontext()), ("tuned_adapter_not_folded", patched(decode, "_adapter_delta", lambda wrapper: None)),
+        not_folded = patched(dense_weights, "_adapter_delta", lambda wrapper: None)
+        for label, context in (("tuned", nullcontext()), ("tuned_adapter_not_folded", not_folded),
                                ("base", model.disable_adapter())):
-            with context, decode.dequantized_weights(model):
+            with context, dense_weights.dequantized_weights(model):
                 found[f"first_run_s_{label}"] = round(seconds_of(decode_for(66)), 2)  # records the graphs (2 lengths)
                 found[f"step_ms_{label}"] = round((seconds_of(decode_for(66)) - seconds_of(decode_for(2))) / 64 * 1e3, 2)
         t = torch.tensor(temperature, device="cuda")
@@ -208,7 +209,7 @@ def main() -> None:
     import torch
 
     from semifinetune.batch_plan import default_batch_size
-    from semifinetune.decode import dequantized_weights
+    from semifinetune.dense_weights import dequantized_weights
     from semifinetune.env import environment_report
     from semifinetune.generate import SamplingSettings
 

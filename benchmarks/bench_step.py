@@ -251,7 +251,7 @@ def main() -> None:
     parser.add_argument("--rows", default="64,256,822")
     args = parser.parse_args()
 
-    from semifinetune.decode import dequantized_weights
+    from semifinetune.dense_weights import dequantized_weights
     from semifinetune.env import environment_report
 
     report = environment_report()

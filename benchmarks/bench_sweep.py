@@ -66,17 +66,17 @@ def grid_4bit(model, tokenizer, questions, settings_list) -> tuple[int, float]:
     """grid with the 4-bit layers computing as they are (bitsandbytes' fused kernel), without the dequantized copy."""
     from contextlib import contextmanager
 
-    from semifinetune import decode
+    from semifinetune import dense_weights
 
     @contextmanager
     def no_copy(model):
         yield False
 
-    copy, decode.dequantized_weights = decode.dequantized_weights, no_copy
+    copy, dense_weights.dequantized_weights = dense_weights.dequantized_weights, no_copy
     try:
         return grid(model, tokenizer, questions, settings_list)
     finally:
-        decode.dequantized_weights = copy
+        dense_weights.dequantized_weights = copy
 
 
 WAYS = {"one_prompt_at_a_time": one_at_a_time, "batched_per_temperature": batched_per_temperature}

@@ -25,8 +25,8 @@ COPY_KEEP_FREE_BYTES = 2 * 2**30  # the dequantized copy is made only where it l
 
 def default_batch_size(model, tokens_per_row: int | None = None) -> int:
     """Rows per batch: CPU_BATCH on CPU; on a GPU the rows whose cache and sampling fit in its free memory (after
-    the dequantized weights decode.dequantized_weights makes), at most GPU_MAX_BATCH (SMALL_CARD_BATCH on a card
-    the size of a T4), at least 1."""
+    the dequantized weights dense_weights.dequantized_weights makes), at most GPU_MAX_BATCH (SMALL_CARD_BATCH on a
+    card the size of a T4), at least 1."""
     if model.device.type != "cuda":
         return CPU_BATCH
     most = SMALL_CARD_BATCH if usable_gpu_bytes() < SMALL_CARD_BYTES else GPU_MAX_BATCH
@@ -67,7 +67,7 @@ def usable_gpu_bytes() -> int:
 
 
 def dequantized_copy_bytes(model) -> int:
-    """What decode.dequantized_weights adds while decoding (0 without 4-bit layers)."""
+    """What dense_weights.dequantized_weights adds while decoding (0 without 4-bit layers)."""
     from .lora import stored_param_count
     from .models import four_bit_layers
 
@@ -75,7 +75,7 @@ def dequantized_copy_bytes(model) -> int:
 
 
 def copy_fits(model) -> bool:
-    """decode.dequantized_weights makes its copy: 4-bit layers on CPU, or on a GPU with room to spare."""
+    """dense_weights.dequantized_weights makes its copy: 4-bit layers on CPU, or on a GPU with room to spare."""
     from .models import four_bit_layers
 
     layers = four_bit_layers(model)

@@ -14,9 +14,9 @@ decode_attention.grouped_attention (attention_kernel on Ampere and later GPUs).
 transformers 5.17's static cache layers write where their own counter (`cumulative_length`) points and ignore
 `cache_position`; each step sets that counter to its slot first, so the warm-up run before recording and every
 replay write the slot the mask expects, and each batch's prefill sets it back to 0.
-`dequantized_weights` lets the 4-bit layers compute from a 16-bit copy while decoding, the LoRA adapter folded in,
-where GPU memory allows. On Ampere and later GPUs the decoder layers run their norms, rotary and SiLU x up as
-Triton kernels (fused_layers), and a batch of SAMPLE_KERNEL_ROWS rows or more draws its tokens through
+dense_weights.dequantized_weights lets the 4-bit layers compute from a 16-bit copy while decoding, the LoRA adapter
+folded in, where GPU memory allows. On Ampere and later GPUs the decoder layers run their norms, rotary and SiLU x up
+as Triton kernels (fused_layers), and a batch of SAMPLE_KERNEL_ROWS rows or more draws its tokens through
 sample_kernel's Triton kernels (two reads of the logits, no wait for the GPU).
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from contextlib import contextmanager
 
 from .decode_attention import decode_attention
 from .fused_layers import fused_layers
@@ -413,96 +412,3 @@ def _recording_stream(device: int):
     import torch
 
     return torch.cuda.Stream(device)
-
-
-@contextmanager
-def dequantized_weights(model):
-    """Inside the block, every bitsandbytes 4-bit layer computes from a dequantized copy of its weight, with the LoRA
-    adapters that apply now folded in (W + scaling * B @ A, rounded once to the compute dtype).
-
-    For a few rows (a decoding step) bitsandbytes computes from the packed weight in a fused 4-bit kernel; the copy
-    holds the same weight values for a dense matmul, 1.2x faster for the sweep on an H200 (BENCHMARKS.md), and the
-    folded adapter saves each layer's two small matmuls, casts and copies. Other kernels round differently: results
-    agree to bf16 rounding, not bit for bit (the GPU suite measures how closely: the copy is no farther than the
-    4-bit kernel from the same matmuls in fp32). The adapters' state is read on entry: the block must not span a
-    switch such as peft's disable_adapter(). It costs 2.6 GB of GPU memory for R1-1.5B while sampling, and is
-    skipped where it would leave too little free (batch_plan.copy_fits). The value of the block: a list of
-    (module whose forward is shadowed, its 4-bit layer, the copy); empty where no copy was made.
-    """
-    from .batch_plan import copy_fits
-    from .models import four_bit_layers
-
-    if not copy_fits(model):
-        yield []
-        return
-    wrappers = {id(m.base_layer): m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
-    copies = []
-    for layer in four_bit_layers(model):
-        # in the dtype the layer computes in: no cast per call (a pre-quantized checkpoint stores bf16 state)
-        weight = dequantize_layer(layer)
-        dtype = layer.compute_dtype or layer.weight.quant_state.dtype
-        wrapper = wrappers.get(id(layer))
-        delta = None if wrapper is None else _adapter_delta(wrapper)
-        shadowed = layer if delta is None else wrapper
-        weight = (weight.float() + delta).to(dtype) if delta is not None else weight.to(dtype)
-        shadowed.forward = functools.partial(_dense_forward, layer, weight)  # shadows the class's forward
-        copies.append((shadowed, layer, weight))
-    try:
-        yield copies
-    finally:
-        for shadowed, _, _ in copies:
-            del shadowed.forward
-
-
-def dequantize_layer(layer):
-    """The weight a bitsandbytes Linear4bit computes with, dense, in whichever layout the layer holds it now."""
-    from bitsandbytes.functional import dequantize_4bit
-
-    state = layer.weight.quant_state
-    if getattr(state, "packing_format_for_cpu", False):
-        return _unpack_cpu_layout(layer.weight.data, state)
-    return dequantize_4bit(layer.weight.data, state)
-
-
-def _unpack_cpu_layout(data, state):
-    """Dense float32 weight from the layout bitsandbytes 0.50 moves a 4-bit weight into on a CPU with AVX512-BF16,
-    at the layer's first forward in eval mode (functional._convert_weight_packed_for_cpu, for its bf16 kernel).
-
-    That layout interleaves the 4-bit codes in blocks of 32 rows and holds absmax transposed, as bf16;
-    dequantize_4bit reads it as the ordinary layout and returns other weights (off by whole units). Undone here
-    exactly: the same codes times the same bf16 absmax the kernel multiplies by.
-    """
-    import torch
-
-    rows, cols = state.shape
-    # Every 32 bytes hold 64 codes: 32 rows x 2 neighbouring columns, the first 32 in the low halves, the rest high.
-    packed = data.view(torch.uint8).reshape(-1, 32)
-    codes = torch.cat([packed & 0xF, packed >> 4], dim=-1)
-    codes = codes.reshape(rows // 32, cols // 2, 32, 2).transpose(1, 2).reshape(rows, cols)
-    scale = state.absmax.float().T.repeat_interleave(state.blocksize, dim=1)  # [K / blocksize, N] -> [N, K]
-    return state.code.float()[codes.long()] * scale
-
-
-def _adapter_delta(wrapper):
-    """scaling * B @ A (float32) summed over the adapters a peft LoRA layer applies now, or None where it applies none
-    or one that folding would change (DoRA and other variants, a LoRA bias, dropout while training)."""
-    if wrapper.disable_adapters or wrapper.merged or wrapper.training:
-        return None
-    active = [name for name in wrapper.active_adapters if name in wrapper.lora_A]
-    if not active or any(name in getattr(wrapper, "lora_variant", {}) for name in active):
-        return None
-    if any(getattr(wrapper.lora_B[name], "bias", None) is not None for name in active):
-        return None
-    return sum(wrapper.scaling[name] * (wrapper.lora_B[name].weight.float() @ wrapper.lora_A[name].weight.float())
-               for name in active)
-
-
-def _dense_forward(layer, weight, x):
-    """bitsandbytes Linear4bit.forward with the weight already dequantized."""
-    import torch
-
-    input_dtype = x.dtype
-    if layer.compute_dtype is not None:
-        x = x.to(layer.compute_dtype)
-    bias = None if layer.bias is None else layer.bias.to(x.dtype)
-    return torch.nn.functional.linear(x, weight.to(x.dtype), bias).to(input_dtype)

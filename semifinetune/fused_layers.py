@@ -3,8 +3,9 @@
 Inside `fused_layers(model)` each Qwen2 or Llama decoder layer's forward is shadowed by `_layer_forward`: the same
 steps as transformers' Qwen2DecoderLayer, Qwen2Attention and Qwen2MLP forwards (its projections, cache update and
 attention function are the model's own modules and interface), with rotary one kernel for q and one for k, SiLU(gate)
-x up one, and each RMSNorm three, the residual add after attention folded into the second norm's first. The
-model's final norm runs through layer_kernels too. Every value is transformers' own, bit for bit on a GPU. The
+x up one, and each RMSNorm three, the residual add after attention folded into the second norm's first. Where
+dense_weights merged a layer's q, k and v copies (and its gate and up ones) into one matrix, each group is one matmul
+whose slices the kernels read where they lie. The model's final norm runs through layer_kernels too. Every value is transformers' own, bit for bit on a GPU. The
 decoding loop (decode.StaticDecoder) records these in its CUDA graphs: a step of R1-1.5B launches about 560 fewer
 kernels (1,289 against 724).
 """
@@ -70,7 +71,20 @@ def _layer_forward(layer, hidden_states, attention_mask=None, position_ids=None,
     norm = layer.post_attention_layernorm
     normed, residual = rms_norm(attended, norm.weight, norm.variance_epsilon, residual=hidden_states)
     mlp = layer.mlp
-    return residual + mlp.down_proj(silu_mul(mlp.gate_proj(normed), mlp.up_proj(normed)))
+    gate, up = _projections(mlp, normed, ("gate_proj", "up_proj"))
+    return residual + mlp.down_proj(silu_mul(gate, up))
+
+
+def _projections(module, hidden_states, names):
+    """The module's projections `names` of hidden_states: one matmul where dense_weights merged them, else each its
+    own module's."""
+    from .dense_weights import MERGED
+
+    merged = getattr(module, MERGED, None)
+    if merged is not None:
+        forward, sizes = merged
+        return forward(hidden_states).split(sizes, -1)
+    return [getattr(module, name)(hidden_states) for name in names]
 
 
 def _attention(attention, hidden_states, position_embeddings, attention_mask, past_key_values, **kwargs):
@@ -82,9 +96,8 @@ def _attention(attention, hidden_states, position_embeddings, attention_mask, pa
 
     input_shape = hidden_states.shape[:-1]
     hidden_shape = (*input_shape, -1, attention.head_dim)
-    query = attention.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-    key = attention.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-    value = attention.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    query, key, value = (p.view(hidden_shape).transpose(1, 2)
+                         for p in _projections(attention, hidden_states, ("q_proj", "k_proj", "v_proj")))
     query, key = rotary(query, key, *position_embeddings)
     if past_key_values is not None:
         key, value = past_key_values.update(key, value, attention.layer_idx)

@@ -105,9 +105,9 @@ def generate(
 
 @contextmanager
 def _weights_for_decoding(model, settings: list[SamplingSettings], cuda_graphs: bool):
-    """decode.dequantized_weights for the whole call where any row decodes on the static path: the recorded graphs
-    read the copy, so it must outlive every batch that replays them."""
-    from .decode import dequantized_weights
+    """dense_weights.dequantized_weights for the whole call where any row decodes on the static path: the recorded
+    graphs read the copy, so it must outlive every batch that replays them."""
+    from .dense_weights import dequantized_weights
 
     if any(uses_static_decode(model, [s], cuda_graphs) for s in {_batch_key(s): s for s in settings}.values()):
         with dequantized_weights(model):

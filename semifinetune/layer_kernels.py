@@ -86,34 +86,41 @@ def _normalize(x_ptr, variance_ptr, w_ptr, out_ptr, width, eps, BLOCK: tl.conste
 
 def rotary(q, k, cos, sin):
     """transformers' apply_rotary_pos_emb for q (B, H, T, D) and k (B, KH, T, D) as the attention layers hold them
-    (views of (B, T, heads, D)), cos and sin (B, T, D): x * cos + rotate_half(x) * sin, each product rounded.
-    Returns new (q, k) in that same layout."""
+    (views of (B, T, heads, D), whose rows may be slices of a wider projection output), cos and sin (B, T, D):
+    x * cos + rotate_half(x) * sin, each product rounded. Returns new (q, k) in that same layout, contiguous."""
     import torch
 
     rows, heads, tokens, dim = q.shape
     key_heads = k.shape[1]
     dtype = torch.promote_types(q.dtype, cos.dtype)
-    q_in, k_in = (t.transpose(1, 2).contiguous().view(rows * tokens, -1, dim) for t in (q, k))
+    q_in, k_in = (_rows_of(t.transpose(1, 2), rows * tokens) for t in (q, k))
     cos, sin = (t.expand(rows, tokens, dim).contiguous().view(rows * tokens, dim) for t in (cos, sin))
     q_out = torch.empty((rows * tokens, heads, dim), dtype=dtype, device=q.device)
     k_out = torch.empty((rows * tokens, key_heads, dim), dtype=dtype, device=q.device)
     if rows * tokens:
         grid = (rows * tokens,)
         for source, target, count in ((q_in, q_out, heads), (k_in, k_out, key_heads)):
-            _rotary[grid](source, cos, sin, target, count, HALF=dim // 2, BLOCK_HEADS=triton.next_power_of_2(count),
-                          num_warps=4, **EXACT)
+            _rotary[grid](source, cos, sin, target, source.stride(0), count, HALF=dim // 2,
+                          BLOCK_HEADS=triton.next_power_of_2(count), num_warps=4, **EXACT)
     return (q_out.view(rows, tokens, heads, dim).transpose(1, 2), k_out.view(rows, tokens, key_heads, dim).transpose(1, 2))
 
 
+def _rows_of(x, rows: int):
+    """x as a (rows, the rest) matrix whose columns are adjacent: a view where x's layout allows (a slice of a wider
+    output, as the merged projections give), else a copy."""
+    flat = x.reshape(rows, -1)
+    return flat if flat.stride(-1) == 1 else flat.contiguous()
+
+
 @triton.jit
-def _rotary(x_ptr, cos_ptr, sin_ptr, out_ptr, heads, HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr):
+def _rotary(x_ptr, cos_ptr, sin_ptr, out_ptr, x_row, heads, HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
     head = tl.arange(0, BLOCK_HEADS)[:, None]
     col = tl.arange(0, HALF)[None, :]
     inside = head < heads
-    at = token * heads * 2 * HALF + head * 2 * HALF + col
-    x1 = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
-    x2 = tl.load(x_ptr + at + HALF, mask=inside, other=0.0).to(tl.float32)
+    at = head * 2 * HALF + col
+    x1 = tl.load(x_ptr + token * x_row + at, mask=inside, other=0.0).to(tl.float32)
+    x2 = tl.load(x_ptr + token * x_row + at + HALF, mask=inside, other=0.0).to(tl.float32)
     trig = token * 2 * HALF + col
     c1, c2 = tl.load(cos_ptr + trig).to(tl.float32), tl.load(cos_ptr + trig + HALF).to(tl.float32)
     s1, s2 = tl.load(sin_ptr + trig).to(tl.float32), tl.load(sin_ptr + trig + HALF).to(tl.float32)
@@ -121,33 +128,38 @@ def _rotary(x_ptr, cos_ptr, sin_ptr, out_ptr, heads, HALF: tl.constexpr, BLOCK_H
     # q * cos + cat(-x2, x1) * sin, with each product and the sum rounded to the output's dtype
     first = ((x1 * c1).to(dtype).to(tl.float32) + (-x2 * s1).to(dtype).to(tl.float32)).to(dtype)
     second = ((x2 * c2).to(dtype).to(tl.float32) + (x1 * s2).to(dtype).to(tl.float32)).to(dtype)
-    tl.store(out_ptr + at, first, mask=inside)
-    tl.store(out_ptr + at + HALF, second, mask=inside)
+    out = token * heads * 2 * HALF + at
+    tl.store(out_ptr + out, first, mask=inside)
+    tl.store(out_ptr + out + HALF, second, mask=inside)
 
 
 def silu_mul(gate, up, block: int = 1024):
     """SiLU(gate) * up as Qwen2MLP computes it: the SiLU (x / (1 + exp(-x)) in float32) rounded to gate's dtype,
-    then the product rounded."""
+    then the product rounded. gate and up may be slices of one wider output (the merged projections')."""
     import torch
 
-    gate, up = gate.contiguous(), up.contiguous()
-    out = torch.empty(gate.shape, dtype=torch.promote_types(gate.dtype, up.dtype), device=gate.device)
-    count = gate.numel()
-    if count:
-        _silu_mul[(triton.cdiv(count, block),)](gate, up, out, count, BLOCK=block, ACCURATE=not INTERPRETED,
-                                                 num_warps=4, **EXACT)
+    shape = gate.shape
+    width = shape[-1]
+    rows = gate.numel() // max(width, 1)
+    gate_rows, up_rows = _rows_of(gate, rows), _rows_of(up, rows)
+    out = torch.empty(shape, dtype=torch.promote_types(gate.dtype, up.dtype), device=gate.device)
+    if gate.numel():
+        _silu_mul[(rows, triton.cdiv(width, block))](gate_rows, up_rows, out, gate_rows.stride(0), up_rows.stride(0),
+                                                      width, BLOCK=block, ACCURATE=not INTERPRETED, num_warps=4,
+                                                      **EXACT)
     return out
 
 
 @triton.jit
-def _silu_mul(gate_ptr, up_ptr, out_ptr, count, BLOCK: tl.constexpr, ACCURATE: tl.constexpr):
-    at = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = at < count
-    gate = tl.load(gate_ptr + at, mask=inside, other=0.0).to(tl.float32)
-    up = tl.load(up_ptr + at, mask=inside, other=0.0).to(tl.float32)
+def _silu_mul(gate_ptr, up_ptr, out_ptr, gate_row, up_row, width, BLOCK: tl.constexpr, ACCURATE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < width
+    gate = tl.load(gate_ptr + row * gate_row + cols, mask=inside, other=0.0).to(tl.float32)
+    up = tl.load(up_ptr + row * up_row + cols, mask=inside, other=0.0).to(tl.float32)
     if ACCURATE:  # CUDA's expf, as torch's SiLU calls it
         exp = libdevice.exp(-gate)
     else:  # Triton's interpreter lacks libdevice
         exp = tl.exp(-gate)
     silu = tl.div_rn(gate, 1.0 + exp).to(gate_ptr.dtype.element_ty).to(tl.float32)
-    tl.store(out_ptr + at, (silu * up).to(out_ptr.dtype.element_ty), mask=inside)
+    tl.store(out_ptr + row * width + cols, (silu * up).to(out_ptr.dtype.element_ty), mask=inside)

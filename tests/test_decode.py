@@ -295,7 +295,7 @@ def _lora_4bit_layer(portable: bool = True):
 def test_dequantized_weights_fold_the_adapter_in_and_give_the_same_outputs():
     """A 4-bit layer inside peft's LoRA wrapper (whose class is also named Linear4bit): the copy holds W + the adapter
     and shadows the wrapper; with the adapter switched off, the copy is W alone."""
-    from semifinetune.decode import dequantized_weights
+    from semifinetune.dense_weights import dequantized_weights
     from semifinetune.models import four_bit_layers
 
     model, lora, base_layer = _lora_4bit_layer()
@@ -320,7 +320,7 @@ def test_the_copy_reads_the_layout_of_bitsandbytes_bf16_cpu_kernel():
     layout, up to absmax's rounding to bf16. The move is bitsandbytes' own function, so this runs on every CPU."""
     from bitsandbytes.functional import _convert_weight_packed_for_cpu, dequantize_4bit
 
-    from semifinetune.decode import dequantized_weights
+    from semifinetune.dense_weights import dequantized_weights
 
     model, lora, base_layer = _lora_4bit_layer()
     with torch.no_grad():
@@ -352,7 +352,7 @@ def _has_avx512_bf16() -> bool:
                     "CPU has AVX512-BF16, which this one lacks (its layout is tested on every CPU above)")
 def test_on_a_cpu_with_avx512_bf16_the_copy_agrees_with_the_bf16_kernel():
     """The layer's own forward moves the weight and computes in bf16; the copy (float32) agrees to bf16 rounding."""
-    from semifinetune.decode import dequantized_weights
+    from semifinetune.dense_weights import dequantized_weights
 
     model, lora, base_layer = _lora_4bit_layer(portable=False)
     x = torch.randn(5, 64)

@@ -128,3 +128,43 @@ def test_the_decoding_loop_through_the_fused_layers_gives_generates_greedy_token
                                    [-1], tokenizer.pad_token_id, cuda_graph=False)
     assert used == [True] and got.tolist() == expected.tolist()
     assert len(attended) == 11 * tiny[0].config.num_hidden_layers  # every step after the prefill, every layer
+
+
+def test_merged_projections_give_the_separate_ones_logits(tiny):
+    """The tiny model with 4-bit q/k/v, gate and up layers, inside dequantized_weights: through the fused layers each
+    group is one matmul over one matrix (the slices fed to rotary and SiLU x up as they lie), with the logits of
+    transformers' layers calling each projection; the modules are as they were after the block."""
+    import copy
+
+    bnb = pytest.importorskip("bitsandbytes")
+
+    from semifinetune.dense_weights import MERGED, dequantized_weights
+
+    model, tokenizer = copy.deepcopy(tiny[0]), tiny[1]
+    torch.manual_seed(0)
+    for layer in model.model.layers:
+        for module, name in ((layer.self_attn, "q_proj"), (layer.self_attn, "k_proj"), (layer.self_attn, "v_proj"),
+                             (layer.mlp, "gate_proj"), (layer.mlp, "up_proj")):
+            dense = getattr(module, name)
+            four_bit = bnb.nn.Linear4bit(dense.in_features, dense.out_features, bias=dense.bias is not None,
+                                         compute_dtype=torch.float32, quant_type="nf4")
+            four_bit.support_avx512bf16_for_cpu = False  # float32 on every CPU (see tests/test_decode.py)
+            four_bit.weight = bnb.nn.Params4bit(dense.weight.data.clone(), requires_grad=False, quant_type="nf4")
+            if dense.bias is not None:
+                # the tiny model's biases start at zero; these check that the merged matmul adds each one's own
+                four_bit.bias = torch.nn.Parameter(torch.randn_like(dense.bias), requires_grad=False)
+            setattr(module, name, four_bit.to("cpu"))
+    attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    ids = tokenizer(["Who founded TSMC?", "What is EUV lithography?"], return_tensors="pt", padding=True)
+    merged_calls = []
+    with torch.inference_mode(), dequantized_weights(model) as copies:
+        separate = model(**ids).logits
+        for module in (attention, mlp):
+            forward, sizes = getattr(module, MERGED)
+            setattr(module, MERGED, (lambda x, f=forward: merged_calls.append(1) or f(x), sizes))
+        assert copies[0][2]._base is copies[1][2]._base  # q's and k's copies are views of one matrix
+        with fused_layers(model) as fused:
+            merged = model(**ids).logits
+    assert fused and len(merged_calls) == 2
+    assert torch.allclose(merged, separate, rtol=0, atol=1e-5)
+    assert not any(hasattr(m, MERGED) for m in model.modules())

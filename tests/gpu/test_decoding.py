@@ -256,7 +256,7 @@ def test_r1_dequantized_copy_agrees_to_rounding(r1_tuned):
     and the adapter's own matmuls at every step."""
     from bitsandbytes.functional import dequantize_4bit
 
-    from semifinetune.decode import _adapter_delta, dequantized_weights
+    from semifinetune.dense_weights import _adapter_delta, dequantized_weights
 
     model, tokenizer = r1_tuned
     questions = QUESTIONS[:16]
@@ -293,7 +293,7 @@ def _fp32_linear(layer, weight, x):
 
 
 def test_dequantized_copy_is_made_in_the_compute_dtype(r1_tuned):
-    from semifinetune.decode import dequantized_weights
+    from semifinetune.dense_weights import dequantized_weights
 
     model, _ = r1_tuned
     with torch.inference_mode(), dequantized_weights(model) as copies:
@@ -355,7 +355,8 @@ def test_decoding_attention_is_no_farther_from_fp32_than_transformers_sdpa(r1_tu
     must be no farther from fp32 than transformers' own SDPA path, within SDPA's run-to-run spread."""
     import sys
 
-    from semifinetune.decode import StaticDecoder, dequantized_weights
+    from semifinetune.decode import StaticDecoder
+    from semifinetune.dense_weights import dequantized_weights
     from semifinetune.formats import chat_prompt
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
