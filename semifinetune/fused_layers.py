@@ -5,9 +5,9 @@ steps as transformers' Qwen2DecoderLayer, Qwen2Attention and Qwen2MLP forwards (
 attention function are the model's own modules and interface), with rotary one kernel for q and one for k, SiLU(gate)
 x up one, and each RMSNorm three, the residual add after attention folded into the second norm's first. Where
 dense_weights merged a layer's q, k and v copies (and its gate and up ones) into one matrix, each group is one matmul
-whose slices the kernels read where they lie. The model's final norm runs through layer_kernels too. Every value is transformers' own, bit for bit on a GPU. The
-decoding loop (decode.StaticDecoder) records these in its CUDA graphs: a step of R1-1.5B launches about 560 fewer
-kernels (1,289 against 724).
+whose slices the kernels read where they lie. The model's final norm runs through layer_kernels too. Every value
+is transformers' own, bit for bit on a GPU. The decoding loop (decode.StaticDecoder) records these in its CUDA
+graphs: a step of R1-1.5B launches about 560 fewer kernels (1,289 against 724).
 """
 
 from __future__ import annotations
