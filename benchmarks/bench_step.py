@@ -6,8 +6,8 @@ The R1 architecture in 4-bit with a LoRA adapter (random B weights), decoding th
 adapter folded in, as generate() does. Each batch is prefilled with held-out questions x the t4 sweep grid; the
 step is then timed at the answer's middle (prompt + 256 slots; an answer of 512 tokens reads on average that much):
 - the recorded step (CUDA graph replay), with transformers' own decoder layers, with the fused ones
-  (fused_layers: norms, rotary and SiLU x up as Triton kernels), and with the fused ones and attention_kernel (as
-  the loop runs on Ampere and later cards);
+  (fused_layers: norms, rotary and SiLU x up as Triton kernels), with the fused ones and attention_kernel, and with
+  those and q/k/v and gate/up each as one matmul (as the loop runs on Ampere and later cards);
 - the forward pass's parts, from torch's profiler over the same step run eagerly: the projections (q/k/v, o,
   gate/up/down), the LM head, attention, the norms, rotary, and the rest (cache writes, residual adds, SiLU x up,
   masks); the replay's time beyond the kernels' sum is the graph's own overhead (gaps between kernels). With the
@@ -39,8 +39,9 @@ from record import record  # noqa: E402
 
 NEW_TOKENS = 512
 MIDDLE = 256
-# (name, fused layers, attention kernel)
-VARIANTS = (("torch_layers", False, False), ("fused_layers", True, False), ("fused_attention_kernel", True, True))
+# (name, fused layers, attention kernel, q/k/v and gate/up each one matmul)
+VARIANTS = (("torch_layers", False, False, False), ("fused_layers", True, False, False),
+            ("fused_attention_kernel", True, True, False), ("fused_attention_kernel_merged", True, True, True))
 PROJECTIONS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "mlp", "up_proj": "mlp",
                "down_proj": "mlp"}
 
@@ -129,6 +130,22 @@ def labelled(model, kernel: bool):
         AttentionInterface.register(NAME, grouped_attention)
 
 
+@contextmanager
+def projections_merged(model, merged: bool):
+    """dense_weights' merged projections as they are (`merged`), or set aside for the block: each projection its own
+    matmul, as before they were merged."""
+    from semifinetune.dense_weights import MERGED
+
+    held = [] if merged else [(m, getattr(m, MERGED)) for m in model.modules() if hasattr(m, MERGED)]
+    for module, _ in held:
+        delattr(module, MERGED)
+    try:
+        yield
+    finally:
+        for module, value in held:
+            setattr(module, MERGED, value)
+
+
 def forward_parts(model, decoder, length: int, fused: bool, kernel: bool) -> dict:
     """Milliseconds of GPU kernels per part of one eager step, its layers transformers' own or fused, its attention
     SDPA or attention_kernel."""
@@ -193,9 +210,10 @@ def at_rows(model, tokenizer, rows: int) -> dict:
     with torch.inference_mode():
         decoder, length = prefilled(model, tokenizer, prompts)
         found = {"rows": rows, "prompt_len": int(decoder.prompt_len.item()), "attention_length": length}
-        for layers, fused, kernel in VARIANTS:
-            step = {"step_graph_ms": round(replay_ms(model, decoder, length, fused, kernel), 3),
-                    "forward_parts_ms": forward_parts(model, decoder, length, fused, kernel)}
+        for layers, fused, kernel, merged in VARIANTS:
+            with projections_merged(model, merged):
+                step = {"step_graph_ms": round(replay_ms(model, decoder, length, fused, kernel), 3),
+                        "forward_parts_ms": forward_parts(model, decoder, length, fused, kernel)}
             step["graph_overhead_ms"] = round(step["step_graph_ms"] - step["forward_parts_ms"]["kernels_total"], 3)
             found[layers] = step
         found["sampling_ms"] = sampling_ms(rows, model.config.vocab_size, [s.temperature for s in settings],
@@ -269,6 +287,7 @@ def main() -> None:
     entry["seconds"] = round(time.perf_counter() - started, 1)
     biggest = entry[f"rows_{max(int(r) for r in args.rows.split(','))}"]
     record(args.out, entry, f"decoding step at {biggest['rows']} rows on {entry['card']}: "
+           f"{biggest['fused_attention_kernel_merged']['step_graph_ms']} ms with merged projections, "
            f"{biggest['fused_attention_kernel']['step_graph_ms']} ms fused with the attention kernel, "
            f"{biggest['fused_layers']['step_graph_ms']} ms fused, {biggest['torch_layers']['step_graph_ms']} ms not; "
            f"the draw {biggest['sampling_ms']['kernel_flat']} ms (Triton) vs {biggest['sampling_ms']['torch_flat']} ms (torch)")

@@ -21,6 +21,7 @@ import triton.language as tl
 from .layer_kernels import INTERPRETED
 
 BLOCK = 64  # slots a program reads at a time
+WARPS, STAGES = 4, 2  # Triton's launch settings: warps per program, blocks in flight
 
 
 def supported(query, key) -> bool:
@@ -35,9 +36,10 @@ def supported(query, key) -> bool:
             and heads % key_heads == 0 and heads // key_heads <= 16)
 
 
-def attend(query, key, value, mask, scale: float):
+def attend(query, key, value, mask, scale: float, block: int = BLOCK, warps: int = WARPS, stages: int = STAGES):
     """Attention output (rows, 1, heads, dim): query (rows, heads, 1, dim); key and value (rows, key heads, slots,
-    dim) with at least the mask's length of slots; mask additive, (rows, 1, 1, length)."""
+    dim) with at least the mask's length of slots; mask additive, (rows, 1, 1, length). block, warps and stages:
+    the launch settings (benchmarks/bench_step.py compares them)."""
     import torch
 
     rows, heads, _, dim = query.shape
@@ -49,7 +51,7 @@ def attend(query, key, value, mask, scale: float):
         query, key, value, mask, out, query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), mask.stride(0), mask.stride(-1), out.stride(0),
         out.stride(2), length, scale, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), DIM=dim,
-        BLOCK=BLOCK, FLOAT32=INTERPRETED, num_warps=4, num_stages=2)
+        BLOCK=block, FLOAT32=INTERPRETED, num_warps=warps, num_stages=stages)
     return out
 
 
