@@ -12,6 +12,7 @@ Two measures, both shown beside the keyword verdict where keyword groups exist:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -87,12 +88,20 @@ def _singular(word: str) -> str:
 
 def term_found(term: str, text: str) -> bool:
     """The term is in the text as a word (plurals folded), or as the start of a word where the term is long."""
-    words = {_singular(token.lower()) for token in _tokens(text)}
+    words, stems = _word_forms(text)
     if _singular(term) in words:
         return True
     if len(term) >= STEM and term.isalpha():  # a plain word; compounds ("chip-on-wafer") and codes match whole
-        return any(word[:STEM] == term[:STEM] for word in words if len(word) >= STEM)
+        return term[:STEM] in stems
     return False
+
+
+@functools.lru_cache(maxsize=64)
+def _word_forms(text: str) -> tuple[frozenset, frozenset]:
+    """The text's words (lower case, plurals folded) and the first STEM letters of those of STEM letters or more.
+    Kept for the last texts: an answer is searched for each of its key terms, twice (recall and verdict)."""
+    words = frozenset(map(_singular, {token.lower() for token in _tokens(text)}))
+    return words, frozenset(word[:STEM] for word in words if len(word) >= STEM)
 
 
 def key_term_recall(text: str, terms: list[str]) -> float:
