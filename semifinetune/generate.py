@@ -70,7 +70,8 @@ def generate(
         raise ValueError(f"{len(per_row)} settings for {len(questions)} questions: give one, or one per question.")
     if streamer is not None and len(questions) != 1:
         raise ValueError(f"A streamer shows one answer at a time: got {len(questions)} questions, give one.")
-    prompts = [chat_prompt(tokenizer, q) for q in questions]
+    rendered = {q: chat_prompt(tokenizer, q) for q in dict.fromkeys(questions)}  # a sweep repeats each question
+    prompts = [rendered[q] for q in questions]
     # Grouped by what one generate() call must share; longest first within a group: rows of like length share a
     # batch (less padding), and an OOM shows up on the first batch.
     order = sorted(range(len(prompts)), key=lambda i: (_batch_key(per_row[i]), -len(prompts[i])))
