@@ -97,11 +97,10 @@ def rotary(q, k, cos, sin):
     cos, sin = (t.expand(rows, tokens, dim).contiguous().view(rows * tokens, dim) for t in (cos, sin))
     q_out = torch.empty((rows * tokens, heads, dim), dtype=dtype, device=q.device)
     k_out = torch.empty((rows * tokens, key_heads, dim), dtype=dtype, device=q.device)
-    if rows * tokens:
-        grid = (rows * tokens,)
-        for source, target, count in ((q_in, q_out, heads), (k_in, k_out, key_heads)):
-            _rotary[grid](source, cos, sin, target, source.stride(0), count, HALF=dim // 2,
-                          BLOCK_HEADS=triton.next_power_of_2(count), num_warps=4, **EXACT)
+    if rows * tokens:  # one launch: the programs of the second column rotate k
+        _rotary[(rows * tokens, 2)](q_in, k_in, cos, sin, q_out, k_out, q_in.stride(0), k_in.stride(0), heads,
+                                     key_heads, HALF=dim // 2, Q_HEADS=triton.next_power_of_2(heads),
+                                     K_HEADS=triton.next_power_of_2(key_heads), num_warps=4, **EXACT)
     return (q_out.view(rows, tokens, heads, dim).transpose(1, 2), k_out.view(rows, tokens, key_heads, dim).transpose(1, 2))
 
 
@@ -113,8 +112,18 @@ def _rows_of(x, rows: int):
 
 
 @triton.jit
-def _rotary(x_ptr, cos_ptr, sin_ptr, out_ptr, x_row, heads, HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr):
+def _rotary(q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, q_row, k_row, q_heads, k_heads,
+            HALF: tl.constexpr, Q_HEADS: tl.constexpr, K_HEADS: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
+    if tl.program_id(1) == 0:
+        _rotate(q_ptr, cos_ptr, sin_ptr, q_out_ptr, token, q_row, q_heads, HALF, Q_HEADS)
+    else:
+        _rotate(k_ptr, cos_ptr, sin_ptr, k_out_ptr, token, k_row, k_heads, HALF, K_HEADS)
+
+
+@triton.jit
+def _rotate(x_ptr, cos_ptr, sin_ptr, out_ptr, token, x_row, heads, HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr):
+    """One token's heads of q or k, rotated."""
     head = tl.arange(0, BLOCK_HEADS)[:, None]
     col = tl.arange(0, HALF)[None, :]
     inside = head < heads
