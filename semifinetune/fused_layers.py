@@ -2,8 +2,9 @@
 
 Inside `fused_layers(model)` each Qwen2 or Llama decoder layer's forward is shadowed by `_layer_forward`: the same
 steps as transformers' Qwen2DecoderLayer, Qwen2Attention and Qwen2MLP forwards (its projections, cache update and
-attention function are the model's own modules and interface), with rotary one kernel for q and one for k, SiLU(gate)
-x up one, and each RMSNorm three, the residual add after attention folded into the second norm's first. Where
+attention function are the model's own modules and interface), with rotary one kernel for q and k, SiLU(gate) x up
+one, and each RMSNorm three, the residual adds folded into the kernel that a norm runs first (the one after
+attention into the second norm's, the layer's last into the next layer's first norm). Where
 dense_weights merged a layer's q, k and v copies (and its gate and up ones) into one matrix, each group is one matmul
 whose slices the kernels read where they lie. The model's final norm runs through layer_kernels too. Every value
 is transformers' own, bit for bit on a GPU. The decoding loop (decode.StaticDecoder) records these in its CUDA
@@ -16,6 +17,7 @@ import functools
 from contextlib import contextmanager
 
 LAYERS = {"Qwen2DecoderLayer", "LlamaDecoderLayer"}  # the layouts _layer_forward reproduces
+SQUARES = "rms_squares"  # a layer's output holds its float32 squares here, for the norm that reads it next
 
 
 def fusable(model) -> bool:
@@ -57,22 +59,24 @@ def _decoder_layers(model):
 def _norm_forward(norm, hidden_states):
     from .layer_kernels import rms_norm
 
-    return rms_norm(hidden_states, norm.weight, norm.variance_epsilon)
+    return rms_norm(hidden_states, norm.weight, norm.variance_epsilon, squares=getattr(hidden_states, SQUARES, None))
 
 
 def _layer_forward(layer, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
                    position_embeddings=None, **kwargs):
     """Qwen2DecoderLayer.forward (Llama's is the same) through the fused kernels."""
-    from .layer_kernels import rms_norm, silu_mul
+    from .layer_kernels import add_squared, rms_norm, silu_mul
 
     norm = layer.input_layernorm
-    normed = rms_norm(hidden_states, norm.weight, norm.variance_epsilon)
+    normed = rms_norm(hidden_states, norm.weight, norm.variance_epsilon, squares=getattr(hidden_states, SQUARES, None))
     attended = _attention(layer.self_attn, normed, position_embeddings, attention_mask, past_key_values, **kwargs)
     norm = layer.post_attention_layernorm
     normed, residual = rms_norm(attended, norm.weight, norm.variance_epsilon, residual=hidden_states)
     mlp = layer.mlp
     gate, up = _projections(mlp, normed, ("gate_proj", "up_proj"))
-    return residual + mlp.down_proj(silu_mul(gate, up))
+    out, squares = add_squared(mlp.down_proj(silu_mul(gate, up)), residual)
+    setattr(out, SQUARES, squares)  # the next layer's norm, or the final one, starts from them
+    return out
 
 
 def _projections(module, hidden_states, names):

@@ -21,36 +21,56 @@ EXACT = {"enable_fp_fusion": False}
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter lacks libdevice
 
 
-def rms_norm(x, weight, eps: float, residual=None):
+def rms_norm(x, weight, eps: float, residual=None, squares=None):
     """transformers' RMSNorm of x (..., N): weight * (x / sqrt(mean(x^2) + eps)) rounded to x's dtype first.
 
     With `residual`, the norm is of residual + x (rounded to x's dtype, as `residual + hidden_states` is) and the
-    value is (norm, that sum): the decoder layer's add folded into the norm's first kernel.
+    value is (norm, that sum): the decoder layer's add folded into the norm's first kernel. `squares`: x's float32
+    squares where add_squared made x, so the first kernel is not run again.
     The mean is torch's own, over the same float32 squares (one kernel): a sum of squares added up in another order
     parts from transformers' norm in the last bit now and then, and on random weights' near-ties that changed greedy
     tokens (BENCHMARKS.md). So this is three kernels (squares, mean, the rest) where transformers' eager code runs
-    five, or nine with the add.
+    five, or nine with the add; two where the squares are given.
     """
     import torch
 
     shape, width = x.shape, x.shape[-1]
-    flat = x.reshape(-1, width).contiguous()
-    rows = flat.shape[0]
-    out = torch.empty(flat.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
-    summed = flat if residual is None else torch.empty_like(flat)
-    squares = torch.empty(flat.shape, dtype=torch.float32, device=x.device)
-    block = triton.next_power_of_2(width)
-    if rows:
-        res = flat if residual is None else residual.reshape(-1, width).contiguous()
-        _squares[(rows,)](flat, res, summed, squares, width, ADD=residual is not None, BLOCK=block, num_warps=4,
-                          **EXACT)
+    if squares is None:
+        summed, squares = _sum_and_squares(x, residual)
+    else:
+        summed = x.reshape(-1, width).contiguous()
+    rows = summed.shape[0]
+    out = torch.empty(summed.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     variance = squares.view(shape).mean(-1, keepdim=True)  # transformers' mean: the same kernel, the same order
     if rows:
-        _normalize[(rows,)](summed, variance, weight.contiguous(), out, width, eps, BLOCK=block,
+        _normalize[(rows,)](summed, variance, weight.contiguous(), out, width, eps, BLOCK=triton.next_power_of_2(width),
                             ACCURATE=not INTERPRETED, num_warps=4, **EXACT)
     if residual is None:
         return out.view(shape)
     return out.view(shape), summed.view(shape)
+
+
+def add_squared(x, residual):
+    """(residual + x rounded to x's dtype, as torch adds them; its float32 squares): a decoder layer's last add in
+    the kernel that the next RMSNorm would run first (rms_norm's `squares`)."""
+    summed, squares = _sum_and_squares(x, residual)
+    return summed.view(x.shape), squares
+
+
+def _sum_and_squares(x, residual):
+    """(x, or residual + x rounded to x's dtype, as (rows, N); its float32 squares)."""
+    import torch
+
+    width = x.shape[-1]
+    flat = x.reshape(-1, width).contiguous()
+    rows = flat.shape[0]
+    summed = flat if residual is None else torch.empty_like(flat)
+    squares = torch.empty(flat.shape, dtype=torch.float32, device=x.device)
+    if rows:
+        res = flat if residual is None else residual.reshape(-1, width).contiguous()
+        _squares[(rows,)](flat, res, summed, squares, width, ADD=residual is not None,
+                          BLOCK=triton.next_power_of_2(width), num_warps=4, **EXACT)
+    return summed, squares
 
 
 @triton.jit

@@ -79,7 +79,7 @@ def _tiny_llama(tokenizer):
 
 
 @pytest.mark.parametrize("architecture", ["qwen2", "llama"])
-def test_the_fused_layers_give_the_models_logits_and_leave_it_as_it_was(tiny, architecture):
+def test_the_fused_layers_give_the_models_logits_and_leave_it_as_it_was(tiny, architecture, monkeypatch):
     """The tiny Qwen2 model and a Llama of its size (float32) over a prompt: the same logits with and without the
     fused layers; the layers' own forward again after the block."""
     model, tokenizer = tiny
@@ -87,11 +87,17 @@ def test_the_fused_layers_give_the_models_logits_and_leave_it_as_it_was(tiny, ar
         model = _tiny_llama(tokenizer)
     assert fusable(model)
     ids = tokenizer(["Who founded TSMC?", "What is EUV lithography?"], return_tensors="pt", padding=True)
+    given = []  # per norm: whether the layer before handed it the squares of its output
+    norm = layer_kernels.rms_norm
+    monkeypatch.setattr(layer_kernels, "rms_norm", lambda *args, **kwargs: given.append(
+        kwargs.get("squares") is not None) or norm(*args, **kwargs))
     with torch.inference_mode():
         expected = model(**ids).logits
         with fused_layers(model) as fused:
             got = model(**ids).logits
     assert fused and torch.allclose(got, expected, rtol=0, atol=1e-5)
+    layers = model.config.num_hidden_layers  # the first layer's first norm computes them; every later norm is given
+    assert given == [False] + [False, True] * (layers - 1) + [False, True]
     assert "forward" not in vars(model.model.layers[0]) and "forward" not in vars(model.model.norm)
     with fused_layers(model, enabled=False) as fused:
         assert not fused and "forward" not in vars(model.model.layers[0])
