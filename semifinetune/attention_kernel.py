@@ -20,8 +20,9 @@ import triton.language as tl
 
 from .layer_kernels import INTERPRETED
 
-BLOCK = 64  # slots a program reads at a time
-WARPS, STAGES = 4, 2  # Triton's launch settings: warps per program, blocks in flight
+# Slots a program reads at a time, warps per program, blocks in flight: the fastest of 27 settings (block 32, 64,
+# 128 x 2, 4, 8 warps x 1-3 stages) in one layer at 822 rows x 320 slots on an H100 (98.7 us; 104.3 at 64, 4, 2)
+BLOCK, WARPS, STAGES = 32, 4, 3
 
 
 def supported(query, key) -> bool:

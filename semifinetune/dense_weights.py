@@ -81,8 +81,10 @@ def _merge(model, copies: list) -> list:
                 continue
             weight = torch.cat(weights)
             sizes = [w.shape[0] for w in weights]
-            for i, view in zip(indices, weight.split(sizes)):
-                copies[i] = (*copies[i][:2], view)
+            start = 0
+            for i, size in zip(indices, sizes):  # narrow, not split: a caller may write into its view
+                copies[i] = (*copies[i][:2], weight.narrow(0, start, size))
+                start += size
             bias = torch.cat([layer.bias for layer in layers]) if biased == {True} else None
             setattr(module, MERGED, (functools.partial(_linear, layers[0].compute_dtype, weight, bias), sizes))
             merged.append(module)
