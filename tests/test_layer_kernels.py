@@ -174,3 +174,44 @@ def test_merged_projections_give_the_separate_ones_logits(tiny):
     assert fused and len(merged_calls) == 2
     assert torch.allclose(merged, separate, rtol=0, atol=1e-5)
     assert not any(hasattr(m, MERGED) for m in model.modules())
+
+
+def test_the_draw_recorded_in_the_steps_graph_gives_the_loops_own_tokens(tiny, monkeypatch):
+    """The loop as a GPU runs it with graphs (each graph's first use runs its step three times here: warm-up,
+    recording, replay): drawing inside the recorded step gives the tokens that drawing between the steps gives, with
+    the same seeds, sampled and greedy rows, rows that end early padded, and the early stop when every row ended."""
+    from semifinetune import decode
+
+    model, tokenizer = tiny
+    monkeypatch.setattr(decode, "kernels_usable", lambda device: True)
+    monkeypatch.setattr(decode, "SAMPLE_KERNEL_ROWS", 1)
+    monkeypatch.setattr(decode, "FINISHED_CHECK_EVERY", 2)
+    monkeypatch.setattr(decode, "_graphs_supported", lambda device: True)
+    recorded = []
+
+    def record_on_cpu(step, pool=None):
+        recorded.append(step.func.__name__)
+        step()  # the warm-up
+        step()  # the recording (a CUDA graph records without running; running it again must not matter)
+        return step, None, "pool"
+
+    monkeypatch.setattr(decode, "_record", record_on_cpu)
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(["Who founded TSMC?", "CUDA?", "What is a wafer?"], return_tensors="pt", padding=True)
+
+    def run(in_graph: bool, eos):
+        monkeypatch.setattr(decode, "DRAW_IN_GRAPH", in_graph)
+        torch.manual_seed(0)  # the loop's seeds come from torch's generator
+        with torch.inference_mode():
+            return decode.static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.8, 0.0, 1.2],
+                                        [0.9, 1.0, 1.0], 12, eos, tokenizer.pad_token_id).tolist()
+
+    free = run(False, [-1])
+    assert recorded and "_step_and_draw" not in recorded
+    ending = {free[0][2], free[1][4], free[2][3]}  # ids every row draws early: each row ends within 5 tokens
+    expected = run(False, ending)
+    recorded.clear()
+    got = run(True, ending)
+    assert "_step_and_draw" in recorded and got == expected
+    assert all(row[5:] == [tokenizer.pad_token_id] * 7 for row in got)
+    assert run(True, [-1]) == free

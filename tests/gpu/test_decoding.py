@@ -113,16 +113,23 @@ def test_a_recording_that_fails_on_the_gpu_leaves_decoding_going_without_graphs(
     assert "without graphs" not in capsys.readouterr().out
 
 
-def test_graphed_sampling_draws_what_the_eager_loop_draws(tiny_fp32):
-    """Each row its own temperature and top_p, one seed: the replayed step gives the eager step's tokens."""
+@pytest.mark.parametrize("rows", [8, 72])
+def test_graphed_sampling_draws_what_the_eager_loop_draws(tiny_fp32, rows):
+    """Each row its own temperature and top_p, one seed: the replayed step gives the eager step's tokens. At 72 rows
+    sample_kernel draws, and the graphs hold each step's draw (decode.DRAW_IN_GRAPH); the eager loop draws between
+    its steps."""
+    from semifinetune import decode
     from semifinetune.decode import static_decode
     from semifinetune.formats import chat_prompt
     from semifinetune.generate import eos_token_ids
 
     model, tokenizer = tiny_fp32
-    settings = [(t, p) for t in (0.3, 0.6, 1.0, 1.5) for p in (0.9, 1.0)]
+    grid = [(t, p) for t in (0.3, 0.6, 1.0, 1.5) for p in (0.9, 1.0)]
+    settings = [grid[i % len(grid)] for i in range(rows)]
+    assert (rows >= decode.SAMPLE_KERNEL_ROWS) == (rows == 72)
     tokenizer.padding_side = "left"
-    encoded = tokenizer([chat_prompt(tokenizer, q) for q in QUESTIONS[: len(settings)]], return_tensors="pt",
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(rows)]
+    encoded = tokenizer([chat_prompt(tokenizer, q) for q in questions], return_tensors="pt",
                         padding=True, add_special_tokens=False).to("cuda")
     runs = []
     for graphed in (False, True):
