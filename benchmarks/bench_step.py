@@ -16,7 +16,9 @@ step is then timed at the answer's middle (prompt + 256 slots; an answer of 512 
 - sampling: torch's draw (decode.sample_next) and the Triton draw, on flat logits (random weights') and peaked ones;
 - the step and its draw recorded in one graph, as the loop replays them (decode.DRAW_IN_GRAPH);
 - attention's accuracy at 16 rows with retrieved notes (long prompts): the loop's attention and transformers' SDPA,
-  their outputs and the step's logits against fp32 attention on the same inputs.
+  their outputs and the step's logits against fp32 attention on the same inputs;
+- with --attention-settings, attention_kernel in one layer under 27 launch settings (how its BLOCK, WARPS and
+  STAGES were chosen).
 """
 
 from __future__ import annotations
@@ -283,10 +285,60 @@ def decoder_accuracy(model, decoder, encoded, pad_id: int) -> dict:
             for name, (a, b) in errors.items()}
 
 
+def attention_settings(rows: int = 822, length: int = 320, filled: int = 295) -> list[dict]:
+    """attention_kernel.attend in one layer at R1's heads under each launch setting (block, warps, stages), on
+    random keys and values, rows left-padded by up to 11 slots: microseconds a call (28 calls in one graph) and the
+    output's relative error against fp32 attention."""
+    import itertools
+
+    import torch
+
+    from semifinetune import attention_kernel
+
+    heads, key_heads, dim = 12, 2, 128
+    q = torch.randn(rows, heads, 1, dim, device="cuda").to(torch.bfloat16)
+    k, v = (torch.randn(rows, key_heads, length + 256, dim, device="cuda").to(torch.bfloat16) for _ in range(2))
+    slot = torch.arange(length, device="cuda")
+    pad = torch.randint(0, 12, (rows,), device="cuda")
+    hidden = (slot[None] < pad[:, None]) | (slot[None] >= filled)
+    mask = torch.zeros(rows, 1, 1, length, device="cuda", dtype=torch.bfloat16).masked_fill(
+        hidden[:, None, None], torch.finfo(torch.bfloat16).min)
+    scale = dim**-0.5
+    keys, values = (t[:, :, :length].float().repeat_interleave(heads // key_heads, 1) for t in (k, v))
+    exact = (torch.softmax(q.float() @ keys.transpose(-1, -2) * scale + mask.float(), -1) @ values).transpose(1, 2)
+    found = []
+    for block, warps, stages in itertools.product((32, 64, 128), (2, 4, 8), (1, 2, 3)):
+        def attend():
+            return attention_kernel.attend(q, k, v, mask, scale, block, warps, stages)
+
+        error = ((attend().float() - exact).norm() / exact.norm()).item()
+        found.append({"block": block, "warps": warps, "stages": stages, "error": round(error, 6),
+                      "us": round(graphed_ms(attend, 28) * 1e3 / 28, 1)})
+    return sorted(found, key=lambda r: r["us"])
+
+
+def graphed_ms(function, calls: int) -> float:
+    """One replay of a CUDA graph holding `calls` calls of `function`."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        function()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            function()
+    return cuda_ms(graph.replay, 10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--attention-settings", action="store_true", help="also time the attention kernel's launch "
+                        "settings (about 40 s)")
     parser.add_argument("--rows", default="64,256,822")
     args = parser.parse_args()
 
@@ -299,6 +351,9 @@ def main() -> None:
     model.eval()
     entry = {"benchmark": "decoding_step", "date": datetime.date.today().isoformat(), "card": report["gpu_name"],
              "versions": report["versions"]}
+    if args.attention_settings:
+        entry["attention_settings"] = attention_settings()
+        print(entry["attention_settings"][:5], flush=True)
     with dequantized_weights(model):
         entry["accuracy_vs_fp32"] = accuracy(model, tokenizer)
         print(entry["accuracy_vs_fp32"], flush=True)
