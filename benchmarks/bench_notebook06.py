@@ -6,9 +6,8 @@ Trains a `t4` run first (20 steps by default: the tuned model does not stop by i
 calls what notebook 06 calls, in its order and in one process: compare_base_tuned, compare_retrieval (reusing the
 evaluation's answers) and run_sweep. Wrapped and timed (with the GPU synchronised around each, so that the host's
 clock is the GPU's): the model loads, each batch's prefill, each graph recording, and each batch's decoding; inside
-the decoding, each replayed step and each draw on the GPU's own clock (CUDA events). Where the draw is recorded in
-the step's graph (decode.DRAW_IN_GRAPH), a replay holds its draw, and no draw is counted apart (each batch's first,
-from the prompts' logits, falls in "between"). The rest is retrieval, scoring, tables, plots and files.
+the decoding, each replayed step and each draw on the GPU's own clock (CUDA events). The rest is retrieval,
+scoring, tables, plots and files.
 """
 
 from __future__ import annotations
@@ -87,8 +86,6 @@ def instrument() -> None:
     decode.StaticDecoder.decode = timed("decoding", "batches", decode.StaticDecoder.decode)
     replayed = lambda decoder, length: decoder.use_graphs and length in decoder.graphs  # noqa: E731 (not a recording)
     decode.StaticDecoder._next_logits = gpu_timed("replay", decode.StaticDecoder._next_logits, replayed)
-    drawn = lambda decoder, length: decoder.use_graphs and length in decoder.drawing_graphs  # noqa: E731
-    decode.StaticDecoder._drawn_step = gpu_timed("replay", decode.StaticDecoder._drawn_step, drawn)
     decode.sample_next = gpu_timed("draw", decode.sample_next)
 
 

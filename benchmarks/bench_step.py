@@ -14,7 +14,6 @@ step is then timed at the answer's middle (prompt + 256 slots; an answer of 512 
   fused layers the profiler ties no Triton kernel to its range: "norm" holds only torch's mean, and the Triton
   kernels of the norms, rotary and SiLU x up count in "rest";
 - sampling: torch's draw (decode.sample_next) and the Triton draw, on flat logits (random weights') and peaked ones;
-- the step and its draw recorded in one graph, as the loop replays them (decode.DRAW_IN_GRAPH);
 - attention's accuracy at 16 rows with retrieved notes (long prompts): the loop's attention and transformers' SDPA,
   their outputs and the step's logits against fp32 attention on the same inputs;
 - with --attention-settings, attention_kernel in one layer under 27 launch settings (how its BLOCK, WARPS and
@@ -187,25 +186,6 @@ def replay_ms(model, decoder, length: int, fused: bool, kernel: bool) -> float:
         return cuda_ms(lambda: decoder._next_logits(length))
 
 
-def drawn_step_ms(model, decoder, length: int, temperatures, top_ps) -> float:
-    """The step with its draw recorded in one graph, as the loop replays it (decode.DRAW_IN_GRAPH)."""
-    import torch
-
-    from semifinetune.decode_attention import decode_attention
-    from semifinetune.fused_layers import fused_layers
-
-    drawn = decoder._drawn_buffers()
-    drawn.temperature.copy_(torch.tensor(temperatures))
-    drawn.top_p.copy_(torch.tensor(top_ps))
-    drawn.finished.zero_()
-    drawn.eos.fill_(-1)
-    drawn.seed.fill_(1)
-    drawn.column.fill_(MIDDLE)
-    with decode_attention(model), fused_layers(model):
-        decoder.drawing_graphs.clear()
-        return cuda_ms(lambda: decoder._drawn_step(length))
-
-
 def sampling_ms(rows: int, vocab: int, temperatures, top_ps) -> dict:
     import torch
 
@@ -238,9 +218,8 @@ def at_rows(model, tokenizer, rows: int) -> dict:
                         "forward_parts_ms": forward_parts(model, decoder, length, fused, kernel)}
             step["graph_overhead_ms"] = round(step["step_graph_ms"] - step["forward_parts_ms"]["kernels_total"], 3)
             found[layers] = step
-        temperatures, top_ps = [s.temperature for s in settings], [s.top_p for s in settings]
-        found["sampling_ms"] = sampling_ms(rows, model.config.vocab_size, temperatures, top_ps)
-        found["step_with_draw_graph_ms"] = round(drawn_step_ms(model, decoder, length, temperatures, top_ps), 3)
+        found["sampling_ms"] = sampling_ms(rows, model.config.vocab_size, [s.temperature for s in settings],
+                                           [s.top_p for s in settings])
     found["allocated_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
     del decoder
     gc.collect()
@@ -363,7 +342,6 @@ def main() -> None:
     entry["seconds"] = round(time.perf_counter() - started, 1)
     biggest = entry[f"rows_{max(int(r) for r in args.rows.split(','))}"]
     record(args.out, entry, f"decoding step at {biggest['rows']} rows on {entry['card']}: "
-           f"{biggest['step_with_draw_graph_ms']} ms with its draw in one graph, "
            f"{biggest['fused_attention_kernel_merged']['step_graph_ms']} ms with merged projections, "
            f"{biggest['fused_attention_kernel']['step_graph_ms']} ms fused with the attention kernel, "
            f"{biggest['fused_layers']['step_graph_ms']} ms fused, {biggest['torch_layers']['step_graph_ms']} ms not; "

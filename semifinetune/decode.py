@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import types
 
 from .decode_attention import decode_attention
 from .fused_layers import fused_layers
@@ -36,10 +35,6 @@ MAX_DRAWS = 8  # draws per row before sample_next takes the token from the cut d
 # prompt in its settings x samples rows)
 DISTINCT_PROMPTS_SHARE = 0.5
 KV_BUCKET = 64  # attention reads the cache up to the filled slots rounded up to this; one CUDA graph per length
-# Where the step is recorded and sample_kernel draws (and the model has at most this many end-of-sequence ids), each
-# step's graph holds its draw too (StaticDecoder._decode_drawing_in_graphs)
-DRAW_IN_GRAPH = True
-MAX_EOS_IDS = 8
 # sample_kernel's draw against torch's, per step on an H100 (BENCHMARKS.md): 0.39-0.41 vs 0.96-1.24 ms at 64 rows,
 # 0.32 vs 4.41 at 822
 SAMPLE_KERNEL_ROWS = 64
@@ -172,8 +167,7 @@ class StaticDecoder:
     once per model instead of once per batch (recording costs time and, on an H200, sometimes failed in a later
     batch). Everything the recorded step reads that differs between batches (the prompt length, each row's prompt
     slots and token count) lives in tensors it rewrites; a batch of fewer rows is filled up with rows of padding,
-    which are never sampled, so a row draws what it would draw in a decoder sized to its batch (where the draw is
-    recorded in the step's graph, from the same distribution with other noise: _decode_drawing_in_graphs).
+    which are never sampled, so a row draws what it would draw in a decoder sized to its batch.
     """
 
     def __init__(self, model, rows: int, prompt_len: int, max_new_tokens: int, cuda_graph: bool = True):
@@ -201,7 +195,6 @@ class StaticDecoder:
 
             self.sampling_kernel = fits(rows, model.config.vocab_size)
         self.graphs, self.pool, self.graph_logits = {}, None, None  # attention length -> its replay; one memory pool
-        self.drawing_graphs, self.drawn = {}, None  # the same for the step with its draw, and that step's buffers
 
     def fits(self, rows: int, prompt_len: int, max_new_tokens: int) -> bool:
         return rows <= self.rows and max_new_tokens == self.max_new_tokens and prompt_len + max_new_tokens <= self.total
@@ -237,10 +230,6 @@ class StaticDecoder:
                 self.graph_logits = torch.empty_like(logits)
             if streamer is not None:
                 streamer.put(input_ids[:batch_rows].cpu())
-            if (DRAW_IN_GRAPH and self.use_graphs and self.sampling_kernel and streamer is None
-                    and len(eos) <= MAX_EOS_IDS):
-                return self._decode_drawing_in_graphs(logits, batch_rows, prompt_len, temperature, top_p, eos, pad_id,
-                                                      step_seeds, keys_cut_to_mask)
             new_ids = torch.full((batch_rows, self.max_new_tokens), pad_id, dtype=torch.long, device=self.device)
             finished = torch.zeros(batch_rows, dtype=torch.bool, device=self.device)
             for k in range(self.max_new_tokens):
@@ -263,83 +252,6 @@ class StaticDecoder:
         if streamer is not None:
             streamer.end()
         return new_ids
-
-    def _decode_drawing_in_graphs(self, logits, batch_rows: int, prompt_len: int, temperature, top_p, eos, pad_id: int,
-                                  step_seeds, keys_cut_to_mask: bool):
-        """decode()'s steps with each step's draw, its token's bookkeeping and the end-of-sequence check recorded in
-        the step's CUDA graph: between replays the host only writes the step's slot, column and seed, so the GPU does
-        not wait for the draw's and the bookkeeping's thirty-odd launches from the host after every step
-        (BENCHMARKS.md). The same seeds as decode()'s own loop; the draw runs over every row of the decoder (rows
-        that fill a smaller batch are greedy and finished from the start), so a sampled row of such a batch draws
-        from its distribution with other noise than in a decoder of its batch's size."""
-        import torch
-
-        drawn = self._drawn_buffers()
-        drawn.temperature.zero_()[:batch_rows] = temperature
-        drawn.top_p.fill_(1.0)[:batch_rows] = top_p
-        drawn.finished.fill_(True)[:batch_rows] = False
-        drawn.new_ids.fill_(pad_id)
-        drawn.pad.fill_(pad_id)
-        drawn.eos.copy_(eos[torch.arange(len(drawn.eos), device=self.device) % len(eos)])  # repeated to fill it
-        drawn.column.zero_()
-        drawn.seed.fill_(int(torch.randint(2**31 - 1, (), generator=step_seeds)))
-        self._draw_from(logits)  # the first token, from the prompts' logits
-        for k in range(1, self.max_new_tokens):
-            drawn.finished.copy_(drawn.next_finished)
-            self.token.copy_(drawn.next_token)
-            if k % FINISHED_CHECK_EVERY == 0 and bool(drawn.finished.all()):
-                break
-            position = prompt_len + k - 1  # the slot of token k - 1, whose step gives token k
-            self.cache_position.fill_(position)
-            drawn.column.fill_(k)
-            drawn.seed.fill_(int(torch.randint(2**31 - 1, (), generator=step_seeds)))
-            length = self.total
-            if keys_cut_to_mask:
-                length = min(self.total, position // KV_BUCKET * KV_BUCKET + KV_BUCKET)
-            self._drawn_step(length)
-        return drawn.new_ids[:batch_rows].clone()
-
-    def _drawn_buffers(self):
-        """What the step with its draw reads and writes besides the step's own tensors: made at first use."""
-        import torch
-
-        if self.drawn is None:
-            rows, long = self.rows, dict(dtype=torch.long, device=self.device)
-            self.drawn = types.SimpleNamespace(
-                temperature=torch.zeros(rows, dtype=torch.float32, device=self.device),
-                top_p=torch.ones(rows, dtype=torch.float32, device=self.device),
-                finished=torch.zeros(rows, dtype=torch.bool, device=self.device),
-                next_finished=torch.zeros(rows, dtype=torch.bool, device=self.device),
-                next_token=torch.zeros((rows, 1), **long),
-                new_ids=torch.zeros((rows, self.max_new_tokens), **long),
-                pad=torch.zeros(1, **long), eos=torch.zeros(MAX_EOS_IDS, **long), column=torch.zeros(1, **long),
-                seed=torch.zeros(1, **long),
-            )
-        return self.drawn
-
-    def _drawn_step(self, length: int):
-        """The step with its draw: its graph for `length` replayed (recorded the first time), or run eagerly."""
-        step = functools.partial(self._step_and_draw, length)
-        if self._recorded(self.drawing_graphs, length, step):
-            self.drawing_graphs[length]()
-        else:
-            step()
-
-    def _step_and_draw(self, length: int):
-        self._draw_from(self._step(length))
-
-    def _draw_from(self, logits):
-        """Each row's token drawn from `logits` (padding once finished) into new_ids at the step's column, next_token
-        and next_finished: nothing it reads is written, so the recording's warm-up run and the replay after it agree."""
-        import torch
-
-        from .sample_kernel import draw
-
-        drawn = self.drawn
-        token = torch.where(drawn.finished, drawn.pad, draw(logits, drawn.temperature, drawn.top_p, drawn.seed)[0])
-        drawn.new_ids.scatter_(1, drawn.column.expand(self.rows, 1), token.unsqueeze(1))
-        torch.logical_or(drawn.finished, (token.unsqueeze(1) == drawn.eos).any(dim=1), out=drawn.next_finished)
-        drawn.next_token.copy_(token.unsqueeze(1))
 
     def load_prompts(self, attention_mask, pad_id: int):
         """Writes what the recorded step reads of a batch: its prompt length, each row's prompt slots and token count.
@@ -424,26 +336,21 @@ class StaticDecoder:
     def _next_logits(self, length: int):
         """The step's logits: its graph for `length` replayed (recorded the first time), or the step run eagerly
         without graphs or after a recording failed."""
-        if self._recorded(self.graphs, length, functools.partial(_into, self.graph_logits, self._step, length)):
-            self.graphs[length]()
-            return self.graph_logits
-        return self._step(length)
-
-    def _recorded(self, graphs: dict, length: int, step) -> bool:
-        """Whether `graphs` holds `step`'s replay for `length`, recorded here the first time; False without graphs,
-        or once a recording failed: the rest of the call then runs its steps eagerly."""
         import torch
 
-        if self.use_graphs and length not in graphs:
+        if self.use_graphs and length not in self.graphs:
             try:
-                graphs[length], _, self.pool = _record(step, self.pool)
+                self.graphs[length], _, self.pool = _record(functools.partial(_into, self.graph_logits, self._step, length), self.pool)
             except torch.OutOfMemoryError:
                 raise  # generate() retries with a smaller batch
             except RuntimeError as error:
                 self.use_graphs = False
                 print(f"Recording the decoding step as a CUDA graph failed ({str(error).splitlines()[0]}); the rest of "
                       "this call decodes without graphs: the same tokens, more slowly.", flush=True)
-        return self.use_graphs
+        if self.use_graphs:
+            self.graphs[length]()
+            return self.graph_logits
+        return self._step(length)
 
 
 def kernels_usable(device) -> bool:

@@ -48,14 +48,11 @@ def splits_for(rows: int, vocab: int) -> int:
     return splits
 
 
-def draw(logits, temperature, top_p, seed, block: int = BLOCK):
+def draw(logits, temperature, top_p, seed: int, block: int = BLOCK):
     """(token per row (int64), pending (bool): rows whose DRAWS draws top_p all cut) for logits (B, V) on the GPU,
-    temperature and top_p float32 (B,), `seed` an int below 2 ** 31 (one per step), or a one-element integer tensor
-    on the logits' device holding it (what a recorded CUDA graph reads anew at each replay); `block` a power of two."""
+    temperature and top_p float32 (B,), `seed` an int below 2 ** 31 (one per step); `block` a power of two."""
     import torch
 
-    if not isinstance(seed, torch.Tensor):
-        seed = torch.full((1,), seed, dtype=torch.int64, device=logits.device)
     rows, vocab = logits.shape
     if logits.stride(1) != 1:
         logits = logits.contiguous()
@@ -138,7 +135,7 @@ def _crossing(weights, target):
 
 
 @triton.jit
-def _locate(logits_ptr, row_stride, inverse_ptr, seed_ptr, vocab, span, lane_max_ptr, lane_sum_ptr, max_ptr, sum_ptr,
+def _locate(logits_ptr, row_stride, inverse_ptr, seed, vocab, span, lane_max_ptr, lane_sum_ptr, max_ptr, sum_ptr,
             drawn_ptr, drawn_s_ptr, row_max_ptr, row_sum_ptr, SPLITS: tl.constexpr, BLOCK: tl.constexpr,
             DEPTH: tl.constexpr):
     """Per row: DRAWS draws (position and tempered logit), each u x the row's sum found split by split, lane by lane
@@ -153,7 +150,7 @@ def _locate(logits_ptr, row_stride, inverse_ptr, seed_ptr, vocab, span, lane_max
     tl.store(row_sum_ptr + row, total)
     lanes = tl.arange(0, BLOCK)
     blocks = tl.arange(0, DEPTH)
-    u0, u1, u2, u3 = tl.rand4x(tl.load(seed_ptr), row)
+    u0, u1, u2, u3 = tl.rand4x(seed, row)
     for d in tl.static_range(4):
         u = u0 if d == 0 else (u1 if d == 1 else (u2 if d == 2 else u3))
         split, left = _crossing(split_weights, u * total)
@@ -227,7 +224,7 @@ def _choose(temperature_ptr, top_p_ptr, max_ptr, arg_ptr, drawn_ptr, row_sum_ptr
 
 
 @triton.jit
-def _settle(logits_ptr, row_stride, inverse_ptr, top_p_ptr, seed_ptr, rows, vocab, row_max_ptr, row_sum_ptr, token_ptr,
+def _settle(logits_ptr, row_stride, inverse_ptr, top_p_ptr, seed, rows, vocab, row_max_ptr, row_sum_ptr, token_ptr,
             pending_ptr, BLOCK: tl.constexpr):
     """Per row whose draws top_p all cut (the others return at once): top_p's cut found exactly, then one draw from
     the tokens it keeps. With t = s - the row's largest s, a token is kept where the tokens above it hold less than
@@ -260,7 +257,7 @@ def _settle(logits_ptr, row_stride, inverse_ptr, top_p_ptr, seed_ptr, rows, voca
         at = offset + lanes
         t = tl.load(base + at, mask=at < vocab, other=-float("inf")).to(tl.float32) * inverse - top
         kept_mass += tl.where(t >= threshold, tl.exp2(t), 0.0)
-    left = tl.rand(tl.load(seed_ptr), rows + row) * tl.sum(kept_mass, 0)  # Philox counters past the draws' (one a row)
+    left = tl.rand(seed, rows + row) * tl.sum(kept_mass, 0)  # Philox counters past the draws' (one a row)
     chosen = tl.full([], -1, tl.int32)
     last = tl.full([], 0, tl.int32)
     for offset in range(0, tl.where(settle, vocab, 0), BLOCK):

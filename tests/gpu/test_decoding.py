@@ -115,9 +115,8 @@ def test_a_recording_that_fails_on_the_gpu_leaves_decoding_going_without_graphs(
 
 @pytest.mark.parametrize("rows", [8, 72])
 def test_graphed_sampling_draws_what_the_eager_loop_draws(tiny_fp32, rows):
-    """Each row its own temperature and top_p, one seed: the replayed step gives the eager step's tokens. At 72 rows
-    sample_kernel draws, and the graphs hold each step's draw (decode.DRAW_IN_GRAPH); the eager loop draws between
-    its steps."""
+    """Each row its own temperature and top_p, one seed: the replayed step gives the eager step's tokens (at 72 rows
+    drawn by sample_kernel, at 8 by torch)."""
     from semifinetune import decode
     from semifinetune.decode import static_decode
     from semifinetune.formats import chat_prompt
