@@ -76,8 +76,8 @@ def _merge(model, copies: list) -> list:
                 continue
             layers = [copies[i][1] for i in indices]
             weights = [copies[i][2] for i in indices]
-            biased = {layer.bias is not None for layer in layers}
-            if len({w.dtype for w in weights}) > 1 or len({layer.compute_dtype for layer in layers}) > 1 or len(biased) > 1:
+            kinds = [(w.dtype, layer.compute_dtype, layer.bias is not None) for w, layer in zip(weights, layers)]
+            if len(set(kinds)) > 1:
                 continue
             weight = torch.cat(weights)
             sizes = [w.shape[0] for w in weights]
@@ -85,7 +85,7 @@ def _merge(model, copies: list) -> list:
             for i, size in zip(indices, sizes):  # narrow, not split: a caller may write into its view
                 copies[i] = (*copies[i][:2], weight.narrow(0, start, size))
                 start += size
-            bias = torch.cat([layer.bias for layer in layers]) if biased == {True} else None
+            bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
             setattr(module, MERGED, (functools.partial(_linear, layers[0].compute_dtype, weight, bias), sizes))
             merged.append(module)
     return merged

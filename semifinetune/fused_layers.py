@@ -8,7 +8,8 @@ attention into the second norm's, the layer's last into the next layer's first n
 dense_weights merged a layer's q, k and v copies (and its gate and up ones) into one matrix, each group is one matmul
 whose slices the kernels read where they lie. The model's final norm runs through layer_kernels too. Every value
 is transformers' own, bit for bit on a GPU. The decoding loop (decode.StaticDecoder) records these in its CUDA
-graphs: a step of R1-1.5B launches about 560 fewer kernels (1,289 against 724).
+graphs: a step of R1-1.5B launches about 620 fewer kernels (1,289 against 668, 584 with the merged matmuls and the
+attention kernel).
 """
 
 from __future__ import annotations
