@@ -246,7 +246,7 @@ def _settle(logits_ptr, row_stride, inverse_ptr, top_p_ptr, seed, rows, vocab, r
         mass = tl.zeros([BLOCK], tl.float32)
         for offset in range(0, vocab, BLOCK):
             at = offset + lanes
-            t = tl.load(base + at, mask=at < vocab, other=-float("inf")).to(tl.float32) * inverse - top
+            t = _tempered(base, at, vocab, inverse) - top
             mass += tl.where(t > below, tl.exp2(t), 0.0)
         kept = tl.sum(mass, 0) < target
         low = tl.where(kept, middle, low)
@@ -255,14 +255,14 @@ def _settle(logits_ptr, row_stride, inverse_ptr, top_p_ptr, seed, rows, vocab, r
     kept_mass = tl.zeros([BLOCK], tl.float32)
     for offset in range(0, tl.where(settle, vocab, 0), BLOCK):
         at = offset + lanes
-        t = tl.load(base + at, mask=at < vocab, other=-float("inf")).to(tl.float32) * inverse - top
+        t = _tempered(base, at, vocab, inverse) - top
         kept_mass += tl.where(t >= threshold, tl.exp2(t), 0.0)
     left = tl.rand(seed, rows + row) * tl.sum(kept_mass, 0)  # Philox counters past the draws' (one a row)
     chosen = tl.full([], -1, tl.int32)
     last = tl.full([], 0, tl.int32)
     for offset in range(0, tl.where(settle, vocab, 0), BLOCK):
         at = offset + lanes
-        t = tl.load(base + at, mask=at < vocab, other=-float("inf")).to(tl.float32) * inverse - top
+        t = _tempered(base, at, vocab, inverse) - top
         p = tl.where(t >= threshold, tl.exp2(t), 0.0)
         prefix = tl.cumsum(p, 0)
         crossed = (prefix > left) & (p > 0)
@@ -272,3 +272,9 @@ def _settle(logits_ptr, row_stride, inverse_ptr, top_p_ptr, seed, rows, vocab, r
         left -= tl.sum(p, 0)
     if settle:
         tl.store(token_ptr + row, tl.where(chosen < 0, last, chosen).to(tl.int64))  # rounding past the end: the last
+
+
+@triton.jit
+def _tempered(row_ptr, at, vocab, inverse):
+    """The row's tempered logits s at positions `at` (-inf past the vocabulary)."""
+    return tl.load(row_ptr + at, mask=at < vocab, other=-float("inf")).to(tl.float32) * inverse
