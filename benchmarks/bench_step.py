@@ -41,9 +41,14 @@ from record import record  # noqa: E402
 
 NEW_TOKENS = 512
 MIDDLE = 256
-# (name, fused layers, attention kernel, q/k/v and gate/up each one matmul)
-VARIANTS = (("torch_layers", False, False, False), ("fused_layers", True, False, False),
-            ("fused_attention_kernel", True, True, False), ("fused_attention_kernel_merged", True, True, True))
+# The step's levers in the order they were added: the fused layers, attention_kernel, q/k/v and gate/up each one
+# matmul, rotary writing the cache, the LM head writing the step's logits, each prompt's slots read from one row,
+# attention reading the filled slots only (not up to the bucket). VARIANTS[i] has the first i levers on.
+LEVERS = ("fused", "kernel", "merged", "cache_write", "head_out", "shared", "filled")
+VARIANTS = ("torch_layers", "fused_layers", "fused_attention_kernel", "fused_attention_kernel_merged",
+            "rotary_writes_cache", "head_writes_logits", "prompts_read_once", "filled_slots_only")
+TOP_KERNELS = 30
+ROWS_TIMED_IN_LOOP = 822  # decode() itself is timed at this batch (two calls of 512 steps)
 PROJECTIONS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "mlp", "up_proj": "mlp",
                "down_proj": "mlp"}
 
@@ -79,11 +84,34 @@ def prefilled(model, tokenizer, prompts):
     position = prompt_len + MIDDLE
     decoder.cache_position.fill_(position)
     decoder.token.random_(0, model.config.vocab_size)
-    return decoder, min(decoder.total, position // KV_BUCKET * KV_BUCKET + KV_BUCKET)
+    return decoder, min(decoder.total, position // KV_BUCKET * KV_BUCKET + KV_BUCKET), encoded
 
 
 @contextmanager
-def labelled(model, kernel: bool):
+def step_levers(model, decoder, levers: dict):
+    """The step's layers, attention and cache update as `levers` (LEVERS: on or off) has them; the merged matmuls
+    are projections_merged's."""
+    from semifinetune import attention_kernel
+    from semifinetune import fused_layers as fused_module
+    from semifinetune.decode_attention import decode_attention
+
+    kept = fused_module._static_step_layer, attention_kernel.attend
+    if not levers["cache_write"]:
+        fused_module._static_step_layer = lambda *args: None
+    if not levers["filled"]:  # reads up to the mask's length, the filled slots rounded up to decode.KV_BUCKET
+        attend = kept[1]
+        attention_kernel.attend = lambda q, k, v, mask, scale, prompt_rows=None, filled=None: attend(
+            q, k, v, mask, scale, prompt_rows)
+    try:
+        with decode_attention(model, levers["kernel"], decoder.prompt_rows() if levers["shared"] else None), \
+                fused_module.fused_layers(model, levers["fused"]):
+            yield
+    finally:
+        fused_module._static_step_layer, attention_kernel.attend = kept
+
+
+@contextmanager
+def labelled(model, kernel: bool, prompt_rows=None):
     """torch.profiler ranges around the projections, the LM head, the norms, rotary and attention, in the model's own
     layers and in the fused ones (fused_layers)."""
     import torch
@@ -121,7 +149,8 @@ def labelled(model, kernel: bool):
     originals = [getattr(owner, name) for owner, name, _ in functions]
     for (owner, name, label), original in zip(functions, originals):
         setattr(owner, name, ranged(label, original))
-    AttentionInterface.register(NAME, ranged("attention", functools.partial(grouped_attention, kernel=kernel)))
+    AttentionInterface.register(NAME, ranged("attention", functools.partial(grouped_attention, kernel=kernel,
+                                                                          prompt_rows=prompt_rows)))
     try:
         yield
     finally:
@@ -148,20 +177,18 @@ def projections_merged(model, merged: bool):
             setattr(module, MERGED, value)
 
 
-def forward_parts(model, decoder, length: int, fused: bool, kernel: bool) -> dict:
+def forward_parts(model, decoder, length: int, levers: dict) -> dict:
     """Milliseconds of GPU kernels per part of one eager step, its layers transformers' own or fused, its attention
     SDPA or attention_kernel."""
     import torch
 
-    from semifinetune.decode_attention import decode_attention
-    from semifinetune.fused_layers import fused_layers
-
-    with decode_attention(model, kernel), fused_layers(model, fused):
-        decoder._step(length)
+    out = decoder.graph_logits if levers["head_out"] else None
+    with step_levers(model, decoder, levers):
+        decoder._step(length, out)
         torch.cuda.synchronize()
-        with labelled(model, kernel), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
-                                                                 torch.profiler.ProfilerActivity.CPU]) as prof:
-            decoder._step(length)
+        with labelled(model, levers["kernel"], decoder.prompt_rows() if levers["shared"] else None), torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as prof:
+            decoder._step(length, out)
             torch.cuda.synchronize()
     parts = {"qkv": 0.0, "o": 0.0, "mlp": 0.0, "lm_head": 0.0, "attention": 0.0, "norm": 0.0, "rotary": 0.0}
     cpu, gpu = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
@@ -177,13 +204,80 @@ def forward_parts(model, decoder, length: int, fused: bool, kernel: bool) -> dic
     return found
 
 
-def replay_ms(model, decoder, length: int, fused: bool, kernel: bool) -> float:
-    from semifinetune.decode_attention import decode_attention
-    from semifinetune.fused_layers import fused_layers
+def replay_ms(model, decoder, length: int, levers: dict) -> float:
+    """The step recorded as the loop records it (its logits copied out where the head does not write them) and
+    replayed."""
+    from semifinetune.decode import _record
 
-    with decode_attention(model, kernel), fused_layers(model, fused):
-        decoder.graphs.clear()
-        return cuda_ms(lambda: decoder._next_logits(length))
+    out = decoder.graph_logits
+    with step_levers(model, decoder, levers):
+        if levers["head_out"]:
+            step = functools.partial(decoder._step, length, out)
+        else:
+            step = lambda: out.copy_(decoder._step(length))  # noqa: E731 (as the loop recorded it before)
+        replay, _, _ = _record(step)
+        return cuda_ms(replay)
+
+
+def kernel_table(model, decoder, length: int, settings) -> dict:
+    """The step as the loop runs it (every lever) and sample_kernel's draw on the step's own logits, run eagerly
+    under torch's profiler: per kernel name, its launches and microseconds, the TOP_KERNELS largest."""
+    import torch
+
+    from semifinetune.decode import sample_next
+
+    t, p = (torch.tensor(v, device="cuda") for v in ([s.temperature for s in settings], [s.top_p for s in settings]))
+    found = {}
+    with step_levers(model, decoder, dict.fromkeys(LEVERS, True)):
+        for name, run in (("step", lambda: decoder._step(length, decoder.graph_logits)),
+                          ("draw", lambda: sample_next(decoder.graph_logits, t, p, seed=3))):
+            run()
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                run()
+                torch.cuda.synchronize()
+            table = {}
+            for event in prof.events():
+                if event.device_type == torch.autograd.DeviceType.CUDA:
+                    count, us = table.get(event.name[:90], (0, 0.0))
+                    table[event.name[:90]] = (count + 1, us + event.device_time_total)
+            ranked = sorted(table.items(), key=lambda item: -item[1][1])
+            found[name] = {"launches": sum(c for c, _ in table.values()),
+                           "total_us": round(sum(us for _, us in table.values()), 1),
+                           "kernels": [[n, c, round(us, 1)] for n, (c, us) in ranked[:TOP_KERNELS]]}
+    return found
+
+
+def draw_on_model_logits(decoder, settings, draws: int = 200) -> dict:
+    """sample_kernel's draw on the step's own logits (random weights', at the answer's middle), a new seed each
+    time, timed with CUDA events; and how many rows its four draws left to _settle over those draws."""
+    import torch
+
+    from semifinetune import sample_kernel
+    from semifinetune.decode import sample_next
+
+    t, p = (torch.tensor(v, device="cuda") for v in ([s.temperature for s in settings], [s.top_p for s in settings]))
+    logits = decoder.graph_logits
+    seeds = iter(range(1, 10**6))
+    ms = cuda_ms(lambda: sample_next(logits, t, p, seed=next(seeds)), repeat=draws)
+    settled = sum(int(sample_kernel.draw(logits, t, p, seed)[1].sum()) for seed in range(draws))
+    return {"kernel_ms": round(ms, 3), "settled_rows": settled, "draws": draws}
+
+
+def loop_ms(decoder, encoded, settings, pad_id: int) -> dict:
+    """decode() of the whole batch to NEW_TOKENS tokens (no row ends), its graphs recorded by a first call: the
+    second call's seconds, and per step (the replay, the draw and the loop's own work between them)."""
+    import torch
+
+    args = (encoded["input_ids"], encoded["attention_mask"], [s.temperature for s in settings],
+            [s.top_p for s in settings], {-1}, pad_id)
+    decoder.decode(*args)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    decoder.decode(*args)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 2), "ms_per_step": round(seconds * 1e3 / NEW_TOKENS, 3)}
 
 
 def sampling_ms(rows: int, vocab: int, temperatures, top_ps) -> dict:
@@ -210,16 +304,22 @@ def at_rows(model, tokenizer, rows: int) -> dict:
     questions, settings = workload(rows)
     prompts = [chat_prompt(tokenizer, q) for q in questions]
     with torch.inference_mode():
-        decoder, length = prefilled(model, tokenizer, prompts)
+        decoder, length, encoded = prefilled(model, tokenizer, prompts)
         found = {"rows": rows, "prompt_len": int(decoder.prompt_len.item()), "attention_length": length}
-        for layers, fused, kernel, merged in VARIANTS:
-            with projections_merged(model, merged):
-                step = {"step_graph_ms": round(replay_ms(model, decoder, length, fused, kernel), 3),
-                        "forward_parts_ms": forward_parts(model, decoder, length, fused, kernel)}
+        for on, name in enumerate(VARIANTS):
+            levers = {lever: i < on for i, lever in enumerate(LEVERS)}
+            with projections_merged(model, levers["merged"]):
+                step = {"step_graph_ms": round(replay_ms(model, decoder, length, levers), 3),
+                        "forward_parts_ms": forward_parts(model, decoder, length, levers)}
             step["graph_overhead_ms"] = round(step["step_graph_ms"] - step["forward_parts_ms"]["kernels_total"], 3)
-            found[layers] = step
+            found[name] = step
+            print(name, step["step_graph_ms"], flush=True)
+        found["kernels"] = kernel_table(model, decoder, length, settings)
+        found["draw_on_model_logits"] = draw_on_model_logits(decoder, settings)
         found["sampling_ms"] = sampling_ms(rows, model.config.vocab_size, [s.temperature for s in settings],
                                            [s.top_p for s in settings])
+        if rows == ROWS_TIMED_IN_LOOP:
+            found["loop"] = loop_ms(decoder, encoded, settings, tokenizer.pad_token_id)
     found["allocated_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
     del decoder
     gc.collect()
@@ -288,7 +388,7 @@ def attention_settings(rows: int = 822, length: int = 320, filled: int = 295) ->
     found = []
     for block, warps, stages in itertools.product((32, 64, 128), (2, 4, 8), (1, 2, 3)):
         def attend():
-            return attention_kernel.attend(q, k, v, mask, scale, block, warps, stages)
+            return attention_kernel.attend(q, k, v, mask, scale, block=block, warps=warps, stages=stages)
 
         error = ((attend().float() - exact).norm() / exact.norm()).item()
         found.append({"block": block, "warps": warps, "stages": stages, "error": round(error, 6),
@@ -342,6 +442,7 @@ def main() -> None:
     entry["seconds"] = round(time.perf_counter() - started, 1)
     biggest = entry[f"rows_{max(int(r) for r in args.rows.split(','))}"]
     record(args.out, entry, f"decoding step at {biggest['rows']} rows on {entry['card']}: "
+           f"{biggest['filled_slots_only']['step_graph_ms']} ms with every lever, "
            f"{biggest['fused_attention_kernel_merged']['step_graph_ms']} ms with merged projections, "
            f"{biggest['fused_attention_kernel']['step_graph_ms']} ms fused with the attention kernel, "
            f"{biggest['fused_layers']['step_graph_ms']} ms fused, {biggest['torch_layers']['step_graph_ms']} ms not; "

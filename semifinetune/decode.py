@@ -38,6 +38,8 @@ KV_BUCKET = 64  # attention reads the cache up to the filled slots rounded up to
 # sample_kernel's draw against torch's, per step on an H100 (BENCHMARKS.md): 0.39-0.41 vs 0.96-1.24 ms at 64 rows,
 # 0.32 vs 4.41 at 822
 SAMPLE_KERNEL_ROWS = 64
+# causal LMs whose forward returns lm_head(hidden states) unchanged: the step's head may write into its output
+PLAIN_HEAD_MODELS = {"Qwen2ForCausalLM", "LlamaForCausalLM"}
 KERNEL_CAPABILITY = (8, 0)  # Triton supports Ampere and later; a T4 (7.5) keeps transformers' layers and torch's draw
 
 
@@ -187,8 +189,14 @@ class StaticDecoder:
         self.real_tokens = torch.zeros((rows, 1), **long)
         self.token = torch.zeros((rows, 1), **long)
         self.cache_position = torch.zeros(1, **long)
+        # attention_kernel's prompt_rows: where rows repeat a prompt, each reads its prompt's slots from the first row
+        # holding it (the same keys and values), so a prompt's slots come from memory once a step, not once a row
+        self.prompt_source = torch.arange(rows, dtype=torch.int32, device=self.device)
+        self.shared_prompt = torch.zeros(1, dtype=torch.int32, device=self.device)
         self.use_graphs = cuda_graph and _graphs_supported(self.device)
         self.fused = kernels_usable(self.device)  # the layers' norms, rotary and SiLU x up as Triton kernels
+        # attention_kernel reads a step's filled slots by itself: one recorded step for every attention length
+        self.one_length = self.fused and _kernel_attends(model.config, self.dtype)
         self.sampling_kernel = self.fused and rows >= SAMPLE_KERNEL_ROWS
         if self.sampling_kernel:
             from .sample_kernel import fits
@@ -224,7 +232,8 @@ class StaticDecoder:
         step_seeds = torch.Generator().manual_seed(base_seed)  # one per step for sample_kernel, drawn on the host
 
         self.load_prompts(attention_mask, pad_id)
-        with decode_attention(self.model, self.fused) as keys_cut_to_mask, fused_layers(self.model, self.fused):
+        with decode_attention(self.model, self.fused, self.prompt_rows()) as keys_cut_to_mask, \
+                fused_layers(self.model, self.fused):
             logits = self._prefill(input_ids, attention_mask, keys_cut_to_mask, min(temperatures) > 0)
             if self.graph_logits is None:  # every recording writes its logits here: one copy, not one per graph
                 self.graph_logits = torch.empty_like(logits)
@@ -246,7 +255,7 @@ class StaticDecoder:
                 self.token[:batch_rows].copy_(chosen.unsqueeze(1))
                 self.cache_position.fill_(prompt_len + k)
                 length = self.total
-                if keys_cut_to_mask:
+                if keys_cut_to_mask and not self.one_length:
                     length = min(self.total, (prompt_len + k) // KV_BUCKET * KV_BUCKET + KV_BUCKET)
                 logits = self._next_logits(length)
         if streamer is not None:
@@ -256,12 +265,20 @@ class StaticDecoder:
     def load_prompts(self, attention_mask, pad_id: int):
         """Writes what the recorded step reads of a batch: its prompt length, each row's prompt slots and token count.
         `attention_mask` has the decoder's rows (padding rows included)."""
+        import torch
+
         prompt_len = attention_mask.shape[1]
         self.prompt_len.fill_(prompt_len)
         self.prompt_slots.zero_()
         self.prompt_slots[:, :prompt_len] = attention_mask.bool()
         self.real_tokens.copy_(attention_mask.long().sum(dim=1, keepdim=True))
         self.token.fill_(pad_id)
+        self.prompt_source.copy_(torch.arange(self.rows, device=self.device))
+        self.shared_prompt.zero_()
+
+    def prompt_rows(self):
+        """(source row, shared slots) for attention_kernel: set by _prefill where a batch's rows repeat prompts."""
+        return self.prompt_source, self.shared_prompt
 
     def _prefill(self, input_ids, attention_mask, keys_cut_to_mask: bool, share_prompts: bool):
         """Last-position logits of the prompts, their keys and values written from slot 0.
@@ -286,6 +303,10 @@ class StaticDecoder:
             return self._run_prompts(input_ids, attention_mask, self.cache, prompt_len if keys_cut_to_mask else self.total)
         own = StaticCache(config=self.model.config, max_cache_len=prompt_len)
         logits = self._run_prompts(distinct[:, :prompt_len], distinct[:, prompt_len:], own, prompt_len)
+        rows = torch.arange(len(repeats), device=repeats.device)
+        first = torch.full((len(distinct),), len(repeats), device=repeats.device).scatter_reduce_(0, repeats, rows, "amin")
+        self.prompt_source.copy_(first[repeats])
+        self.shared_prompt.fill_(prompt_len)
         for layer, distinct_layer in zip(self.cache.layers, own.layers):
             keys, values = distinct_layer.keys[repeats], distinct_layer.values[repeats]
             if not layer.is_initialized:
@@ -316,22 +337,26 @@ class StaticDecoder:
             logits_to_keep=1,
         ).logits[:, -1]
 
-    def _step(self, length: int):
+    def _step(self, length: int, out=None):
         """One token per row at slot cache_position (below `length`): sees its real prompt tokens and every generated
-        slot so far; attention reads the first `length` slots of the cache."""
-        for layer in self.cache.layers:
-            layer.cumulative_length.copy_(self.cache_position[0])  # the slot this step writes, however often it has run
+        slot so far; attention reads the first `length` slots of the cache. Its logits, written into `out` where
+        given: by the LM head's own matmul where the head is a plain linear layer (no copy of the logits after)."""
+        import torch
+
+        counters = [layer.cumulative_length for layer in self.cache.layers]
+        torch._foreach_copy_(counters, [self.cache_position[0]] * len(counters))  # the slot this step writes, however often it has run
         slots = self.slots[:length]
         generated = (slots >= self.prompt_len) & (slots <= self.cache_position)
         seen = self.prompt_slots[:, :length] | generated.unsqueeze(0)
-        return self.model(
-            input_ids=self.token,
-            attention_mask=_additive(seen[:, None, None, :], self.dtype, self.min_value),
-            position_ids=self.real_tokens + (self.cache_position - self.prompt_len),
-            cache_position=self.cache_position,
-            past_key_values=self.cache,
-            use_cache=True,
-        ).logits[:, -1]
+        inputs = dict(input_ids=self.token, attention_mask=_additive(seen[:, None, None, :], self.dtype, self.min_value),
+                      position_ids=self.real_tokens + (self.cache_position - self.prompt_len),
+                      cache_position=self.cache_position, past_key_values=self.cache, use_cache=True)
+        head = _plain_head(self.model)
+        if out is not None and head is not None and head.weight.dtype == out.dtype:
+            hidden = _causal_lm(self.model).model(**inputs).last_hidden_state[:, -1]
+            return torch.mm(hidden, head.weight.t(), out=out)  # the matmul nn.Linear runs, into the graph's logits
+        logits = self.model(**inputs).logits[:, -1]
+        return logits if out is None else out.copy_(logits)
 
     def _next_logits(self, length: int):
         """The step's logits: its graph for `length` replayed (recorded the first time), or the step run eagerly
@@ -340,7 +365,7 @@ class StaticDecoder:
 
         if self.use_graphs and length not in self.graphs:
             try:
-                self.graphs[length], _, self.pool = _record(functools.partial(_into, self.graph_logits, self._step, length), self.pool)
+                self.graphs[length], _, self.pool = _record(functools.partial(self._step, length, self.graph_logits), self.pool)
             except torch.OutOfMemoryError:
                 raise  # generate() retries with a smaller batch
             except RuntimeError as error:
@@ -361,8 +386,28 @@ def kernels_usable(device) -> bool:
             and importlib.util.find_spec("triton") is not None)
 
 
-def _into(out, function, *args):
-    return out.copy_(function(*args))
+def _kernel_attends(config, dtype) -> bool:
+    """attention_kernel handles this model's decoding steps (its heads, head size and dtype)."""
+    from . import attention_kernel
+
+    heads, key_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return attention_kernel.supports(heads, key_heads, dim, dtype)
+
+
+def _causal_lm(model):
+    """The transformers causal LM under peft's wrappers."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _plain_head(model):
+    """The LM head where the model's logits are its output as it is (PLAIN_HEAD_MODELS) and it is a plain linear
+    layer without bias; else None."""
+    import torch
+
+    head = model.get_output_embeddings()
+    plain = type(_causal_lm(model)).__name__ in PLAIN_HEAD_MODELS and type(head) is torch.nn.Linear
+    return head if plain and head.bias is None else None
 
 
 def _graphs_supported(device) -> bool:

@@ -18,9 +18,10 @@ NAME = "semifinetune_decode"
 
 
 def grouped_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, kernel=False,
-                      **kwargs):
+                      prompt_rows=None, **kwargs):
     """transformers' attention-function interface: (attention output (B, q, heads, dim), None). `kernel`: a
-    decoding step attends through attention_kernel where it supports the shapes."""
+    decoding step attends through attention_kernel where it supports the shapes, reading repeated prompts' slots
+    from `prompt_rows` (attention_kernel.attend's)."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -29,7 +30,10 @@ def grouped_attention(module, query, key, value, attention_mask, dropout: float 
 
         if attention_kernel.supported(query, key):
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-            return attention_kernel.attend(query, key, value, attention_mask, scale), None
+            # a step's query sits at cache_position: the slots after it are hidden from it, and not read
+            position = kwargs.get("cache_position")
+            filled = position if position is not None and position.numel() == 1 else None
+            return attention_kernel.attend(query, key, value, attention_mask, scale, prompt_rows, filled), None
     filled = attention_mask.shape[-1]
     key, value = key[:, :, :filled], value[:, :, :filled]
     rows, heads, queries, dim = query.shape
@@ -44,14 +48,14 @@ def grouped_attention(module, query, key, value, attention_mask, dropout: float 
 
 
 @contextmanager
-def decode_attention(model, kernel: bool = False):
-    """Inside the block the model's SDPA attention layers call grouped_attention (with `kernel`), and the block's
-    value is True; SDPA again after. A model loaded with another implementation (eager, flash-attention) keeps it:
+def decode_attention(model, kernel: bool = False, prompt_rows=None):
+    """Inside the block the model's SDPA attention layers call grouped_attention (with `kernel` and `prompt_rows`),
+    and the block's value is True; SDPA again after. A model loaded with another implementation (eager, flash-attention) keeps it:
     the value is False, and masks must then span the whole cache."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(NAME, functools.partial(grouped_attention, kernel=kernel))
+    AttentionInterface.register(NAME, functools.partial(grouped_attention, kernel=kernel, prompt_rows=prompt_rows))
     AttentionMaskInterface.register(NAME, sdpa_mask)  # looked up by name; the loop passes its own 4-D masks
     config = model.config
     previous = config._attn_implementation

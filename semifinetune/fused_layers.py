@@ -97,17 +97,35 @@ def _attention(attention, hidden_states, position_embeddings, attention_mask, pa
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     from transformers.models.qwen2.modeling_qwen2 import eager_attention_forward
 
-    from .layer_kernels import rotary
+    from .layer_kernels import rotary, rotary_into_cache
 
     input_shape = hidden_states.shape[:-1]
     hidden_shape = (*input_shape, -1, attention.head_dim)
     query, key, value = (p.view(hidden_shape).transpose(1, 2)
                          for p in _projections(attention, hidden_states, ("q_proj", "k_proj", "v_proj")))
-    query, key = rotary(query, key, *position_embeddings)
-    if past_key_values is not None:
-        key, value = past_key_values.update(key, value, attention.layer_idx)
+    layer = _static_step_layer(past_key_values, attention.layer_idx, query, kwargs.get("cache_position"))
+    if layer is not None:  # a decoding step: k and v written into the cache by rotary's kernel, the update skipped
+        query = rotary_into_cache(query, key, value, *position_embeddings, layer.keys, layer.values,
+                                  kwargs["cache_position"])
+        key, value = layer.keys, layer.values
+    else:
+        query, key = rotary(query, key, *position_embeddings)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, attention.layer_idx)
     interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
     if hasattr(attention, "sliding_window"):  # Qwen2 passes it; Llama has none
         kwargs["sliding_window"] = attention.sliding_window
     output, _ = interface(attention, query, key, value, attention_mask, dropout=0.0, scaling=attention.scaling, **kwargs)
     return attention.o_proj(output.reshape(*input_shape, -1).contiguous())
+
+
+def _static_step_layer(cache, index: int, query, cache_position):
+    """The static cache layer that a decoding step (one query a row, its slot in a one-element cache_position)
+    writes to, where rotary_into_cache may write for StaticLayer.update; else None. That update writes at the
+    layer's counter, which the decoding loop sets to cache_position before each step."""
+    if cache is None or query.shape[2] != 1 or cache_position is None or cache_position.numel() != 1:
+        return None
+    layer = cache.layers[index] if index < len(getattr(cache, "layers", ())) else None
+    if type(layer).__name__ != "StaticLayer" or not layer.is_initialized:
+        return None
+    return layer

@@ -112,16 +112,46 @@ def rotary(q, k, cos, sin):
 
     rows, heads, tokens, dim = q.shape
     key_heads = k.shape[1]
+    k_out = torch.empty((rows * tokens, key_heads, dim), dtype=torch.promote_types(q.dtype, cos.dtype), device=q.device)
+    q_out = _rotary_launch(q, k, None, cos, sin, k_out, None, None)
+    return q_out, k_out.view(rows, tokens, key_heads, dim).transpose(1, 2)
+
+
+def rotary_into_cache(q, k, v, cos, sin, keys, values, position):
+    """A decoding step's rotary (one token a row, as `rotary`) with the cache update in the same kernel: k rotated
+    and v as it is written into keys and values (B, KH, slots, D) at slot `position` (a one-element tensor, read on
+    the GPU, so a recorded graph writes where it points at each replay), as StaticLayer.update's index_copy_ writes
+    them. Returns q rotated. Spares a layer the update's five small kernels and the rotated keys' copy."""
+    if keys.stride() != values.stride() or keys.stride(-1) != 1:
+        raise ValueError("rotary_into_cache: keys and values must share one layout with adjacent head dimensions.")
+    return _rotary_launch(q, k, v, cos, sin, keys, values, position)
+
+
+def _rotary_launch(q, k, v, cos, sin, k_out, v_out, position):
+    """rotary's one launch (the programs of the second column rotate k): k written to k_out, a (B x T, KH, D) matrix,
+    or with `v` (one token a row) k and v written into the cache k_out and v_out (B, KH, slots, D) at `position`.
+    Returns q rotated."""
+    import torch
+
+    rows, heads, tokens, dim = q.shape
+    key_heads = k.shape[1]
     dtype = torch.promote_types(q.dtype, cos.dtype)
     q_in, k_in = (_rows_of(t.transpose(1, 2), rows * tokens) for t in (q, k))
+    v_in = q_in if v is None else _rows_of(v.transpose(1, 2), rows)
     cos, sin = (t.expand(rows, tokens, dim).contiguous().view(rows * tokens, dim) for t in (cos, sin))
     q_out = torch.empty((rows * tokens, heads, dim), dtype=dtype, device=q.device)
-    k_out = torch.empty((rows * tokens, key_heads, dim), dtype=dtype, device=q.device)
-    if rows * tokens:  # one launch: the programs of the second column rotate k
-        _rotary[(rows * tokens, 2)](q_in, k_in, cos, sin, q_out, k_out, q_in.stride(0), k_in.stride(0), heads,
-                                     key_heads, HALF=dim // 2, Q_HEADS=triton.next_power_of_2(heads),
-                                     K_HEADS=triton.next_power_of_2(key_heads), num_warps=4, **EXACT)
-    return (q_out.view(rows, tokens, heads, dim).transpose(1, 2), k_out.view(rows, tokens, key_heads, dim).transpose(1, 2))
+    cache = v is not None
+    if cache and k_out.dtype != dtype:
+        raise ValueError(f"rotary_into_cache: a {k_out.dtype} cache for {dtype} keys.")
+    # where a token's k heads go: (token, head, slot) strides of the cache (one token a row), or of k_out's rows
+    k_strides = k_out.stride()[:3] if cache else (key_heads * dim, dim, 0)
+    if rows * tokens:
+        _rotary[(rows * tokens, 2)](q_in, k_in, v_in, cos, sin, q_out, k_out, v_out if cache else k_out,
+                                     position if cache else q_out, q_in.stride(0), k_in.stride(0), v_in.stride(0),
+                                     *k_strides, heads, key_heads, HALF=dim // 2,
+                                     Q_HEADS=triton.next_power_of_2(heads), K_HEADS=triton.next_power_of_2(key_heads),
+                                     CACHE=cache, num_warps=4, **EXACT)
+    return q_out.view(rows, tokens, heads, dim).transpose(1, 2)
 
 
 def _rows_of(x, rows: int):
@@ -132,18 +162,32 @@ def _rows_of(x, rows: int):
 
 
 @triton.jit
-def _rotary(q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, q_row, k_row, q_heads, k_heads,
-            HALF: tl.constexpr, Q_HEADS: tl.constexpr, K_HEADS: tl.constexpr):
+def _rotary(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, v_out_ptr, position_ptr, q_row, k_row, v_row,
+            out_row, out_head, out_slot, q_heads, k_heads, HALF: tl.constexpr, Q_HEADS: tl.constexpr,
+            K_HEADS: tl.constexpr, CACHE: tl.constexpr):
+    """Program (token, 0) rotates the token's q heads; (token, 1) its k heads, with CACHE also copying its v heads,
+    both written at the slot position_ptr holds."""
     token = tl.program_id(0).to(tl.int64)
     if tl.program_id(1) == 0:
-        _rotate(q_ptr, cos_ptr, sin_ptr, q_out_ptr, token, q_row, q_heads, HALF, Q_HEADS)
+        _rotate(q_ptr, cos_ptr, sin_ptr, q_out_ptr, token, q_row, token * q_heads * 2 * HALF, 2 * HALF, q_heads, HALF,
+                Q_HEADS)
     else:
-        _rotate(k_ptr, cos_ptr, sin_ptr, k_out_ptr, token, k_row, k_heads, HALF, K_HEADS)
+        at = token * out_row
+        if CACHE:
+            at += tl.load(position_ptr).to(tl.int64) * out_slot
+        _rotate(k_ptr, cos_ptr, sin_ptr, k_out_ptr, token, k_row, at, out_head, k_heads, HALF, K_HEADS)
+        if CACHE:
+            head = tl.arange(0, K_HEADS)[:, None]
+            col = tl.arange(0, 2 * HALF)[None, :]
+            inside = head < k_heads
+            value = tl.load(v_ptr + token * v_row + head * 2 * HALF + col, mask=inside, other=0.0)
+            tl.store(v_out_ptr + at + head * out_head + col, value, mask=inside)
 
 
 @triton.jit
-def _rotate(x_ptr, cos_ptr, sin_ptr, out_ptr, token, x_row, heads, HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr):
-    """One token's heads of q or k, rotated."""
+def _rotate(x_ptr, cos_ptr, sin_ptr, out_ptr, token, x_row, out_at, out_head, heads, HALF: tl.constexpr,
+            BLOCK_HEADS: tl.constexpr):
+    """One token's heads of q or k, rotated, head h written from out_at + h x out_head."""
     head = tl.arange(0, BLOCK_HEADS)[:, None]
     col = tl.arange(0, HALF)[None, :]
     inside = head < heads
@@ -157,7 +201,7 @@ def _rotate(x_ptr, cos_ptr, sin_ptr, out_ptr, token, x_row, heads, HALF: tl.cons
     # q * cos + cat(-x2, x1) * sin, with each product and the sum rounded to the output's dtype
     first = ((x1 * c1).to(dtype).to(tl.float32) + (-x2 * s1).to(dtype).to(tl.float32)).to(dtype)
     second = ((x2 * c2).to(dtype).to(tl.float32) + (x1 * s2).to(dtype).to(tl.float32)).to(dtype)
-    out = token * heads * 2 * HALF + at
+    out = out_at + head * out_head + col
     tl.store(out_ptr + out, first, mask=inside)
     tl.store(out_ptr + out + HALF, second, mask=inside)
 

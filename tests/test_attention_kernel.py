@@ -46,6 +46,41 @@ def test_the_kernel_gives_float32_attention_over_the_slots_the_mask_shows():
     assert torch.allclose(got[1, 0], value[1, :, 120].repeat_interleave(6, dim=0), atol=1e-6)
 
 
+def test_rows_read_their_prompts_slots_from_their_source_row():
+    """prompt_rows: rows 2 and 3 repeat rows 0 and 1's prompts (their copies of its 40 slots hold NaN here, so any
+    read of them shows); each gives the attention over its source's prompt slots and its own later ones."""
+    generator = torch.Generator().manual_seed(1)
+    rows, heads, key_heads, dim, length, shared = 4, 12, 2, 128, 100, 40
+    query = torch.randn(rows, 1, heads, dim, generator=generator).transpose(1, 2)
+    key, value = (torch.randn(rows, key_heads, 128, dim, generator=generator) for _ in range(2))
+    expected_key, expected_value = key.clone(), value.clone()
+    for cache, expected in ((key, expected_key), (value, expected_value)):
+        expected[2:, :, :shared] = cache[:2, :, :shared]
+        cache[2:, :, :shared] = float("nan")
+    seen = torch.ones(rows, length, dtype=torch.bool)
+    seen[:, :3] = False  # the prompts' left padding
+    mask = torch.zeros(rows, 1, 1, length).masked_fill_(~seen[:, None, None, :], torch.finfo(torch.float32).min)
+    source = torch.tensor([0, 1, 0, 1], dtype=torch.int32)
+    got = attention_kernel.attend(query, key, value, mask, dim**-0.5, (source, torch.tensor([shared], dtype=torch.int32)))
+    expected = _reference(query, expected_key, expected_value, mask, dim**-0.5)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_step_reads_no_slot_after_its_own():
+    """`filled` at slot 77 of a mask 128 slots long that shows them all: the slots after 77 (NaN here) are not read,
+    and the output is attention over slots 0-77."""
+    generator = torch.Generator().manual_seed(2)
+    rows, heads, key_heads, dim, length, filled = 2, 12, 2, 128, 128, 77
+    query = torch.randn(rows, 1, heads, dim, generator=generator).transpose(1, 2)
+    key, value = (torch.randn(rows, key_heads, length, dim, generator=generator) for _ in range(2))
+    expected = _reference(query, key[:, :, : filled + 1], value[:, :, : filled + 1], torch.zeros(rows, 1, 1, filled + 1),
+                          dim**-0.5)
+    key[:, :, filled + 1:], value[:, :, filled + 1:] = float("nan"), float("nan")
+    got = attention_kernel.attend(query, key, value, torch.zeros(rows, 1, 1, length), dim**-0.5,
+                                  filled=torch.tensor([filled]))
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_the_kernel_leaves_prefill_and_other_layouts_to_sdpa():
     query = torch.zeros(2, 12, 5, 128)  # a prefill: 5 queries a row
     key = torch.zeros(2, 2, 64, 128)

@@ -137,6 +137,25 @@ def test_repeated_prompts_are_run_once_where_every_row_samples(tiny, monkeypatch
         assert torch.allclose(keys, every_keys, atol=1e-5) and torch.allclose(values, every_values, atol=1e-5)
 
 
+def test_the_step_writes_the_models_logits_into_the_tensor_it_is_given(tiny):
+    """The recorded step's LM head writes straight into the graph's logits: the model's own logits, bit for bit."""
+    from semifinetune.decode import StaticDecoder, _plain_head
+    from semifinetune.decode_attention import decode_attention
+
+    model, tokenizer = tiny
+    encoded = _encoded(tokenizer, QUESTIONS)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    decoder = StaticDecoder(model, len(ids), ids.shape[1], 8, cuda_graph=False)
+    decoder.load_prompts(mask, tokenizer.pad_token_id)
+    with torch.inference_mode(), decode_attention(model) as cut:
+        decoder._prefill(ids, mask, cut, False)
+        decoder.cache_position.fill_(ids.shape[1])
+        expected = decoder._step(decoder.total)
+        out = torch.full_like(expected, float("nan"))
+        got = decoder._step(decoder.total, out)
+    assert _plain_head(model) is not None and got.data_ptr() == out.data_ptr() and torch.equal(out, expected)
+
+
 def test_a_batch_with_greedy_rows_runs_every_prompt_and_decodes_what_generate_does(tiny, monkeypatch):
     """Another batch shape may round differently, which can turn a greedy near-tie: greedy batches run every row."""
     ran = _spy_on_prompt_runs(monkeypatch)

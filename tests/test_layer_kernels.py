@@ -58,6 +58,28 @@ def test_rotary_gives_transformers_bits_for_one_token_and_for_a_prompt(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_into_the_cache_writes_what_the_static_caches_update_writes(dtype):
+    """A decoding step's q, k and v as slices of one merged projection output: q rotated as rotary gives it, and the
+    rotated k and v written at the slot the position tensor holds, as StaticLayer.update's index_copy_ writes them;
+    every other slot left as it was."""
+    generator = torch.Generator().manual_seed(3)
+    rows, heads, key_heads, dim, slots, slot = 3, 6, 2, 16, 10, 7
+    merged = torch.randn(rows, 1, (heads + 2 * key_heads) * dim, generator=generator).to(dtype)
+    q, k, v = (t.view(rows, 1, -1, dim).transpose(1, 2) for t in merged.split([heads * dim, key_heads * dim,
+                                                                               key_heads * dim], -1))
+    cos, sin = (torch.randn(rows, 1, dim, generator=generator).to(dtype) for _ in range(2))
+    keys, values = (torch.randn(rows, key_heads, slots, dim, generator=generator).to(dtype) for _ in range(2))
+    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos, sin)
+    expected_keys, expected_values = keys.clone(), values.clone()
+    position = torch.tensor([slot])
+    expected_keys.index_copy_(2, position, expected_k)
+    expected_values.index_copy_(2, position, v)
+    got_q = layer_kernels.rotary_into_cache(q, k, v, cos, sin, keys, values, position)
+    assert torch.equal(got_q, expected_q)
+    assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_times_up_agrees_to_the_last_bit_of_exp(dtype):
     """The interpreter's exp is numpy's, torch's CPU SiLU uses its own: they may part in the last bit (a GPU gives
     torch's bits)."""
@@ -119,11 +141,18 @@ def test_the_decoding_loop_through_the_fused_layers_gives_generates_greedy_token
     monkeypatch.setattr(decode, "kernels_usable", lambda device: True)
     attended = []
     attend = attention_kernel.attend
-    monkeypatch.setattr(attention_kernel, "attend", lambda *args: attended.append(1) or attend(*args))
+    monkeypatch.setattr(attention_kernel, "attend", lambda *args, **kwargs: attended.append(1) or attend(*args, **kwargs))
     monkeypatch.setattr(decode, "SAMPLE_KERNEL_ROWS", 10**9)  # torch's draw: this checks the layers
     used = []
     original = decode.fused_layers
     monkeypatch.setattr(decode, "fused_layers", lambda model, enabled: used.append(enabled) or original(model, enabled))
+    lengths = set()
+    next_logits = decode.StaticDecoder._next_logits
+    monkeypatch.setattr(decode.StaticDecoder, "_next_logits", lambda self, length: lengths.add(
+        "total" if length == self.total else length) or next_logits(self, length))
+    cached = []
+    into_cache = layer_kernels.rotary_into_cache
+    monkeypatch.setattr(layer_kernels, "rotary_into_cache", lambda *args: cached.append(1) or into_cache(*args))
     model, tokenizer = tiny
     tokenizer.padding_side = "left"
     encoded = tokenizer(["Who founded TSMC?", "CUDA?", "What is a wafer?"], return_tensors="pt", padding=True)
@@ -134,6 +163,42 @@ def test_the_decoding_loop_through_the_fused_layers_gives_generates_greedy_token
                                    [-1], tokenizer.pad_token_id, cuda_graph=False)
     assert used == [True] and got.tolist() == expected.tolist()
     assert len(attended) == 11 * tiny[0].config.num_hidden_layers  # every step after the prefill, every layer
+    assert lengths == {"total"}  # every step over the whole cache: the kernel stops at the step's own slot
+    assert len(cached) == len(attended)  # each step's keys and values written by rotary's kernel
+
+
+def test_rows_repeating_a_prompt_attend_to_its_first_rows_copy_of_it(tiny, monkeypatch):
+    """A sampled batch of 3 prompts x 4 rows through the fused loop: every row reads its prompt's slots from the
+    first row holding that prompt. The other rows' copies are overwritten with NaN after the prefill, and the loop
+    still samples what it samples from intact copies."""
+    from semifinetune import decode
+
+    monkeypatch.setattr(decode, "kernels_usable", lambda device: True)
+    monkeypatch.setattr(decode, "SAMPLE_KERNEL_ROWS", 10**9)  # torch's draw, one seed
+    model, tokenizer = tiny
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(["Who founded TSMC?", "CUDA?", "What is a wafer?"] * 4, return_tensors="pt", padding=True)
+    prompt_len = encoded["input_ids"].shape[1]
+    prefill = decode.StaticDecoder._prefill
+
+    def spoiled(decoder, *args):
+        logits = prefill(decoder, *args)
+        source = decoder.prompt_source
+        assert source.tolist() == [0, 1, 2] * 4 and decoder.shared_prompt.item() == prompt_len
+        for layer in decoder.cache.layers:
+            for cache in (layer.keys, layer.values):
+                cache[3:, :, :prompt_len] = float("nan")
+        return logits
+
+    def run():
+        torch.manual_seed(5)
+        with torch.inference_mode():
+            return decode.static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.7] * 12, [0.9] * 12,
+                                        10, [-1], tokenizer.pad_token_id, cuda_graph=False).tolist()
+
+    intact = run()
+    monkeypatch.setattr(decode.StaticDecoder, "_prefill", spoiled)
+    assert run() == intact
 
 
 def test_merged_projections_give_the_separate_ones_logits(tiny):

@@ -97,15 +97,15 @@ def test_a_recording_that_fails_on_the_gpu_leaves_decoding_going_without_graphs(
                                         [-1], tokenizer.pad_token_id, cuda_graph=cuda_graph).tolist()
 
     eager = run(False)
-    real = decode._into
+    real = decode.StaticDecoder._step
 
-    def synchronising_into(out, function, *args):
+    def synchronising_step(decoder, *args):
         if torch.cuda.is_current_stream_capturing():
             torch.cuda.synchronize()  # not allowed while recording: invalidates the capture
-        return real(out, function, *args)
+        return real(decoder, *args)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(decode, "_into", synchronising_into)
+        patch.setattr(decode.StaticDecoder, "_step", synchronising_step)
         assert run(True) == eager
     assert "the rest of this call decodes without graphs" in capsys.readouterr().out
     assert torch.cuda.current_stream() == torch.cuda.default_stream()
@@ -456,3 +456,32 @@ def test_repeated_prompts_run_once_give_each_row_its_logits_to_rounding(r1_tuned
     argmax = float((shared.argmax(-1) == every.argmax(-1)).float().mean())
     print(f"distinct prompts once vs every row: relative logit error {error:.2e}, argmax agreement {argmax:.3f}")
     assert error < SHARED_PROMPT_ERROR_BOUND and argmax >= GROUPED_ATTENTION_AGREEMENT_BOUND
+
+
+def test_rows_repeating_a_prompt_draw_the_same_reading_it_from_one_row(r1_tuned, monkeypatch):
+    """72 sampled rows of the 4-bit R1 (8 questions x 9), graphed through attention_kernel: each row reading its
+    prompt's slots from the first row holding them draws, token for token, what reading its own copy draws."""
+    from semifinetune import decode
+    from semifinetune.formats import chat_prompt
+
+    model, tokenizer = r1_tuned
+    model.eval()
+    tokenizer.padding_side = "left"
+    encoded = tokenizer([chat_prompt(tokenizer, q) for q in QUESTIONS[:8] * 9], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(model.device)
+    read = []
+    attend = decode.StaticDecoder.prompt_rows
+
+    def run():
+        torch.manual_seed(11)
+        with torch.inference_mode():
+            return decode.static_decode(model, encoded["input_ids"], encoded["attention_mask"], [0.7] * 72, [0.9] * 72,
+                                        48, [-1], tokenizer.pad_token_id).tolist()
+
+    monkeypatch.setattr(decode.StaticDecoder, "prompt_rows", lambda self: read.append(self) or attend(self))
+    shared = run()
+    assert read[0].shared_prompt.item() == encoded["input_ids"].shape[1]  # the prompts were shared
+    monkeypatch.setattr(decode.StaticDecoder, "prompt_rows",
+                        lambda self: (self.prompt_source, torch.zeros_like(self.shared_prompt)))
+    assert run() == shared
+    assert len({tuple(row) for row in shared}) > 8  # the rows really sampled
