@@ -42,11 +42,12 @@ from record import record  # noqa: E402
 NEW_TOKENS = 512
 MIDDLE = 256
 # The step's levers in the order they were added: the fused layers, attention_kernel, q/k/v and gate/up each one
-# matmul, rotary writing the cache, the LM head writing the step's logits, each prompt's slots read from one row,
-# attention reading the filled slots only (not up to the bucket). VARIANTS[i] has the first i levers on.
-LEVERS = ("fused", "kernel", "merged", "cache_write", "head_out", "shared", "filled")
+# matmul, rotary writing the cache, the LM head writing the step's logits, attention reading the filled slots only
+# (not up to the bucket), each row's first slot given (not found from the mask), each prompt's slots read from one
+# row. VARIANTS[i] has the first i levers on.
+LEVERS = ("fused", "kernel", "merged", "cache_write", "head_out", "filled", "first", "shared")
 VARIANTS = ("torch_layers", "fused_layers", "fused_attention_kernel", "fused_attention_kernel_merged",
-            "rotary_writes_cache", "head_writes_logits", "prompts_read_once", "filled_slots_only")
+            "rotary_writes_cache", "head_writes_logits", "filled_slots_only", "first_slot_given", "prompts_read_once")
 TOP_KERNELS = 30
 ROWS_TIMED_IN_LOOP = 822  # decode() itself is timed at this batch (two calls of 512 steps)
 PROJECTIONS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "mlp", "up_proj": "mlp",
@@ -103,7 +104,7 @@ def step_levers(model, decoder, levers: dict):
         attention_kernel.attend = lambda q, k, v, mask, scale, prompt_rows=None, filled=None: attend(
             q, k, v, mask, scale, prompt_rows)
     try:
-        with decode_attention(model, levers["kernel"], decoder.prompt_rows() if levers["shared"] else None), \
+        with decode_attention(model, levers["kernel"], prompt_rows(decoder, levers)), \
                 fused_module.fused_layers(model, levers["fused"]):
             yield
     finally:
@@ -111,6 +112,16 @@ def step_levers(model, decoder, levers: dict):
 
 
 @contextmanager
+def prompt_rows(decoder, levers: dict):
+    """attention_kernel's prompt_rows as `levers` has them: none, the first slots alone, or with the shared prompts."""
+    import torch
+
+    if not levers["first"]:
+        return None
+    first, source, shared = decoder.prompt_rows()
+    return first, source, shared if levers["shared"] else torch.zeros_like(shared)
+
+
 def labelled(model, kernel: bool, prompt_rows=None):
     """torch.profiler ranges around the projections, the LM head, the norms, rotary and attention, in the model's own
     layers and in the fused ones (fused_layers)."""
@@ -186,7 +197,7 @@ def forward_parts(model, decoder, length: int, levers: dict) -> dict:
     with step_levers(model, decoder, levers):
         decoder._step(length, out)
         torch.cuda.synchronize()
-        with labelled(model, levers["kernel"], decoder.prompt_rows() if levers["shared"] else None), torch.profiler.profile(
+        with labelled(model, levers["kernel"], prompt_rows(decoder, levers)), torch.profiler.profile(
                 activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as prof:
             decoder._step(length, out)
             torch.cuda.synchronize()
@@ -442,7 +453,7 @@ def main() -> None:
     entry["seconds"] = round(time.perf_counter() - started, 1)
     biggest = entry[f"rows_{max(int(r) for r in args.rows.split(','))}"]
     record(args.out, entry, f"decoding step at {biggest['rows']} rows on {entry['card']}: "
-           f"{biggest['filled_slots_only']['step_graph_ms']} ms with every lever, "
+           f"{biggest['prompts_read_once']['step_graph_ms']} ms with every lever, "
            f"{biggest['fused_attention_kernel_merged']['step_graph_ms']} ms with merged projections, "
            f"{biggest['fused_attention_kernel']['step_graph_ms']} ms fused with the attention kernel, "
            f"{biggest['fused_layers']['step_graph_ms']} ms fused, {biggest['torch_layers']['step_graph_ms']} ms not; "

@@ -45,9 +45,11 @@ def attend(query, key, value, mask, scale: float, prompt_rows=None, filled=None,
     """Attention output (rows, 1, heads, dim): query (rows, heads, 1, dim); key and value (rows, key heads, slots,
     dim) with at least the mask's length of slots; mask additive, (rows, 1, 1, length).
 
-    `prompt_rows`: (source (rows,), shared (1,)), int32 tensors read on the GPU: row r reads slots below `shared`
-    from row source[r], which holds the same keys and values there (rows that repeat one prompt), so that a prompt's
-    slots come from memory once and from the L2 cache for its other rows. `filled`: a one-element tensor holding
+    `prompt_rows`: (first (rows,), source (rows,), shared (1,)), int32 tensors read on the GPU (so a recorded step
+    reads each batch's): each row's first slot the mask shows (its prompt's left padding ends there; without them
+    it is found from the mask first), and row r reads slots below `shared` from row source[r], which holds the same
+    keys and values there (rows that repeat one prompt), so that a prompt's slots come from memory once and from
+    the L2 cache for its other rows. `filled`: a one-element tensor holding
     the step's own slot (its cache_position), read on the GPU: the slots after it, which a causal step cannot see,
     are not read, so one recorded step serves every length of the answer. block, warps and stages: the launch
     settings (benchmarks/bench_step.py compares them)."""
@@ -58,23 +60,23 @@ def attend(query, key, value, mask, scale: float, prompt_rows=None, filled=None,
     group = heads // key_heads
     length = mask.shape[-1]
     out = torch.empty((rows, 1, heads, dim), dtype=query.dtype, device=query.device)
-    source, shared = prompt_rows if prompt_rows is not None else (out, out)  # unread without SHARED
+    first, source, shared = prompt_rows if prompt_rows is not None else (out, out, out)  # unread without ROWS
     _attend[(rows, key_heads)](
-        query, key, value, mask, out, source, shared, filled if filled is not None else out, query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
+        query, key, value, mask, out, first, source, shared, filled if filled is not None else out, query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), mask.stride(0), mask.stride(-1), out.stride(0),
         out.stride(2), length, scale, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), DIM=dim,
-        BLOCK=block, SHARED=prompt_rows is not None, FILLED=filled is not None, FLOAT32=INTERPRETED, num_warps=warps,
+        BLOCK=block, ROWS=prompt_rows is not None, FILLED=filled is not None, FLOAT32=INTERPRETED, num_warps=warps,
         num_stages=stages)
     return out
 
 
 @triton.jit
-def _attend(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, source_ptr, shared_ptr, filled_ptr, q_row, q_head, k_row, k_head,
-            k_slot, v_row, v_head, v_slot, mask_row, mask_slot, out_row, out_head, length, scale,
+def _attend(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, first_ptr, source_ptr, shared_ptr, filled_ptr, q_row, q_head,
+            k_row, k_head, k_slot, v_row, v_head, v_slot, mask_row, mask_slot, out_row, out_head, length, scale,
             GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr,
-            SHARED: tl.constexpr, FILLED: tl.constexpr, FLOAT32: tl.constexpr):
-    """SHARED: slots below shared_ptr's value read from row source_ptr[row]. FILLED: slots past filled_ptr's value
-    not read. FLOAT32: the matrix products in float32 (Triton's interpreter multiplies 16-bit values as integers)."""
+            ROWS: tl.constexpr, FILLED: tl.constexpr, FLOAT32: tl.constexpr):
+    """ROWS: reading starts at first_ptr[row], and slots below shared_ptr's value are read from row
+    source_ptr[row]. FILLED: slots past filled_ptr's value not read. FLOAT32: the matrix products in float32 (Triton's interpreter multiplies 16-bit values as integers)."""
     row = tl.program_id(0)
     head = tl.program_id(1)
     group = tl.arange(0, GROUP_PAD)
@@ -88,26 +90,29 @@ def _attend(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, source_ptr, shared_ptr, fill
     total = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, DIM], tl.float32)
     slots = tl.arange(0, BLOCK)
-    if SHARED:
+    if ROWS:
         source = tl.load(source_ptr + row)
         shared = tl.load(shared_ptr)
     mask_base = mask_ptr + row * mask_row
     # The first slot the mask shows (the dtype's minimum hides one): the blocks before it, a short prompt's left
-    # padding, are not read. Found first from the mask alone, so that the loop below has no branch and Triton
-    # can load its next block while computing this one.
+    # padding, are not read. Given, or found first from the mask alone, so that the loop below has no branch and
+    # Triton can load its next block while computing this one.
     end = length
     if FILLED:
         end = tl.minimum(length, tl.load(filled_ptr).to(tl.int32) + 1)
-    first = end
-    for start in range(0, end, BLOCK):
-        at = start + slots
-        bias = tl.load(mask_base + at * mask_slot, mask=at < end, other=-float("inf")).to(tl.float32)
-        first = tl.minimum(first, tl.min(tl.where(bias > -1e30, at, end), 0))
+    if ROWS:
+        first = tl.load(first_ptr + row)
+    else:
+        first = end
+        for start in range(0, end, BLOCK):
+            at = start + slots
+            bias = tl.load(mask_base + at * mask_slot, mask=at < end, other=-float("inf")).to(tl.float32)
+            first = tl.minimum(first, tl.min(tl.where(bias > -1e30, at, end), 0))
     for start in range(first // BLOCK * BLOCK, end, BLOCK):
         at = start + slots
         inside = at < end
         bias = tl.load(mask_base + at * mask_slot, mask=inside, other=-float("inf")).to(tl.float32)
-        if SHARED:
+        if ROWS:
             kv_row = tl.where(at < shared, source, row)[:, None]
         else:
             kv_row = row

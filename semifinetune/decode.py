@@ -189,8 +189,9 @@ class StaticDecoder:
         self.real_tokens = torch.zeros((rows, 1), **long)
         self.token = torch.zeros((rows, 1), **long)
         self.cache_position = torch.zeros(1, **long)
-        # attention_kernel's prompt_rows: where rows repeat a prompt, each reads its prompt's slots from the first row
-        # holding it (the same keys and values), so a prompt's slots come from memory once a step, not once a row
+        # attention_kernel's prompt_rows: where each row's slots start (after its prompt's left padding), and where rows
+        # repeat a prompt, the first row holding it, whose copy of the prompt's slots they read (the same values)
+        self.first_slot = torch.zeros(rows, dtype=torch.int32, device=self.device)
         self.prompt_source = torch.arange(rows, dtype=torch.int32, device=self.device)
         self.shared_prompt = torch.zeros(1, dtype=torch.int32, device=self.device)
         self.use_graphs = cuda_graph and _graphs_supported(self.device)
@@ -273,12 +274,14 @@ class StaticDecoder:
         self.prompt_slots[:, :prompt_len] = attention_mask.bool()
         self.real_tokens.copy_(attention_mask.long().sum(dim=1, keepdim=True))
         self.token.fill_(pad_id)
+        self.first_slot.copy_(prompt_len - self.real_tokens[:, 0])  # a row of padding only: its first answer slot
         self.prompt_source.copy_(torch.arange(self.rows, device=self.device))
         self.shared_prompt.zero_()
 
     def prompt_rows(self):
-        """(source row, shared slots) for attention_kernel: set by _prefill where a batch's rows repeat prompts."""
-        return self.prompt_source, self.shared_prompt
+        """(first slot, source row, shared slots) for attention_kernel; the last two set by _prefill where a batch's
+        rows repeat prompts."""
+        return self.first_slot, self.prompt_source, self.shared_prompt
 
     def _prefill(self, input_ids, attention_mask, keys_cut_to_mask: bool, share_prompts: bool):
         """Last-position logits of the prompts, their keys and values written from slot 0.

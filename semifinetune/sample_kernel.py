@@ -134,7 +134,9 @@ def _crossing(weights, target):
     return at, target - before
 
 
-@triton.jit
+# Triton compiles a kernel again for an integer argument that is 1 or divisible by 16: the steps' seeds would compile
+# each of these up to three times in a run, mid-decoding, the GPU waiting on each compile (BENCHMARKS.md)
+@triton.jit(do_not_specialize=["seed"])
 def _locate(logits_ptr, row_stride, inverse_ptr, seed, vocab, span, lane_max_ptr, lane_sum_ptr, max_ptr, sum_ptr,
             drawn_ptr, drawn_s_ptr, row_max_ptr, row_sum_ptr, SPLITS: tl.constexpr, BLOCK: tl.constexpr,
             DEPTH: tl.constexpr):
@@ -223,7 +225,9 @@ def _choose(temperature_ptr, top_p_ptr, max_ptr, arg_ptr, drawn_ptr, row_sum_ptr
     tl.store(pending_ptr + row, tl.where(greedy | (found == 1), 0, 1).to(tl.int8))
 
 
-@triton.jit
+# Triton compiles a kernel again for an integer argument that is 1 or divisible by 16: the steps' seeds would compile
+# each of these up to three times in a run, mid-decoding, the GPU waiting on each compile (BENCHMARKS.md)
+@triton.jit(do_not_specialize=["seed"])
 def _settle(logits_ptr, row_stride, inverse_ptr, top_p_ptr, seed, rows, vocab, row_max_ptr, row_sum_ptr, token_ptr,
             pending_ptr, BLOCK: tl.constexpr):
     """Per row whose draws top_p all cut (the others return at once): top_p's cut found exactly, then one draw from

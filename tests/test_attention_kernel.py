@@ -48,7 +48,8 @@ def test_the_kernel_gives_float32_attention_over_the_slots_the_mask_shows():
 
 def test_rows_read_their_prompts_slots_from_their_source_row():
     """prompt_rows: rows 2 and 3 repeat rows 0 and 1's prompts (their copies of its 40 slots hold NaN here, so any
-    read of them shows); each gives the attention over its source's prompt slots and its own later ones."""
+    read of them shows); each gives the attention over its source's prompt slots and its own later ones, from the
+    first slot given (after 3 of left padding)."""
     generator = torch.Generator().manual_seed(1)
     rows, heads, key_heads, dim, length, shared = 4, 12, 2, 128, 100, 40
     query = torch.randn(rows, 1, heads, dim, generator=generator).transpose(1, 2)
@@ -60,8 +61,9 @@ def test_rows_read_their_prompts_slots_from_their_source_row():
     seen = torch.ones(rows, length, dtype=torch.bool)
     seen[:, :3] = False  # the prompts' left padding
     mask = torch.zeros(rows, 1, 1, length).masked_fill_(~seen[:, None, None, :], torch.finfo(torch.float32).min)
-    source = torch.tensor([0, 1, 0, 1], dtype=torch.int32)
-    got = attention_kernel.attend(query, key, value, mask, dim**-0.5, (source, torch.tensor([shared], dtype=torch.int32)))
+    first, source = torch.full((rows,), 3, dtype=torch.int32), torch.tensor([0, 1, 0, 1], dtype=torch.int32)
+    got = attention_kernel.attend(query, key, value, mask, dim**-0.5,
+                                  (first, source, torch.tensor([shared], dtype=torch.int32)))
     expected = _reference(query, expected_key, expected_value, mask, dim**-0.5)
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
 

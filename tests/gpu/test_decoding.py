@@ -482,6 +482,6 @@ def test_rows_repeating_a_prompt_draw_the_same_reading_it_from_one_row(r1_tuned,
     shared = run()
     assert read[0].shared_prompt.item() == encoded["input_ids"].shape[1]  # the prompts were shared
     monkeypatch.setattr(decode.StaticDecoder, "prompt_rows",
-                        lambda self: (self.prompt_source, torch.zeros_like(self.shared_prompt)))
+                        lambda self: (self.first_slot, self.prompt_source, torch.zeros_like(self.shared_prompt)))
     assert run() == shared
     assert len({tuple(row) for row in shared}) > 8  # the rows really sampled
