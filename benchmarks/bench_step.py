@@ -111,7 +111,6 @@ def step_levers(model, decoder, levers: dict):
         fused_module._static_step_layer, attention_kernel.attend = kept
 
 
-@contextmanager
 def prompt_rows(decoder, levers: dict):
     """attention_kernel's prompt_rows as `levers` has them: none, the first slots alone, or with the shared prompts."""
     import torch
@@ -122,6 +121,7 @@ def prompt_rows(decoder, levers: dict):
     return first, source, shared if levers["shared"] else torch.zeros_like(shared)
 
 
+@contextmanager
 def labelled(model, kernel: bool, prompt_rows=None):
     """torch.profiler ranges around the projections, the LM head, the norms, rotary and attention, in the model's own
     layers and in the fused ones (fused_layers)."""
