@@ -1,12 +1,13 @@
 """A decoding step's attention as one Triton kernel: each key head read once for the query heads that share it, the
 additive mask's hidden blocks skipped, the output written where the attention projection reads it.
 
-One program per row and key head reads the cache in blocks of BLOCK slots up to the mask's length (the filled
-slots rounded up to decode.KV_BUCKET): the scores of the GROUP query heads that share the key head (padded to 16,
+One program per row and key head reads the cache in blocks of BLOCK slots up to the step's own slot (or the mask's
+length): the scores of the GROUP query heads that share the key head (padded to 16,
 the smallest matrix product Triton's tensor cores take) in float32 from bf16 products, the mask added, an online
 softmax in float32 (flash attention's), and the values weighted by the probabilities split into a bf16 part and
 the bf16 of what that part leaves out (two products, so the weights keep about 16 bits instead of SDPA's 8). The
-blocks before the first slot the mask shows (a short prompt's left padding) are not read. The output is
+blocks before the first slot the mask shows (a short prompt's left padding) are not read, and rows that repeat a
+prompt read its slots from one row (attend's prompt_rows). The output is
 (rows, 1, heads, dim) in the query's dtype, the layout the attention projection reads, so no copy follows.
 
 Used for bf16 and fp16 models on Ampere and later cards (decode.kernels_usable): a float32 model keeps SDPA, whose

@@ -10,10 +10,12 @@ sampling), written over a StaticCache so that every decoding step has the same s
 recorded as a CUDA graph and replayed, which removes the per-token launch overhead of a 4-bit model; the batches of
 one generate() call share the cache and the recording (`static_decode`: one batch). Attention
 reads the filled part of the cache, in lengths of KV_BUCKET slots (one graph each), through
-decode_attention.grouped_attention (attention_kernel on Ampere and later GPUs).
+decode_attention.grouped_attention; on Ampere and later GPUs through attention_kernel, which reads each row from its
+first slot to the step's own (one graph for every length).
 transformers 5.17's static cache layers write where their own counter (`cumulative_length`) points and ignore
 `cache_position`; each step sets that counter to its slot first, so the warm-up run before recording and every
-replay write the slot the mask expects, and each batch's prefill sets it back to 0.
+replay write the slot the mask expects, and each batch's prefill sets it back to 0. (The fused layers' rotary
+kernel writes a step's keys and values at `cache_position` itself.)
 dense_weights.dequantized_weights lets the 4-bit layers compute from a 16-bit copy while decoding, the LoRA adapter
 folded in, where GPU memory allows. On Ampere and later GPUs the decoder layers run their norms, rotary and SiLU x up
 as Triton kernels (fused_layers), and a batch of SAMPLE_KERNEL_ROWS rows or more draws its tokens through
