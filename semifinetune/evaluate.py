@@ -57,18 +57,19 @@ def keyword_recall(answer: str, groups: list[list[str]]) -> float:
 
 
 def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return list(zip(*(tokens[i:] for i in range(n))))
 
 
-def repeated_4gram_share(text: str) -> float:
-    """Share of word 4-grams that repeat an earlier one (0 = no loop; "a b c d a b c d" = 1/5). No 4-grams: 0."""
-    grams = ngrams(words(text), 4)
+def repeated_4gram_share(text: str, tokens: list[str] | None = None) -> float:
+    """Share of word 4-grams that repeat an earlier one (0 = no loop; "a b c d a b c d" = 1/5). No 4-grams: 0.
+    `tokens`: the text's words where the caller has them."""
+    grams = ngrams(words(text) if tokens is None else tokens, 4)
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-def distinct_2(text: str) -> float:
-    """Distinct word bigrams / all word bigrams (1 = no bigram repeats). No bigrams: 1."""
-    grams = ngrams(words(text), 2)
+def distinct_2(text: str, tokens: list[str] | None = None) -> float:
+    """Distinct word bigrams / all word bigrams (1 = no bigram repeats). No bigrams: 1. `tokens`: as above."""
+    grams = ngrams(words(text) if tokens is None else tokens, 2)
     return len(set(grams)) / len(grams) if grams else 1.0
 
 
@@ -93,6 +94,7 @@ def answer_metrics(generation, row: dict) -> dict:
     by_terms = {"key_term_recall": key_term_recall(text, terms), "key_terms_correct": key_terms_correct(text, terms)}
     verdict = ({"recall": hits / len(groups), "correct": hits == len(groups), "verdict_by": "keywords"} if groups else
                {"recall": by_terms["key_term_recall"], "correct": by_terms["key_terms_correct"], "verdict_by": "key terms"})
+    output_words = words(generation.text)
     return {
         "scored_on": rule,
         "keyword_hits": hits,
@@ -101,8 +103,8 @@ def answer_metrics(generation, row: dict) -> dict:
         **by_terms,
         "token_f1": round(token_f1(text, reference), 4) if reference else float("nan"),
         "eos_stop": generation.finish_reason == "eos",
-        "repeat_4gram": repeated_4gram_share(generation.text),
-        "distinct_2": distinct_2(generation.text),
+        "repeat_4gram": repeated_4gram_share(generation.text, output_words),
+        "distinct_2": distinct_2(generation.text, output_words),
         "answer_words": len(words(generation.answer)),  # words of the answer part, not tokens
     }
 
