@@ -5,15 +5,17 @@
 The R1 architecture in 4-bit with a LoRA adapter (random B weights), decoding through the dequantized copy with the
 adapter folded in, as generate() does. Each batch is prefilled with held-out questions x the t4 sweep grid; the
 step is then timed at the answer's middle (prompt + 256 slots; an answer of 512 tokens reads on average that much):
-- the recorded step (CUDA graph replay), with transformers' own decoder layers, with the fused ones
-  (fused_layers: norms, rotary and SiLU x up as Triton kernels), with the fused ones and attention_kernel, and with
-  those and q/k/v and gate/up each as one matmul (as the loop runs on Ampere and later cards);
+- the recorded step (CUDA graph replay) under each of VARIANTS, the levers added one at a time: transformers' own
+  decoder layers first, the loop as it runs on Ampere and later cards last;
 - the forward pass's parts, from torch's profiler over the same step run eagerly: the projections (q/k/v, o,
   gate/up/down), the LM head, attention, the norms, rotary, and the rest (cache writes, residual adds, SiLU x up,
   masks); the replay's time beyond the kernels' sum is the graph's own overhead (gaps between kernels). With the
   fused layers the profiler ties no Triton kernel to its range: "norm" holds only torch's mean, and the Triton
   kernels of the norms, rotary and SiLU x up count in "rest";
-- sampling: torch's draw (decode.sample_next) and the Triton draw, on flat logits (random weights') and peaked ones;
+- the step's kernels by name (launches, microseconds) as the loop runs it, and the draw's;
+- sampling: torch's draw (decode.sample_next) and the Triton draw, on flat logits (random weights') and peaked ones,
+  and the Triton draw on the step's own logits with a new seed each time;
+- at 822 rows, decode() itself: 512 steps of the whole batch, per step (the replay, the draw and the loop's work);
 - attention's accuracy at 16 rows with retrieved notes (long prompts): the loop's attention and transformers' SDPA,
   their outputs and the step's logits against fp32 attention on the same inputs;
 - with --attention-settings, attention_kernel in one layer under 27 launch settings (how its BLOCK, WARPS and

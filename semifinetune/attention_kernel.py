@@ -2,13 +2,13 @@
 additive mask's hidden blocks skipped, the output written where the attention projection reads it.
 
 One program per row and key head reads the cache in blocks of BLOCK slots up to the step's own slot (or the mask's
-length): the scores of the GROUP query heads that share the key head (padded to 16,
-the smallest matrix product Triton's tensor cores take) in float32 from bf16 products, the mask added, an online
-softmax in float32 (flash attention's), and the values weighted by the probabilities split into a bf16 part and
-the bf16 of what that part leaves out (two products, so the weights keep about 16 bits instead of SDPA's 8). The
-blocks before the first slot the mask shows (a short prompt's left padding) are not read, and rows that repeat a
-prompt read its slots from one row (attend's prompt_rows). The output is
-(rows, 1, heads, dim) in the query's dtype, the layout the attention projection reads, so no copy follows.
+length): the scores of the GROUP query heads that share the key head (padded to 16, the smallest matrix product
+Triton's tensor cores take) in float32 from bf16 products, the mask added, an online softmax in float32 (flash
+attention's), and the values weighted by the probabilities split into a bf16 part and the bf16 of what that part
+leaves out (two products, so the weights keep about 16 bits instead of SDPA's 8). The blocks before the first slot
+the mask shows (a short prompt's left padding) are not read, and rows that repeat a prompt read its slots from one
+row (attend's prompt_rows). The output is (rows, 1, heads, dim) in the query's dtype, the layout the attention
+projection reads, so no copy follows.
 
 Used for bf16 and fp16 models on Ampere and later cards (decode.kernels_usable): a float32 model keeps SDPA, whose
 float32 products Triton would take in tf32.
@@ -50,10 +50,10 @@ def attend(query, key, value, mask, scale: float, prompt_rows=None, filled=None,
     reads each batch's): each row's first slot the mask shows (its prompt's left padding ends there; without them
     it is found from the mask first), and row r reads slots below `shared` from row source[r], which holds the same
     keys and values there (rows that repeat one prompt), so that a prompt's slots come from memory once and from
-    the L2 cache for its other rows. `filled`: a one-element tensor holding
-    the step's own slot (its cache_position), read on the GPU: the slots after it, which a causal step cannot see,
-    are not read, so one recorded step serves every length of the answer. block, warps and stages: the launch
-    settings (benchmarks/bench_step.py compares them)."""
+    the L2 cache for its other rows. `filled`: a one-element tensor holding the step's own slot (its
+    cache_position), read on the GPU: the slots after it, which a causal step cannot see, are not read, so one
+    recorded step serves every length of the answer. block, warps and stages: the launch settings
+    (benchmarks/bench_step.py compares them)."""
     import torch
 
     rows, heads, _, dim = query.shape
@@ -63,11 +63,11 @@ def attend(query, key, value, mask, scale: float, prompt_rows=None, filled=None,
     out = torch.empty((rows, 1, heads, dim), dtype=query.dtype, device=query.device)
     first, source, shared = prompt_rows if prompt_rows is not None else (out, out, out)  # unread without ROWS
     _attend[(rows, key_heads)](
-        query, key, value, mask, out, first, source, shared, filled if filled is not None else out, query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
-        value.stride(0), value.stride(1), value.stride(2), mask.stride(0), mask.stride(-1), out.stride(0),
-        out.stride(2), length, scale, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), DIM=dim,
-        BLOCK=block, ROWS=prompt_rows is not None, FILLED=filled is not None, FLOAT32=INTERPRETED, num_warps=warps,
-        num_stages=stages)
+        query, key, value, mask, out, first, source, shared, filled if filled is not None else out, query.stride(0),
+        query.stride(1), key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
+        mask.stride(0), mask.stride(-1), out.stride(0), out.stride(2), length, scale, GROUP=group,
+        GROUP_PAD=max(16, triton.next_power_of_2(group)), DIM=dim, BLOCK=block, ROWS=prompt_rows is not None,
+        FILLED=filled is not None, FLOAT32=INTERPRETED, num_warps=warps, num_stages=stages)
     return out
 
 
@@ -77,7 +77,8 @@ def _attend(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, first_ptr, source_ptr, share
             GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr,
             ROWS: tl.constexpr, FILLED: tl.constexpr, FLOAT32: tl.constexpr):
     """ROWS: reading starts at first_ptr[row], and slots below shared_ptr's value are read from row
-    source_ptr[row]. FILLED: slots past filled_ptr's value not read. FLOAT32: the matrix products in float32 (Triton's interpreter multiplies 16-bit values as integers)."""
+    source_ptr[row]. FILLED: slots past filled_ptr's value not read. FLOAT32: the matrix products in float32
+    (Triton's interpreter multiplies 16-bit values as integers)."""
     row = tl.program_id(0)
     head = tl.program_id(1)
     group = tl.arange(0, GROUP_PAD)

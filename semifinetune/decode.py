@@ -309,8 +309,8 @@ class StaticDecoder:
         own = StaticCache(config=self.model.config, max_cache_len=prompt_len)
         logits = self._run_prompts(distinct[:, :prompt_len], distinct[:, prompt_len:], own, prompt_len)
         rows = torch.arange(len(repeats), device=repeats.device)
-        first = torch.full((len(distinct),), len(repeats), device=repeats.device).scatter_reduce_(0, repeats, rows, "amin")
-        self.prompt_source.copy_(first[repeats])
+        first = torch.full((len(distinct),), len(repeats), device=repeats.device)
+        self.prompt_source.copy_(first.scatter_reduce_(0, repeats, rows, "amin")[repeats])  # each prompt's first row
         self.shared_prompt.fill_(prompt_len)
         for layer, distinct_layer in zip(self.cache.layers, own.layers):
             keys, values = distinct_layer.keys[repeats], distinct_layer.values[repeats]
@@ -348,12 +348,14 @@ class StaticDecoder:
         given: by the LM head's own matmul where the head is a plain linear layer (no copy of the logits after)."""
         import torch
 
+        # the slot this step writes, however often it has run: every layer's counter in one launch
         counters = [layer.cumulative_length for layer in self.cache.layers]
-        torch._foreach_copy_(counters, [self.cache_position[0]] * len(counters))  # the slot this step writes, however often it has run
+        torch._foreach_copy_(counters, [self.cache_position[0]] * len(counters))
         slots = self.slots[:length]
         generated = (slots >= self.prompt_len) & (slots <= self.cache_position)
         seen = self.prompt_slots[:, :length] | generated.unsqueeze(0)
-        inputs = dict(input_ids=self.token, attention_mask=_additive(seen[:, None, None, :], self.dtype, self.min_value),
+        inputs = dict(input_ids=self.token,
+                      attention_mask=_additive(seen[:, None, None, :], self.dtype, self.min_value),
                       position_ids=self.real_tokens + (self.cache_position - self.prompt_len),
                       cache_position=self.cache_position, past_key_values=self.cache, use_cache=True)
         head = _plain_head(self.model)
@@ -370,7 +372,8 @@ class StaticDecoder:
 
         if self.use_graphs and length not in self.graphs:
             try:
-                self.graphs[length], _, self.pool = _record(functools.partial(self._step, length, self.graph_logits), self.pool)
+                step = functools.partial(self._step, length, self.graph_logits)
+                self.graphs[length], _, self.pool = _record(step, self.pool)
             except torch.OutOfMemoryError:
                 raise  # generate() retries with a smaller batch
             except RuntimeError as error:
@@ -395,7 +398,8 @@ def _kernel_attends(config, dtype) -> bool:
     """attention_kernel handles this model's decoding steps (its heads, head size and dtype)."""
     from . import attention_kernel
 
-    heads, key_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    heads = config.num_attention_heads
+    key_heads = getattr(config, "num_key_value_heads", None) or heads
     dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return attention_kernel.supports(heads, key_heads, dim, dtype)
 

@@ -20,8 +20,8 @@ NAME = "semifinetune_decode"
 def grouped_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, kernel=False,
                       prompt_rows=None, **kwargs):
     """transformers' attention-function interface: (attention output (B, q, heads, dim), None). `kernel`: a
-    decoding step attends through attention_kernel where it supports the shapes, reading repeated prompts' slots
-    from `prompt_rows` (attention_kernel.attend's)."""
+    decoding step attends through attention_kernel where it supports the shapes, with `prompt_rows`
+    (attention_kernel.attend's), up to the slot its cache_position names."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -50,8 +50,8 @@ def grouped_attention(module, query, key, value, attention_mask, dropout: float 
 @contextmanager
 def decode_attention(model, kernel: bool = False, prompt_rows=None):
     """Inside the block the model's SDPA attention layers call grouped_attention (with `kernel` and `prompt_rows`),
-    and the block's value is True; SDPA again after. A model loaded with another implementation (eager, flash-attention) keeps it:
-    the value is False, and masks must then span the whole cache."""
+    and the block's value is True; SDPA again after. A model loaded with another implementation (eager,
+    flash-attention) keeps it: the value is False, and masks must then span the whole cache."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 

@@ -2,10 +2,10 @@
 
 Inside `fused_layers(model)` each Qwen2 or Llama decoder layer's forward is shadowed by `_layer_forward`: the same
 steps as transformers' Qwen2DecoderLayer, Qwen2Attention and Qwen2MLP forwards (its projections, cache update and
-attention function are the model's own modules and interface), with rotary one kernel for q and k (writing a decoding step's keys and values into the static cache too, in place of
-the cache's update), SiLU(gate) x up one, and each RMSNorm three, the residual adds folded into the kernel that a
-norm runs first (the one after attention into the second norm's, the layer's last into the next layer's first
-norm). Where
+attention function are the model's own modules and interface), with rotary one kernel for q and k (in a decoding
+step also writing the keys and values into the static cache, in place of the cache's update), SiLU(gate) x up
+one, and each RMSNorm three, the residual adds folded into the kernel that a norm runs first (the one after
+attention into the second norm's, the layer's last into the next layer's first norm). Where
 dense_weights merged a layer's q, k and v copies (and its gate and up ones) into one matrix, each group is one matmul
 whose slices the kernels read where they lie. The model's final norm runs through layer_kernels too. Every value
 is transformers' own, bit for bit on a GPU. The decoding loop (decode.StaticDecoder) records these in its CUDA
@@ -121,9 +121,9 @@ def _attention(attention, hidden_states, position_embeddings, attention_mask, pa
 
 
 def _static_step_layer(cache, index: int, query, cache_position):
-    """The static cache layer that a decoding step (one query a row, its slot in a one-element cache_position)
-    writes to, where rotary_into_cache may write for StaticLayer.update; else None. That update writes at the
-    layer's counter, which the decoding loop sets to cache_position before each step."""
+    """The StaticLayer a decoding step (one query a row, its slot a one-element cache_position) writes to, for
+    rotary_into_cache to write there as StaticLayer.update would; else None. (The update writes at the layer's
+    counter, which the decoding loop sets to cache_position before each step.)"""
     if cache is None or query.shape[2] != 1 or cache_position is None or cache_position.numel() != 1:
         return None
     layer = cache.layers[index] if index < len(getattr(cache, "layers", ())) else None

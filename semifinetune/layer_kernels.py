@@ -4,10 +4,9 @@ rotary position embedding, and SiLU(gate) x up.
 transformers' eager code runs each of these as several kernels over float32 copies (an RMSNorm is five, rotary
 about ten for q and k); while decoding, at 822 rows on an H100, the 57 norms and the other small parts took 3.8 ms
 of a 12.9 ms step (BENCHMARKS.md). Here rotary (with a decoding step's cache write) and SiLU x up are one kernel
-each, RMSNorm three. Each rounds where
-transformers' code rounds (every bf16 or fp16 intermediate rounded to the input's dtype, products and sums in
-float32, CUDA's own exp, rsqrt and division), so on a GPU they give torch's bits. fp_fusion is off: a multiply and
-add fused into one FMA would round once where torch rounds twice.
+each, RMSNorm three. Each rounds where transformers' code rounds (every bf16 or fp16 intermediate rounded to the
+input's dtype, products and sums in float32, CUDA's own exp, rsqrt and division), so on a GPU they give torch's
+bits. fp_fusion is off: a multiply and add fused into one FMA would round once where torch rounds twice.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ BLOCK = 1024  # tokens a program reads at a time, and the lanes a split's sum is
 TARGET_PROGRAMS = 1024  # rows x splits of the vocabulary: enough programs to keep every multiprocessor busy
 MAX_SPLITS = 64
 SPLIT_BLOCK = 2048  # a split spans at least two of these
+# Triton compiles a kernel again for an integer argument that is 1 or divisible by 16: each step's seed would compile
+# the seeded kernels up to three times in a run, mid-decoding, the GPU waiting on each compile (BENCHMARKS.md)
+SEEDED = {"do_not_specialize": ["seed"]}
 
 
 def fits(rows: int, vocab: int) -> bool:
@@ -134,9 +137,7 @@ def _crossing(weights, target):
     return at, target - before
 
 
-# Triton compiles a kernel again for an integer argument that is 1 or divisible by 16: the steps' seeds would compile
-# each of these up to three times in a run, mid-decoding, the GPU waiting on each compile (BENCHMARKS.md)
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit(**SEEDED)
 def _locate(logits_ptr, row_stride, inverse_ptr, seed, vocab, span, lane_max_ptr, lane_sum_ptr, max_ptr, sum_ptr,
             drawn_ptr, drawn_s_ptr, row_max_ptr, row_sum_ptr, SPLITS: tl.constexpr, BLOCK: tl.constexpr,
             DEPTH: tl.constexpr):
@@ -225,9 +226,7 @@ def _choose(temperature_ptr, top_p_ptr, max_ptr, arg_ptr, drawn_ptr, row_sum_ptr
     tl.store(pending_ptr + row, tl.where(greedy | (found == 1), 0, 1).to(tl.int8))
 
 
-# Triton compiles a kernel again for an integer argument that is 1 or divisible by 16: the steps' seeds would compile
-# each of these up to three times in a run, mid-decoding, the GPU waiting on each compile (BENCHMARKS.md)
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit(**SEEDED)
 def _settle(logits_ptr, row_stride, inverse_ptr, top_p_ptr, seed, rows, vocab, row_max_ptr, row_sum_ptr, token_ptr,
             pending_ptr, BLOCK: tl.constexpr):
     """Per row whose draws top_p all cut (the others return at once): top_p's cut found exactly, then one draw from

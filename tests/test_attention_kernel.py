@@ -75,8 +75,8 @@ def test_a_step_reads_no_slot_after_its_own():
     rows, heads, key_heads, dim, length, filled = 2, 12, 2, 128, 128, 77
     query = torch.randn(rows, 1, heads, dim, generator=generator).transpose(1, 2)
     key, value = (torch.randn(rows, key_heads, length, dim, generator=generator) for _ in range(2))
-    expected = _reference(query, key[:, :, : filled + 1], value[:, :, : filled + 1], torch.zeros(rows, 1, 1, filled + 1),
-                          dim**-0.5)
+    seen = filled + 1
+    expected = _reference(query, key[:, :, :seen], value[:, :, :seen], torch.zeros(rows, 1, 1, seen), dim**-0.5)
     key[:, :, filled + 1:], value[:, :, filled + 1:] = float("nan"), float("nan")
     got = attention_kernel.attend(query, key, value, torch.zeros(rows, 1, 1, length), dim**-0.5,
                                   filled=torch.tensor([filled]))

@@ -141,7 +141,8 @@ def test_the_decoding_loop_through_the_fused_layers_gives_generates_greedy_token
     monkeypatch.setattr(decode, "kernels_usable", lambda device: True)
     attended = []
     attend = attention_kernel.attend
-    monkeypatch.setattr(attention_kernel, "attend", lambda *args, **kwargs: attended.append(1) or attend(*args, **kwargs))
+    monkeypatch.setattr(attention_kernel, "attend",
+                        lambda *args, **kwargs: attended.append(1) or attend(*args, **kwargs))
     monkeypatch.setattr(decode, "SAMPLE_KERNEL_ROWS", 10**9)  # torch's draw: this checks the layers
     used = []
     original = decode.fused_layers
