@@ -11,9 +11,9 @@ import math
 import os
 
 # notebook 06's new tokens over its wall time (the model load included), 93% of the answers at 512 tokens: H200 the
-# lower of 31,627 and 33,027 (2026-12-01, before the fused layers), H100 the lower of 53,197-55,781 in four runs
-# with the attention kernel (2026-12-06; 45,716 and 46,743 before it)
-MEASURED_TOKENS_PER_S = {"H200": 31_600, "H100": 53_200}
+# lower of 31,627 and 33,027 (2026-12-01, before the fused layers), H100 the lower of 62,764 inside the pipeline and
+# 68,438 timed part by part on the current code (2026-12-06; 53,197-55,781 before levers 13-18 of BENCHMARKS.md)
+MEASURED_TOKENS_PER_S = {"H200": 31_600, "H100": 62_700}
 # BENCHMARKS.md, "A T4, estimated": 64 rows a batch, a step of about 21 ms bound by the T4's bandwidth and its
 # ~1,300 kernels, scaled from the full-size run of the t4 pipeline on an H100 made to look like a T4
 ESTIMATED_TOKENS_PER_S = {"T4": 2_800}
