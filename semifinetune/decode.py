@@ -28,7 +28,7 @@ import functools
 import importlib.util
 
 from .decode_attention import decode_attention
-from .fused_layers import fused_layers
+from .fused_layers import causal_lm, fused_layers
 
 FINISHED_CHECK_EVERY = 16  # decoding steps between checks that every row has ended (each check waits for the GPU)
 TOP_P_CANDIDATES = 1024  # the most likely tokens per row among which top_p looks for its cut before sorting all
@@ -360,7 +360,7 @@ class StaticDecoder:
                       cache_position=self.cache_position, past_key_values=self.cache, use_cache=True)
         head = _plain_head(self.model)
         if out is not None and head is not None and head.weight.dtype == out.dtype:
-            hidden = _causal_lm(self.model).model(**inputs).last_hidden_state[:, -1]
+            hidden = causal_lm(self.model).model(**inputs).last_hidden_state[:, -1]
             return torch.mm(hidden, head.weight.t(), out=out)  # the matmul nn.Linear runs, into the graph's logits
         logits = self.model(**inputs).logits[:, -1]
         return logits if out is None else out.copy_(logits)
@@ -404,18 +404,13 @@ def _kernel_attends(config, dtype) -> bool:
     return attention_kernel.supports(heads, key_heads, dim, dtype)
 
 
-def _causal_lm(model):
-    """The transformers causal LM under peft's wrappers."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _plain_head(model):
     """The LM head where the model's logits are its output as it is (PLAIN_HEAD_MODELS) and it is a plain linear
     layer without bias; else None."""
     import torch
 
     head = model.get_output_embeddings()
-    plain = type(_causal_lm(model)).__name__ in PLAIN_HEAD_MODELS and type(head) is torch.nn.Linear
+    plain = type(causal_lm(model)).__name__ in PLAIN_HEAD_MODELS and type(head) is torch.nn.Linear
     return head if plain and head.bias is None else None
 
 

@@ -48,9 +48,14 @@ def fused_layers(model, enabled: bool = True):
             del module.forward
 
 
+def causal_lm(model):
+    """The transformers causal LM under peft's wrappers."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _base(model):
     """The transformers model holding `layers` and `norm`, under peft's and the causal-LM wrappers."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = causal_lm(model)
     return getattr(base, "model", base)
 
 
