@@ -32,8 +32,8 @@ def grouped_attention(module, query, key, value, attention_mask, dropout: float 
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
             # a step's query sits at cache_position: the slots after it are hidden from it, and not read
             position = kwargs.get("cache_position")
-            filled = position if position is not None and position.numel() == 1 else None
-            return attention_kernel.attend(query, key, value, attention_mask, scale, prompt_rows, filled), None
+            step_slot = position if position is not None and position.numel() == 1 else None
+            return attention_kernel.attend(query, key, value, attention_mask, scale, prompt_rows, step_slot), None
     filled = attention_mask.shape[-1]
     key, value = key[:, :, :filled], value[:, :, :filled]
     rows, heads, queries, dim = query.shape
