@@ -4,8 +4,8 @@ Inside `fused_layers(model)` each Qwen2 or Llama decoder layer's forward is shad
 steps as transformers' Qwen2DecoderLayer, Qwen2Attention and Qwen2MLP forwards (its projections, cache update and
 attention function are the model's own modules and interface), with rotary one kernel for q and k (in a decoding
 step also writing the keys and values into the static cache, in place of the cache's update), SiLU(gate) x up
-one, and each RMSNorm three, the residual adds folded into the kernel that a norm runs first (the one after
-attention into the second norm's, the layer's last into the next layer's first norm). Where
+one, and each RMSNorm one (with the residual add after attention folded in) where layer_kernels finds torch's
+order for its mean, else three (with the layer's last add folded into the next layer's first norm too). Where
 dense_weights merged a layer's q, k and v copies (and its gate and up ones) into one matrix, each group is one matmul
 whose slices the kernels read where they lie. The model's final norm runs through layer_kernels too. Every value
 is transformers' own, bit for bit on a GPU. The decoding loop (decode.StaticDecoder) records these in its CUDA
@@ -72,7 +72,7 @@ def _norm_forward(norm, hidden_states):
 def _layer_forward(layer, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
                    position_embeddings=None, **kwargs):
     """Qwen2DecoderLayer.forward (Llama's is the same) through the fused kernels."""
-    from .layer_kernels import add_squared, rms_norm, silu_mul
+    from .layer_kernels import add_squared, norm_in_one_kernel, rms_norm, silu_mul
 
     norm = layer.input_layernorm
     normed = rms_norm(hidden_states, norm.weight, norm.variance_epsilon, squares=getattr(hidden_states, SQUARES, None))
@@ -81,7 +81,10 @@ def _layer_forward(layer, hidden_states, attention_mask=None, position_ids=None,
     normed, residual = rms_norm(attended, norm.weight, norm.variance_epsilon, residual=hidden_states)
     mlp = layer.mlp
     gate, up = _projections(mlp, normed, ("gate_proj", "up_proj"))
-    out, squares = add_squared(mlp.down_proj(silu_mul(gate, up)), residual)
+    down = mlp.down_proj(silu_mul(gate, up))
+    if norm_in_one_kernel(down):  # the next norm reads the sum alone
+        return residual + down
+    out, squares = add_squared(down, residual)
     setattr(out, SQUARES, squares)  # the next layer's norm, or the final one, starts from them
     return out
 

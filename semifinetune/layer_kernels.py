@@ -3,10 +3,18 @@ rotary position embedding, and SiLU(gate) x up.
 
 transformers' eager code runs each of these as several kernels over float32 copies (an RMSNorm is five, rotary
 about ten for q and k); while decoding, at 822 rows on an H100, the 57 norms and the other small parts took 3.8 ms
-of a 12.9 ms step (BENCHMARKS.md). Here rotary (with a decoding step's cache write) and SiLU x up are one kernel
-each, RMSNorm three. Each rounds where transformers' code rounds (every bf16 or fp16 intermediate rounded to the
-input's dtype, products and sums in float32, CUDA's own exp, rsqrt and division), so on a GPU they give torch's
-bits. fp_fusion is off: a multiply and add fused into one FMA would round once where torch rounds twice.
+of a 12.9 ms step (BENCHMARKS.md). Here rotary (with a decoding step's cache write), SiLU x up and RMSNorm are one
+kernel each. Each rounds where transformers' code rounds (every bf16 or fp16 intermediate rounded to the input's
+dtype, products and sums in float32, CUDA's own exp, rsqrt and division), so on a GPU they give torch's bits.
+fp_fusion is off: a multiply and add fused into one FMA would round once where torch rounds twice.
+
+RMSNorm's mean of squares is a sum, whose last bit depends on the order of its additions; an order other than
+torch's changed greedy tokens at random weights' near-ties (BENCHMARKS.md). The one-kernel norm adds in the order
+torch's reduction kernel (ATen's Reduce.cuh) takes for these shapes, from 16 rows: each of 32 lanes sums its
+vectors of 4 in 4 running sums, which it then adds, and the lanes' sums meet in a tree across the warp. Which
+tree (halves first, as torch does now, or neighbours first, as it did before) is found on each GPU at first use,
+by comparing both with torch's own mean; where neither gives torch's bits, or below 16 rows, the norm is three
+kernels with torch's mean between them.
 """
 
 from __future__ import annotations
@@ -25,16 +33,17 @@ def rms_norm(x, weight, eps: float, residual=None, squares=None):
     """transformers' RMSNorm of x (..., N): weight * (x / sqrt(mean(x^2) + eps)) rounded to x's dtype first.
 
     With `residual`, the norm is of residual + x (rounded to x's dtype, as `residual + hidden_states` is) and the
-    value is (norm, that sum): the decoder layer's add folded into the norm's first kernel. `squares`: x's float32
-    squares where add_squared made x, so the first kernel is not run again.
-    The mean is torch's own, over the same float32 squares (one kernel): a sum of squares added up in another order
-    parts from transformers' norm in the last bit now and then, and on random weights' near-ties that changed greedy
-    tokens (BENCHMARKS.md). So this is three kernels (squares, mean, the rest) where transformers' eager code runs
-    five, or nine with the add; two where the squares are given.
+    value is (norm, that sum): the decoder layer's add folded into the norm's kernel. One kernel where
+    norm_in_one_kernel(x), else three: the float32 squares (`squares`: given where add_squared made x, so not run
+    again), torch's mean of them, the rest.
     """
     import torch
 
     shape, width = x.shape, x.shape[-1]
+    lanes_by_halves = None if squares is not None else _order(x)
+    if lanes_by_halves is not None:
+        out, summed, _ = _one_kernel_norm(x, weight, eps, residual, lanes_by_halves)
+        return out.view(shape) if residual is None else (out.view(shape), summed.view(shape))
     if squares is None:
         summed, squares = _sum_and_squares(x, residual)
     else:
@@ -48,6 +57,135 @@ def rms_norm(x, weight, eps: float, residual=None, squares=None):
     if residual is None:
         return out.view(shape)
     return out.view(shape), summed.view(shape)
+
+
+def norm_in_one_kernel(x) -> bool:
+    """x's RMSNorm (rms_norm without `squares`) runs as one kernel: a CUDA tensor of at least TORCH_ROWS rows
+    whose width torch's reduction vectorizes, on a GPU where the probe found torch's order."""
+    return _order(x) is not None
+
+
+# torch's mean over the last dimension takes one warp a row, 32 lanes x 4-vectors, from 16 rows (fewer rows give
+# wider blocks and another order), where the width is a multiple of 4 from 128 and each lane adds under 256 values
+# (more are split across warps).
+TORCH_ROWS, LANES, VECTOR = 16, 32, 4
+_ORDERS = {}  # (device, width): True (lanes summed halves first), False (neighbours first), None (neither is torch's)
+
+
+def _order(x):
+    """For x's norm in one kernel: whether torch's warp adds its lanes' sums halves first (True) or neighbours first
+    (False); None where the one kernel does not apply or reproduces neither."""
+    import torch
+
+    width = x.shape[-1]
+    if (INTERPRETED or not x.is_cuda or x.numel() < TORCH_ROWS * width or width % VECTOR
+            or not LANES * VECTOR <= width <= LANES * 255):
+        return None
+    key = (x.device, width)
+    if key not in _ORDERS:
+        if torch.cuda.is_current_stream_capturing():  # the probe runs eagerly, before a recording
+            return None
+        _ORDERS[key] = _probe(x.device, width)
+    return _ORDERS[key]
+
+
+def _probe(device, width: int):
+    """The lane order (_order's) whose mean of squares equals torch's bit for bit on 64 rows of random float32
+    values, or None. Sums of 1,536 values in two orders part in the last bit for most rows, so an order that
+    matches on every row is torch's."""
+    import torch
+
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(64, width, generator=generator, device=device)
+    expected = x.pow(2).mean(-1)  # transformers' expression
+    for halves in (True, False):
+        if torch.equal(_one_kernel_norm(x, torch.ones(width, device=device), 1e-6, None, halves)[2], expected):
+            return halves
+    return None
+
+
+def _one_kernel_norm(x, weight, eps: float, residual, lanes_by_halves: bool):
+    """(norm as (rows, N), residual + x or x as (rows, N), the float32 mean of squares (rows,)): rms_norm in one
+    kernel, the mean added up in torch's order (_order)."""
+    import numpy as np
+    import torch
+
+    width = x.shape[-1]
+    flat = x.reshape(-1, width).contiguous()
+    rows = flat.shape[0]
+    summed = flat if residual is None else torch.empty_like(flat)
+    out = torch.empty(flat.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    mean = torch.empty(rows, dtype=torch.float32, device=x.device)
+    factor = float(np.float32(rows) / np.float32(rows * width))  # torch's MeanOps: the sum times outputs / inputs
+    if rows:
+        res = flat if residual is None else residual.reshape(-1, width).contiguous()
+        _norm[(rows,)](flat, res, summed, weight.contiguous(), out, mean, width, eps, factor, ADD=residual is not None,
+                       HALVES=lanes_by_halves, CHUNKS=triton.cdiv(width, LANES * VECTOR), LANES=LANES, VECTOR=VECTOR,
+                       ACCURATE=not INTERPRETED, num_warps=4, **EXACT)
+    return out, summed, mean
+
+
+@triton.jit
+def _norm(x_ptr, res_ptr, sum_ptr, w_ptr, out_ptr, mean_ptr, width, eps, factor, ADD: tl.constexpr,
+          HALVES: tl.constexpr, CHUNKS: tl.constexpr, LANES: tl.constexpr, VECTOR: tl.constexpr,
+          ACCURATE: tl.constexpr):
+    """Per row: residual + x (ADD, rounded to x's dtype, stored), its mean of float32 squares in torch's order
+    (stored), and the norm. Lane l's running sum i takes element (l + LANES * j) * VECTOR + i for j = 0, 1, ...;
+    the four sums are added in turn; the lanes' sums are added in a tree, halves first or neighbours first."""
+    row = tl.program_id(0).to(tl.int64)
+    at = tl.arange(0, LANES)[:, None] * VECTOR + tl.arange(0, VECTOR)[None, :]
+    sums = tl.zeros([LANES, VECTOR], tl.float32)
+    for chunk in tl.static_range(CHUNKS):
+        cols = chunk * LANES * VECTOR + at
+        x = _row_part(x_ptr, res_ptr, row * width + cols, cols < width, ADD)
+        if ADD:
+            tl.store(sum_ptr + row * width + cols, x, mask=cols < width)
+        wide = x.to(tl.float32)
+        sums = sums + wide * wide  # a lane past the row's end adds 0, which leaves its sum as it was
+    even, odd = tl.split(tl.reshape(sums, (LANES, VECTOR // 2, 2)))
+    first, third = tl.split(even)
+    second, fourth = tl.split(odd)
+    lane = ((first + second) + third) + fourth
+    lane = _fold(lane, LANES // 2, HALVES)
+    lane = _fold(lane, LANES // 4, HALVES)
+    lane = _fold(lane, LANES // 8, HALVES)
+    lane = _fold(lane, LANES // 16, HALVES)
+    total = _fold(lane, LANES // 32, HALVES)  # (1,)
+    mean = total * factor
+    tl.store(mean_ptr + row + tl.arange(0, 1), mean)
+    if ACCURATE:  # CUDA's rsqrtf, as torch.rsqrt calls it
+        scale = libdevice.rsqrt(mean + eps)
+    else:  # Triton's interpreter lacks libdevice
+        scale = tl.rsqrt(mean + eps)
+    scale = tl.reshape(scale, (1, 1))
+    for chunk in tl.static_range(CHUNKS):
+        cols = chunk * LANES * VECTOR + at
+        inside = cols < width
+        x = _row_part(x_ptr, res_ptr, row * width + cols, inside, ADD)  # the same sum again, from the cache
+        normed = (x.to(tl.float32) * scale).to(x_ptr.dtype.element_ty)
+        weight = tl.load(w_ptr + cols, mask=inside, other=0.0)
+        tl.store(out_ptr + row * width + cols,
+                 (weight.to(tl.float32) * normed.to(tl.float32)).to(out_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _row_part(x_ptr, res_ptr, at, inside, ADD: tl.constexpr):
+    x = tl.load(x_ptr + at, mask=inside, other=0.0)
+    if ADD:
+        x = (tl.load(res_ptr + at, mask=inside, other=0.0).to(tl.float32) + x.to(tl.float32)).to(x_ptr.dtype.element_ty)
+    return x
+
+
+@triton.jit
+def _fold(lanes, HALF: tl.constexpr, HALVES: tl.constexpr):
+    """One step of a warp's shuffle-down tree over 2 x HALF lanes' values: lane l takes l + HALF's (halves first)
+    or, neighbours first, lane 2l takes 2l + 1's; the HALF values the next step reads."""
+    if HALVES:
+        pairs = tl.trans(tl.reshape(lanes, (2, HALF)))
+    else:
+        pairs = tl.reshape(lanes, (HALF, 2))
+    low, high = tl.split(pairs)
+    return low + high
 
 
 def add_squared(x, residual):

@@ -240,3 +240,52 @@ def test_merged_projections_give_the_separate_ones_logits(tiny):
     assert fused and len(merged_calls) == 2
     assert torch.allclose(merged, separate, rtol=0, atol=1e-5)
     assert not any(hasattr(m, MERGED) for m in model.modules())
+
+
+def cuda_mean_of_squares(x, halves: bool):
+    """torch's CUDA mean of x's float32 squares over its last dimension, step by step as ATen's reduction kernel
+    takes it from 16 rows: lane l of 32 keeps 4 running sums over the 4-vectors l, l + 32, ...; adds them in turn;
+    the warp adds its lanes' sums by shuffles down, offsets 16 to 1 (halves) or 1 to 16; the sum times rows /
+    (rows x width)."""
+    import numpy as np
+
+    squares = np.square(x.numpy().astype(np.float32))
+    rows, width = squares.shape
+    factor = np.float32(rows) / np.float32(rows * width)
+    means = []
+    for row in squares:
+        lanes = []
+        for lane in range(32):
+            sums = [np.float32(0)] * 4
+            vector = lane
+            while vector * 4 + 3 < width:
+                sums = [np.float32(s + row[vector * 4 + i]) for i, s in enumerate(sums)]
+                vector += 32
+            lanes.append(np.float32(np.float32(np.float32(sums[0] + sums[1]) + sums[2]) + sums[3]))
+        for offset in (16, 8, 4, 2, 1) if halves else (1, 2, 4, 8, 16):
+            lanes = [np.float32(v + lanes[lane + offset]) if lane + offset < 32 else v for lane, v in enumerate(lanes)]
+        means.append(np.float32(lanes[0] * factor))
+    return torch.tensor(np.array(means, dtype=np.float32))
+
+
+@pytest.mark.parametrize("halves", [True, False])
+@pytest.mark.parametrize("width", [1536, 200])
+def test_the_one_kernel_norm_adds_its_squares_in_torchs_cuda_order(halves, width):
+    """The mean of squares bit for bit as torch's CUDA reduction adds them (each lane's share, then the warp's tree
+    of either order), including a width whose last lanes hold fewer values; the norm and the sum as transformers'."""
+    generator = torch.Generator().manual_seed(1)
+    x, residual = (torch.randn(16, width, generator=generator).mul(3).to(torch.float16) for _ in range(2))
+    norm = Qwen2RMSNorm(width, eps=1e-6).to(torch.float16)
+    norm.weight.data = torch.randn(width, generator=generator).to(torch.float16)
+    normed, summed, mean = layer_kernels._one_kernel_norm(x, norm.weight, norm.variance_epsilon, residual, halves)
+    assert torch.equal(summed, residual + x)
+    assert torch.equal(mean, cuda_mean_of_squares(summed.float(), halves))
+    assert not torch.equal(mean, cuda_mean_of_squares(summed.float(), not halves))  # the two orders part here
+    assert within_last_bits(normed, norm(residual + x))
+    plain, same, _ = layer_kernels._one_kernel_norm(x, norm.weight, norm.variance_epsilon, None, halves)
+    assert same.data_ptr() == x.data_ptr() and within_last_bits(plain, norm(x))
+
+
+def test_the_norm_is_one_kernel_only_where_torchs_order_is_known():
+    """The interpreter's CPU tensors, and fewer than 16 rows anywhere, keep the three kernels around torch's mean."""
+    assert not layer_kernels.norm_in_one_kernel(torch.zeros(822, 1, 1536))

@@ -402,13 +402,37 @@ def test_fused_layer_kernels_give_torchs_bits_on_the_gpu(dtype):
     assert torch.equal(layer_kernels.silu_mul(gate, up), torch.nn.functional.silu(gate) * up)
     norm = Qwen2RMSNorm(1536).to("cuda", dtype)
     norm.weight.data = randn(1536)
-    for shape in ((822, 1, 1536), (4, 40, 1536)):
+    for shape in ((822, 1, 1536), (4, 40, 1536), (3, 1, 1536)):  # one kernel, one kernel, three (under 16 rows)
         x, residual = randn(*shape, scale=3), randn(*shape, scale=3)
+        assert layer_kernels.norm_in_one_kernel(x) == (shape[0] * shape[1] >= 16)
         with torch.no_grad():
             expected, expected_alone = norm(residual + x), norm(x)
         got, summed = layer_kernels.rms_norm(x, norm.weight, norm.variance_epsilon, residual=residual)
         assert torch.equal(summed, residual + x) and torch.equal(got, expected)
         assert torch.equal(layer_kernels.rms_norm(x, norm.weight, norm.variance_epsilon), expected_alone)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_one_kernel_norms_mean_is_torchs_bit_for_bit(dtype):
+    """The one-kernel norm's mean of squares equals torch's mean of the same squares on every row: 822 rows x 16
+    draws at R1's width, values of several scales, and prompt-sized batches; the norms equal transformers' too."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    from semifinetune import layer_kernels
+
+    generator = torch.Generator(device="cuda").manual_seed(1)
+    norm = Qwen2RMSNorm(1536).to("cuda", dtype)
+    for draw in range(16):
+        rows = (822, 822, 17, 4 * 40)[draw % 4]
+        scale = torch.exp2(torch.randint(-6, 6, (rows, 1), device="cuda", generator=generator).float())
+        x = (torch.randn(rows, 1536, device="cuda", generator=generator) * scale).to(dtype)
+        residual = (torch.randn(rows, 1536, device="cuda", generator=generator) * scale).to(dtype)
+        norm.weight.data = torch.randn(1536, device="cuda", generator=generator).to(dtype)
+        normed, summed, mean = layer_kernels._one_kernel_norm(x, norm.weight, norm.variance_epsilon, residual,
+                                                              layer_kernels._order(x))
+        assert torch.equal(mean, summed.float().pow(2).mean(-1))
+        with torch.no_grad():
+            assert torch.equal(normed, norm(residual + x))
 
 
 @pytest.mark.parametrize("prompts", ["questions", "with retrieved notes"])
