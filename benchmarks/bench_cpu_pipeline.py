@@ -26,13 +26,17 @@ from record import record  # noqa: E402
 
 
 def step_seconds(command: list[str], start: float) -> dict:
-    """Run the pipeline, passing its output through; the seconds from each `== step` line to the next."""
+    """Run the pipeline, passing its output through; the seconds from each `== step` line to the next, and "exit"
+    from the run's closing summary (`trained N steps ...`) to the process's end (its interpreter's and CUDA's
+    teardown)."""
     marks = [("setup", start)]
     with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as process:
         for line in process.stdout:
             print(line, end="", flush=True)
             if line.startswith("== "):
                 marks.append((line[3:].strip(), time.perf_counter()))
+            elif line.startswith("trained "):
+                marks.append(("exit", time.perf_counter()))
     if process.returncode:
         sys.exit(f"the pipeline failed (exit {process.returncode})")
     ends = [t for _, t in marks[1:]] + [time.perf_counter()]
