@@ -1,5 +1,7 @@
 """Batched generation on the tiny model: order, left padding, finish reasons, token counts, seeds, OOM halving."""
 
+import copy
+
 import pytest
 import torch
 
@@ -133,3 +135,24 @@ def test_a_group_splits_into_even_batches():
 
     assert [_even_batch(n, 1024) for n in (3285, 2463, 1642, 821)] == [822, 821, 821, 821]
     assert _even_batch(10, 16) == 10 and _even_batch(17, 16) == 9
+
+
+@pytest.mark.parametrize("name", ["tiny_tokenizer", "smol_tokenizer"])
+def test_answers_decode_in_one_call_as_decode_gives_each(name, request):
+    """The whole batch's ids decoded at once give decode()'s texts, special tokens and partial characters included;
+    a tokenizer that cleans up spaces after decoding is decoded one answer at a time, as decode() does."""
+    from semifinetune.generate import _first_stops, decoded_texts
+
+    tokenizer = request.getfixturevalue(name)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, len(tokenizer), (24, 40), generator=generator)
+    ids[3, 7] = ids[5, 0] = tokenizer.eos_token_id
+    id_lists = ids.tolist() + [[], [tokenizer.convert_tokens_to_ids("</think>")]]
+    assert decoded_texts(tokenizer, id_lists) == [tokenizer.decode(i, skip_special_tokens=False) for i in id_lists]
+    stops = _first_stops(ids, {tokenizer.eos_token_id})
+    assert (stops[3], stops[5], stops[0]) == (7, 0, None)
+    cleaning = copy.deepcopy(tokenizer)
+    cleaning.clean_up_tokenization_spaces = True
+    calls = []
+    cleaning.decode = lambda ids, **kwargs: calls.append(ids) or "x"
+    assert decoded_texts(cleaning, id_lists[:2]) == ["x", "x"] and calls == id_lists[:2]
