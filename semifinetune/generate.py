@@ -279,16 +279,14 @@ def _first_stops(new_ids, eos_ids) -> list:
 
 
 def decoded_texts(tokenizer, id_lists: list[list[int]]) -> list[str]:
-    """`tokenizer.decode(ids, skip_special_tokens=False)` of each list. A fast tokenizer whose decode is transformers'
-    own and cleans up nothing after its Rust decoder decodes them all in one call, without transformers' per-token
-    type checks (a sweep decodes some 3.5 M tokens); any other decodes each list as decode() does."""
+    """`tokenizer.decode(ids, skip_special_tokens=False)` of each list. A fast tokenizer that decodes as its Rust
+    backend does (its class overrides no decoding, no space clean-up) decodes them all in one backend call, without
+    transformers' per-token type checks (a sweep decodes some 3.5 M tokens); any other decodes each list."""
     from transformers import PreTrainedTokenizerFast
-    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-    backend = getattr(tokenizer, "_tokenizer", None)
-    if (isinstance(tokenizer, PreTrainedTokenizerFast) and backend is not None
-            and type(tokenizer).decode is PreTrainedTokenizerBase.decode
-            and type(tokenizer)._decode is PreTrainedTokenizerFast._decode
-            and not tokenizer.clean_up_tokenization_spaces):
-        return backend.decode_batch(id_lists, skip_special_tokens=False)
+    if isinstance(tokenizer, PreTrainedTokenizerFast) and not tokenizer.clean_up_tokenization_spaces:
+        classes = type(tokenizer).__mro__
+        own = classes[:classes.index(PreTrainedTokenizerFast)]
+        if not any(name in vars(cls) for cls in own for name in ("decode", "_decode")):
+            return tokenizer.backend_tokenizer.decode_batch(id_lists, skip_special_tokens=False)
     return [tokenizer.decode(ids, skip_special_tokens=False) for ids in id_lists]
