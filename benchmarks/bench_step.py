@@ -46,11 +46,12 @@ MIDDLE = 256
 # The step's levers in the order they were added: the fused layers, attention_kernel, q/k/v and gate/up each one
 # matmul, rotary writing the cache, the LM head writing the step's logits, attention reading the filled slots only
 # (not up to the bucket), each row's first slot given (not found from the mask), each prompt's slots read from one
-# row, each RMSNorm one kernel (its mean in torch's order). VARIANTS[i] has the first i levers on.
-LEVERS = ("fused", "kernel", "merged", "cache_write", "head_out", "filled", "first", "shared", "norm")
+# row, each RMSNorm one kernel (its mean in torch's order), a layer's last add left to the next norm's kernel.
+# VARIANTS[i] has the first i levers on.
+LEVERS = ("fused", "kernel", "merged", "cache_write", "head_out", "filled", "first", "shared", "norm", "add_in_norm")
 VARIANTS = ("torch_layers", "fused_layers", "fused_attention_kernel", "fused_attention_kernel_merged",
             "rotary_writes_cache", "head_writes_logits", "filled_slots_only", "first_slot_given", "prompts_read_once",
-            "norm_one_kernel")
+            "norm_one_kernel", "add_in_next_norm")
 TOP_KERNELS = 30
 ROWS_TIMED_IN_LOOP = 822  # decode() itself is timed at this batch (two calls of 512 steps)
 PROJECTIONS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "mlp", "up_proj": "mlp",
@@ -99,9 +100,13 @@ def step_levers(model, decoder, levers: dict):
     from semifinetune import fused_layers as fused_module
     from semifinetune.decode_attention import decode_attention
 
-    kept = fused_module._static_step_layer, attention_kernel.attend, layer_kernels._order
+    kept = fused_module._static_step_layer, attention_kernel.attend, layer_kernels._order, fused_module._layer_output
     if not levers["norm"]:  # three kernels, torch's mean between them
         layer_kernels._order = lambda x: None
+    if not levers["add_in_norm"]:  # a layer's last add its own launch before a one-kernel norm
+        output = kept[3]
+        fused_module._layer_output = lambda down, residual: (
+            residual + down if layer_kernels.norm_in_one_kernel(down) else output(down, residual))
     if not levers["cache_write"]:
         fused_module._static_step_layer = lambda *args: None
     if not levers["filled"]:  # reads up to the mask's length, the filled slots rounded up to decode.KV_BUCKET
@@ -113,7 +118,8 @@ def step_levers(model, decoder, levers: dict):
                 fused_module.fused_layers(model, levers["fused"]):
             yield
     finally:
-        fused_module._static_step_layer, attention_kernel.attend, layer_kernels._order = kept
+        (fused_module._static_step_layer, attention_kernel.attend, layer_kernels._order,
+         fused_module._layer_output) = kept
 
 
 def prompt_rows(decoder, levers: dict):

@@ -4,8 +4,9 @@ Inside `fused_layers(model)` each Qwen2 or Llama decoder layer's forward is shad
 steps as transformers' Qwen2DecoderLayer, Qwen2Attention and Qwen2MLP forwards (its projections, cache update and
 attention function are the model's own modules and interface), with rotary one kernel for q and k (in a decoding
 step also writing the keys and values into the static cache, in place of the cache's update), SiLU(gate) x up
-one, and each RMSNorm one (with the residual add after attention folded in) where layer_kernels finds torch's
-order for its mean, else three (with the layer's last add folded into the next layer's first norm too). Where
+one, and each RMSNorm one where layer_kernels finds torch's order for its mean, else three; the residual adds
+are folded into the norms after them (the one after attention into the second norm, the layer's last into the
+next layer's first norm or the final one). Where
 dense_weights merged a layer's q, k and v copies (and its gate and up ones) into one matrix, each group is one matmul
 whose slices the kernels read where they lie. The model's final norm runs through layer_kernels too. Every value
 is transformers' own, bit for bit on a GPU. The decoding loop (decode.StaticDecoder) records these in its CUDA
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 
 LAYERS = {"Qwen2DecoderLayer", "LlamaDecoderLayer"}  # the layouts _layer_forward reproduces
 SQUARES = "rms_squares"  # a layer's output holds its float32 squares here, for the norm that reads it next
+PENDING = "pending_sum"  # or the (down projection, residual) whose sum that norm writes into it
 
 
 def fusable(model) -> bool:
@@ -64,28 +66,48 @@ def _decoder_layers(model):
 
 
 def _norm_forward(norm, hidden_states):
+    """An RMSNorm of a layer's output through layer_kernels: where the output's sum is pending (_layer_output), the
+    norm's kernel adds it up, writes it into the output and normalises it."""
     from .layer_kernels import rms_norm
 
-    return rms_norm(hidden_states, norm.weight, norm.variance_epsilon, squares=getattr(hidden_states, SQUARES, None))
+    pending = getattr(hidden_states, PENDING, None)
+    if pending is None:
+        return rms_norm(hidden_states, norm.weight, norm.variance_epsilon, squares=getattr(hidden_states, SQUARES, None))
+    delattr(hidden_states, PENDING)
+    down, residual = pending
+    return rms_norm(down, norm.weight, norm.variance_epsilon, residual=residual, summed_out=hidden_states)[0]
 
 
 def _layer_forward(layer, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
                    position_embeddings=None, **kwargs):
     """Qwen2DecoderLayer.forward (Llama's is the same) through the fused kernels."""
-    from .layer_kernels import add_squared, norm_in_one_kernel, rms_norm, silu_mul
+    from .layer_kernels import rms_norm, silu_mul
 
-    norm = layer.input_layernorm
-    normed = rms_norm(hidden_states, norm.weight, norm.variance_epsilon, squares=getattr(hidden_states, SQUARES, None))
+    normed = _norm_forward(layer.input_layernorm, hidden_states)
     attended = _attention(layer.self_attn, normed, position_embeddings, attention_mask, past_key_values, **kwargs)
     norm = layer.post_attention_layernorm
     normed, residual = rms_norm(attended, norm.weight, norm.variance_epsilon, residual=hidden_states)
     mlp = layer.mlp
     gate, up = _projections(mlp, normed, ("gate_proj", "up_proj"))
-    down = mlp.down_proj(silu_mul(gate, up))
-    if norm_in_one_kernel(down):  # the next norm reads the sum alone (its kernel adding it too gained nothing)
-        return residual + down
+    return _layer_output(mlp.down_proj(silu_mul(gate, up)), residual)
+
+
+def _layer_output(down, residual):
+    """The layer's output, residual + down, as the next norm reads it. Where that norm is one kernel, the sum is
+    left pending: the output is an empty tensor that the next layer's first norm, or the final one, fills as it
+    normalises it (nothing reads a layer's output before the norm after it). That is one launch fewer a layer,
+    though at 822 rows on an H200 the step took as long either way (BENCHMARKS.md). Else the add runs now with the
+    float32 squares the next norm starts from."""
+    import torch
+
+    from .layer_kernels import add_squared, norm_in_one_kernel
+
+    if norm_in_one_kernel(down):
+        out = torch.empty_like(down)
+        setattr(out, PENDING, (down, residual))
+        return out
     out, squares = add_squared(down, residual)
-    setattr(out, SQUARES, squares)  # the next layer's norm, or the final one, starts from them
+    setattr(out, SQUARES, squares)
     return out
 
 

@@ -29,21 +29,23 @@ EXACT = {"enable_fp_fusion": False}
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter lacks libdevice
 
 
-def rms_norm(x, weight, eps: float, residual=None, squares=None):
+def rms_norm(x, weight, eps: float, residual=None, squares=None, summed_out=None):
     """transformers' RMSNorm of x (..., N): weight * (x / sqrt(mean(x^2) + eps)) rounded to x's dtype first.
 
     With `residual`, the norm is of residual + x (rounded to x's dtype, as `residual + hidden_states` is) and the
-    value is (norm, that sum): the decoder layer's add folded into the norm's kernel. One kernel where
-    norm_in_one_kernel(x), else three: the float32 squares (`squares`: given where add_squared made x, so not run
-    again), torch's mean of them, the rest.
+    value is (norm, that sum): the decoder layer's add folded into the norm's kernel; the sum is written into
+    `summed_out` where given (one kernel only). One kernel where norm_in_one_kernel(x), else three: the float32
+    squares (`squares`: given where add_squared made x, so not run again), torch's mean of them, the rest.
     """
     import torch
 
     shape, width = x.shape, x.shape[-1]
     lanes_by_halves = None if squares is not None else _order(x)
     if lanes_by_halves is not None:
-        out, summed, _ = _one_kernel_norm(x, weight, eps, residual, lanes_by_halves)
+        out, summed, _ = _one_kernel_norm(x, weight, eps, residual, lanes_by_halves, summed_out)
         return out.view(shape) if residual is None else (out.view(shape), summed.view(shape))
+    if summed_out is not None:
+        raise ValueError("summed_out is written by the one-kernel norm only (norm_in_one_kernel)")
     if squares is None:
         summed, squares = _sum_and_squares(x, residual)
     else:
@@ -104,16 +106,19 @@ def _probe(device, width: int):
     return None
 
 
-def _one_kernel_norm(x, weight, eps: float, residual, lanes_by_halves: bool):
+def _one_kernel_norm(x, weight, eps: float, residual, lanes_by_halves: bool, summed_out=None):
     """(norm as (rows, N), residual + x or x as (rows, N), the float32 mean of squares (rows,)): rms_norm in one
-    kernel, the mean added up in torch's order (_order)."""
+    kernel, the mean added up in torch's order (_order); the sum written into `summed_out` where given."""
     import numpy as np
     import torch
 
     width = x.shape[-1]
     flat = x.reshape(-1, width).contiguous()
     rows = flat.shape[0]
-    summed = flat if residual is None else torch.empty_like(flat)
+    if residual is None:
+        summed = flat
+    else:
+        summed = torch.empty_like(flat) if summed_out is None else summed_out.view(rows, width)
     out = torch.empty(flat.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     mean = torch.empty(rows, dtype=torch.float32, device=x.device)
     factor = float(np.float32(rows) / np.float32(rows * width))  # torch's MeanOps: the sum times outputs / inputs

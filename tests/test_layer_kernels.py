@@ -113,17 +113,18 @@ def test_the_fused_layers_give_the_models_logits_and_leave_it_as_it_was(tiny, ar
     if one_kernel:
         monkeypatch.setattr(layer_kernels, "_order", lambda x: True)
     ids = tokenizer(["Who founded TSMC?", "What is EUV lithography?"], return_tensors="pt", padding=True)
-    given = []  # per norm: whether the layer before handed it the squares of its output
+    given = []  # per norm: whether the layer before handed it the squares of its output, or its pending sum
     norm = layer_kernels.rms_norm
     monkeypatch.setattr(layer_kernels, "rms_norm", lambda *args, **kwargs: given.append(
-        kwargs.get("squares") is not None) or norm(*args, **kwargs))
+        kwargs.get("summed_out") is not None if one_kernel else kwargs.get("squares") is not None)
+        or norm(*args, **kwargs))
     with torch.inference_mode():
         expected = model(**ids).logits
         with fused_layers(model) as fused:
             got = model(**ids).logits
     assert fused and torch.allclose(got, expected, rtol=0, atol=1e-5)
-    layers = model.config.num_hidden_layers  # the first layer's first norm computes them; every later norm is given
-    assert given == [False] * (2 * layers + 1) if one_kernel else [False] + [False, True] * (layers - 1) + [False, True]
+    layers = model.config.num_hidden_layers  # the first layer's first norm adds nothing; every later first norm does
+    assert given == [False] + [False, True] * (layers - 1) + [False, True]
     assert "forward" not in vars(model.model.layers[0]) and "forward" not in vars(model.model.norm)
     with fused_layers(model, enabled=False) as fused:
         assert not fused and "forward" not in vars(model.model.layers[0])
@@ -139,8 +140,8 @@ def test_a_layer_of_another_kind_keeps_the_models_own_layers(tiny):
 
 @pytest.mark.parametrize("one_kernel", [False, True])
 def test_the_decoding_loop_through_the_fused_layers_gives_generates_greedy_tokens(tiny, one_kernel, monkeypatch):
-    """The loop as a GPU runs it (fused layers and the attention kernel on; each norm three kernels or one), its
-    prefill and steps: token for token what generate() gives."""
+    """The loop as a GPU runs it (fused layers and the attention kernel on; each norm three kernels, or one with the
+    layers' last adds left to it), its prefill and steps: token for token what generate() gives."""
     from semifinetune import attention_kernel, decode
 
     if one_kernel:
