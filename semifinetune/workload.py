@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 import os
 
-# notebook 06's new tokens over its wall time (the model load included), 93% of the answers at 512 tokens: H200 the
-# lower of 31,627 and 33,027 (2026-12-01, before the fused layers), H100 the lower of 62,764 inside the pipeline and
-# 68,438 timed part by part on the current code (2026-12-06; 53,197-55,781 before levers 13-18 of BENCHMARKS.md)
-MEASURED_TOKENS_PER_S = {"H200": 31_600, "H100": 62_700}
+# notebook 06's new tokens over its wall time (the model load included), 93% of the answers at 512 tokens, the lower
+# of the figure inside the pipeline and the one timed part by part (2026-12-06, BENCHMARKS.md): H200 72,614 and
+# 69,905 on the current code, H100 62,764 and 68,438 before levers 19-21 (53,197-55,781 before levers 13-18)
+MEASURED_TOKENS_PER_S = {"H200": 69_900, "H100": 62_700}
 # BENCHMARKS.md, "A T4, estimated": 64 rows a batch, a step of about 21 ms bound by the T4's bandwidth and its
 # ~1,300 kernels, scaled from the full-size run of the t4 pipeline on an H100 made to look like a T4
 ESTIMATED_TOKENS_PER_S = {"T4": 2_800}
