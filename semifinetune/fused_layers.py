@@ -10,7 +10,7 @@ next layer's first norm or the final one). Where
 dense_weights merged a layer's q, k and v copies (and its gate and up ones) into one matrix, each group is one matmul
 whose slices the kernels read where they lie. The model's final norm runs through layer_kernels too. Every value
 is transformers' own, bit for bit on a GPU. The decoding loop (decode.StaticDecoder) records these in its CUDA
-graphs: a step of R1-1.5B launches 1,262 kernels through transformers' layers, 417 through these with the merged
+graphs: a step of R1-1.5B launches 1,262 kernels through transformers' layers, 303 through these with the merged
 matmuls and the attention kernel.
 """
 

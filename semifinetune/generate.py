@@ -273,7 +273,7 @@ def _first_stops(new_ids, eos_ids) -> list:
     """Each row's first end-of-sequence position in `new_ids` (rows, tokens), or None: found on the tensor's device."""
     import torch
 
-    stops = torch.isin(new_ids, torch.tensor(sorted(eos_ids), device=new_ids.device))
+    stops = torch.isin(new_ids, torch.tensor(sorted(eos_ids), dtype=new_ids.dtype, device=new_ids.device))
     first = torch.where(stops.any(dim=1), stops.int().argmax(dim=1), -1).tolist()
     return [None if k < 0 else k for k in first]
 
